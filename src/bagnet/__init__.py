@@ -1,0 +1,20 @@
+"""bagnet: bag-of-local-features image classifiers with exact patch-evidence explanations."""
+
+from .models import (
+    BagNet,
+    BagNetConfig,
+    WeightsError,
+    bagnet9,
+    bagnet17,
+    bagnet33,
+    list_models,
+    load,
+    save_weights,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BagNet", "BagNetConfig", "WeightsError", "bagnet9", "bagnet17", "bagnet33", "list_models", "load",
+    "save_weights", "__version__",
+]

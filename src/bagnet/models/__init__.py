@@ -1,0 +1,27 @@
+"""BagNet models: architecture, receptive-field arithmetic, weights, preprocessing and the registry."""
+
+from .bagnet import BagNet, BagNetConfig, Bottleneck, strict_fp32
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, imagenet_categories, make_preprocess
+from .receptive import ReceptiveField, output_length, receptive_field
+from .summary import ModelSummary, summarize
+from .registry import bagnet9, bagnet17, bagnet33, list_models, load, load_file, model_entry
+from .weights import (
+    OFFICIAL_WEIGHTS,
+    WeightsError,
+    WeightsUnavailableError,
+    infer_config,
+    load_into,
+    load_official_state_dict,
+    official_cache_path,
+    read_checkpoint,
+    save_weights,
+)
+
+__all__ = [
+    "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize",
+    "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_categories", "make_preprocess",
+    "ReceptiveField", "output_length", "receptive_field",
+    "bagnet9", "bagnet17", "bagnet33", "list_models", "load", "load_file", "model_entry",
+    "OFFICIAL_WEIGHTS", "WeightsError", "WeightsUnavailableError", "infer_config", "load_into",
+    "load_official_state_dict", "official_cache_path", "read_checkpoint", "save_weights",
+]

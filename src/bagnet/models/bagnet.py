@@ -1,0 +1,292 @@
+"""The BagNet architecture (Brendel & Bethge, ICLR 2019), parameter for parameter as released.
+
+A BagNet is a ResNet-50 whose 3×3 convolutions are mostly 1×1 and which uses no padding, so each cell of the last
+feature map sees exactly one q×q image patch. A linear classifier maps each cell's features to class evidence and the
+logits are the spatial mean of that evidence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .receptive import ReceptiveField, output_length, receptive_field
+
+EXPANSION = 4
+
+
+@dataclass(frozen=True)
+class BagNetConfig:
+    """Shape of a BagNet.
+
+    Attributes:
+        layers: bottleneck blocks per stage ([3, 4, 6, 3] is ResNet-50).
+        kernel3: per stage, how many of its first blocks use a 3×3 ``conv2`` (the others use 1×1).
+        strides: stride of the first block of each stage.
+        width: channels of the stem and of the first stage's bottleneck; stage ``s`` uses ``width * 2**s``.
+        num_classes: number of output classes.
+    """
+
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    kernel3: tuple[int, ...] = (1, 1, 1, 1)
+    strides: tuple[int, ...] = (2, 2, 2, 1)
+    width: int = 64
+    num_classes: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "kernel3", "strides"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        n = len(self.layers)
+        if n == 0 or len(self.kernel3) != n or len(self.strides) != n:
+            raise ValueError(
+                f"layers, kernel3 and strides need one entry per stage; got {len(self.layers)}, "
+                f"{len(self.kernel3)} and {len(self.strides)} entries"
+            )
+        if any(b < 1 for b in self.layers):
+            raise ValueError(f"every stage needs at least one block, got layers={self.layers}")
+        for stage, (blocks, k3) in enumerate(zip(self.layers, self.kernel3)):
+            if not 0 <= k3 <= blocks:
+                raise ValueError(f"kernel3[{stage}]={k3} must lie in [0, {blocks}] (the blocks of stage {stage + 1})")
+        if any(s < 1 for s in self.strides):
+            raise ValueError(f"strides must be >= 1, got {self.strides}")
+        if self.width < 1 or self.num_classes < 1:
+            raise ValueError(f"width and num_classes must be >= 1, got width={self.width}, num_classes={self.num_classes}")
+
+    @property
+    def feature_dim(self) -> int:
+        """Number of features each evidence cell has before the classifier."""
+        return self.width * 2 ** (len(self.layers) - 1) * EXPANSION
+
+    def conv_chain(self) -> list[tuple[int, int]]:
+        """``(kernel, stride)`` of every spatial layer on the main path, stem included."""
+        chain = [(1, 1), (3, 1)]  # stem conv1 (1×1) and conv2 (3×3, no padding)
+        for blocks, k3, stride in zip(self.layers, self.kernel3, self.strides):
+            for i in range(blocks):
+                chain.append((3 if i < k3 else 1, stride if i == 0 else 1))
+        return chain
+
+    @property
+    def receptive_field(self) -> ReceptiveField:
+        """Patch size and stride of the evidence map, computed from the layers."""
+        return receptive_field(self.conv_chain())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BagNetConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown BagNet config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def for_patch_size(
+        cls,
+        patch_size: int,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        strides: Sequence[int] = (2, 2, 2, 1),
+        **kwargs: Any,
+    ) -> "BagNetConfig":
+        """A config whose patch size is ``patch_size``, turning 1×1 blocks into 3×3 ones stage by stage.
+
+        Follows the paper's pattern (q = 9, 17, 33 use one 3×3 block in the first 2, 3, 4 stages) and, for larger
+        q, adds further 3×3 blocks from the last stage backwards.
+        """
+        layers = tuple(layers)
+        kernel3 = [0] * len(layers)
+        base = cls(layers=layers, kernel3=tuple(kernel3), strides=tuple(strides), **kwargs)
+        reachable = [base.receptive_field.size]
+        order = list(range(len(layers))) + [s for s in reversed(range(len(layers))) for _ in range(layers[s] - 1)]
+        for stage in order:
+            if base.receptive_field.size >= patch_size:
+                break
+            kernel3[stage] += 1
+            base = cls(layers=layers, kernel3=tuple(kernel3), strides=tuple(strides), **kwargs)
+            reachable.append(base.receptive_field.size)
+        if base.receptive_field.size != patch_size:
+            raise ValueError(
+                f"no BagNet with layers={layers} and strides={tuple(strides)} has patch size {patch_size}; "
+                f"reachable patch sizes: {reachable}"
+            )
+        return base
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck without padding; the residual is cropped at the bottom and right to the output size."""
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        kernel_size: int = 1,
+        downsample: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=kernel_size, stride=stride, padding=0, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(planes, planes * EXPANSION, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * EXPANSION)
+        self.downsample = downsample
+        self.relu3 = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        h, w = out.shape[-2:]
+        if identity.shape[-2:] != (h, w):
+            identity = identity[..., :h, :w]
+        return self.relu3(out + identity)
+
+
+class BagNet(nn.Module):
+    """A bag-of-local-features network of any patch size and width.
+
+    ``model(x)`` returns logits (N, num_classes); ``model.evidence(x)`` the per-patch class evidence (N, C, h, w)
+    whose spatial mean the logits are. Parameter names follow the released checkpoints.
+    """
+
+    def __init__(self, config: Optional[BagNetConfig] = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = BagNetConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a BagNetConfig or keyword arguments, not both")
+        self.config = config
+        rf = config.receptive_field
+        self.patch_size: int = rf.size
+        self.stride: int = rf.stride
+        #: Class names in the order of the outputs, when the weights provide them.
+        self.categories: Optional[list[str]] = None
+        #: Transform from a PIL image to the normalised tensor the weights expect.
+        self.preprocess: Optional[Callable[[Any], Tensor]] = None
+        #: On CUDA, allow TF32 in convolutions and matmuls (off by default: the released weights lose accuracy).
+        self.allow_tf32: bool = False
+        self.name: str = f"bagnet{self.patch_size}"
+
+        width = config.width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=1, stride=1, padding=0, bias=False)
+        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=1, padding=0, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        inplanes = width
+        for stage, (blocks, k3, stride) in enumerate(zip(config.layers, config.kernel3, config.strides)):
+            planes = width * 2**stage
+            layer, inplanes = _make_stage(inplanes, planes, blocks, stride, k3)
+            self.add_module(f"layer{stage + 1}", layer)
+        self.fc = nn.Linear(config.feature_dim, config.num_classes)
+
+    # ----------------------------------------------------------------------------------------------- structure
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        """The residual stages ``layer1 .. layerN`` in order."""
+        return [getattr(self, f"layer{i + 1}") for i in range(len(self.config.layers))]
+
+    def evidence_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size (h, w) of the evidence map for an input of ``height × width`` pixels."""
+        chain = self.config.conv_chain()
+        return output_length(height, chain), output_length(width, chain)
+
+    def patch_box(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """Pixel box ``(top, left, bottom, right)`` (bottom/right exclusive) seen by evidence cell ``(i, j)``."""
+        if i < 0 or j < 0:
+            raise ValueError(f"evidence cell indices must be non-negative, got ({i}, {j})")
+        s, q = self.stride, self.patch_size
+        return s * i, s * j, s * i + q, s * j + q
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ``ValueError`` naming the problem if ``x`` is not a batch this BagNet can take."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{self.name} expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(
+                f"{self.name} expects a batch of images shaped (N, 3, H, W), got a tensor of shape {tuple(x.shape)}"
+                + (" (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else "")
+            )
+        if x.shape[1] != self.conv1.in_channels:
+            raise ValueError(
+                f"{self.name} expects {self.conv1.in_channels} colour channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)}); convert grayscale/RGBA images to RGB first"
+            )
+        h, w = x.shape[-2:]
+        if h < self.patch_size or w < self.patch_size:
+            raise ValueError(
+                f"{self.name} needs images of at least {self.patch_size}×{self.patch_size} pixels (its patch size); "
+                f"got {h}×{w}. Upscale the image or use a BagNet with a smaller patch size"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{self.name} expects a floating-point tensor, got dtype {x.dtype}")
+
+    def features(self, x: Tensor) -> Tensor:
+        """Per-patch features (N, feature_dim, h, w) before the classifier."""
+        self.check_input(x)
+        with self._precision_guard(x):
+            x = self.relu(self.bn1(self.conv2(self.conv1(x))))
+            for stage in self.stages:
+                x = stage(x)
+        return x
+
+    def evidence(self, x: Tensor) -> Tensor:
+        """Class evidence of every patch, shape (N, num_classes, h, w); its spatial mean is ``self(x)``."""
+        feats = self.features(x)
+        with self._precision_guard(x):
+            return F.conv2d(feats, self.fc.weight[:, :, None, None], self.fc.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The classifier is linear, so classifying the mean feature equals averaging the evidence map.
+        feats = self.features(x)
+        with self._precision_guard(x):
+            return self.fc(feats.mean(dim=(2, 3)))
+
+    def _precision_guard(self, x: Tensor) -> contextlib.AbstractContextManager:
+        if x.is_cuda and not self.allow_tf32:
+            return strict_fp32()
+        return contextlib.nullcontext()
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}, stride={self.stride}"
+
+
+def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, kernel3: int) -> tuple[nn.Sequential, int]:
+    outplanes = planes * EXPANSION
+    downsample = None
+    if stride != 1 or inplanes != outplanes:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, outplanes, kernel_size=1, stride=stride, bias=False),
+            nn.BatchNorm2d(outplanes),
+        )
+    layers = [Bottleneck(inplanes, planes, stride, 3 if kernel3 > 0 else 1, downsample)]
+    for i in range(1, blocks):
+        layers.append(Bottleneck(outplanes, planes, 1, 3 if i < kernel3 else 1))
+    return nn.Sequential(*layers), outplanes
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """Temporarily disable TF32 in cuDNN convolutions and CUDA matmuls, restoring the caller's settings after."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = conv
+        torch.backends.cuda.matmul.allow_tf32 = mm

@@ -1,0 +1,160 @@
+"""Named constructors: ``bagnet9/17/33``, ``load(name_or_path)`` and ``list_models()``.
+
+Names are the same in the Python API and the CLI: ``bagnet33`` (random weights), ``bagnet33:imagenet`` (the released
+ImageNet weights), ``bagnet33:PATH`` (that architecture, weights from a file) or just ``PATH`` (architecture read
+from the file).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .bagnet import BagNet, BagNetConfig
+from .preprocess import imagenet_categories, make_preprocess
+from .weights import (
+    WeightsError,
+    infer_config,
+    load_into,
+    load_official_state_dict,
+    read_checkpoint,
+)
+
+PAPER_KERNEL3: dict[int, tuple[int, int, int, int]] = {
+    9: (1, 1, 0, 0),
+    17: (1, 1, 1, 0),
+    33: (1, 1, 1, 1),
+}
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".tar", ".bin", ".ckpt")
+Weights = Optional[str | os.PathLike]
+
+
+def _paper_bagnet(patch_size: int, weights: Weights, num_classes: int, progress: bool) -> BagNet:
+    config = BagNetConfig(layers=(3, 4, 6, 3), kernel3=PAPER_KERNEL3[patch_size], num_classes=num_classes)
+    model = BagNet(config)
+    model.preprocess = make_preprocess()
+    if weights is None:
+        return model
+    if isinstance(weights, str) and weights == "imagenet":
+        if num_classes != 1000:
+            raise ValueError(
+                f"the ImageNet weights have 1000 classes, not num_classes={num_classes}; to fine-tune, load them "
+                f"with num_classes=1000 and replace model.fc"
+            )
+        load_into(model, load_official_state_dict(patch_size, progress=progress), f"official BagNet-{patch_size} weights")
+        model.categories = imagenet_categories()
+        model.name = f"bagnet{patch_size}:imagenet"
+        return model
+    path = Path(weights)
+    checkpoint = read_checkpoint(path)
+    load_into(model, checkpoint.state_dict, str(path))
+    _apply_metadata(model, checkpoint.metadata)
+    return model
+
+
+def bagnet9(weights: Weights = None, num_classes: int = 1000, progress: bool = True) -> BagNet:
+    """BagNet-9 (patch size 9) as released; ``weights`` is None, ``"imagenet"`` or a file path."""
+    return _paper_bagnet(9, weights, num_classes, progress)
+
+
+def bagnet17(weights: Weights = None, num_classes: int = 1000, progress: bool = True) -> BagNet:
+    """BagNet-17 (patch size 17) as released; ``weights`` is None, ``"imagenet"`` or a file path."""
+    return _paper_bagnet(17, weights, num_classes, progress)
+
+
+def bagnet33(weights: Weights = None, num_classes: int = 1000, progress: bool = True) -> BagNet:
+    """BagNet-33 (patch size 33) as released; ``weights`` is None, ``"imagenet"`` or a file path."""
+    return _paper_bagnet(33, weights, num_classes, progress)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One name in the registry."""
+
+    name: str
+    description: str
+    build: Callable[..., Any]
+    pretrained: bool
+
+
+def _entries() -> dict[str, ModelEntry]:
+    entries = {}
+    for q, fn in ((9, bagnet9), (17, bagnet17), (33, bagnet33)):
+        entries[f"bagnet{q}"] = ModelEntry(f"bagnet{q}", f"BagNet-{q}, random weights", fn, False)
+        entries[f"bagnet{q}:imagenet"] = ModelEntry(
+            f"bagnet{q}:imagenet",
+            f"BagNet-{q}, official ImageNet weights (downloaded once into torch.hub's cache)",
+            lambda progress=True, _fn=fn: _fn(weights="imagenet", progress=progress),
+            True,
+        )
+    return entries
+
+
+_REGISTRY: dict[str, ModelEntry] = _entries()
+
+
+def list_models(pretrained: Optional[bool] = None) -> list[str]:
+    """Names accepted by :func:`load`; ``pretrained=True`` lists only those with trained weights."""
+    return [n for n, e in _REGISTRY.items() if pretrained is None or e.pretrained == pretrained]
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name`` (a ``KeyError`` listing the known names otherwise)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> BagNet:
+    """Load a model by registry name (``bagnet33:imagenet``), ``arch:PATH`` or a weights file path.
+
+    The model is returned in eval mode, on ``device`` if given, with ``preprocess`` and ``categories`` set when
+    the weights define them.
+    """
+    spec = os.fspath(name_or_path)
+    if spec in _REGISTRY:
+        model = _REGISTRY[spec].build(**kwargs)
+    else:
+        arch, sep, rest = spec.partition(":")
+        if sep and f"{arch}" in _REGISTRY and not _REGISTRY[arch].pretrained and rest:
+            model = _REGISTRY[arch].build(weights=rest, **kwargs)
+        elif Path(spec).suffix in WEIGHT_SUFFIXES or Path(spec).exists():
+            model = load_file(spec)
+        else:
+            raise KeyError(
+                f"unknown model {spec!r}: not a registered name ({', '.join(list_models())}) nor a weights file"
+            )
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+def load_file(path: str | os.PathLike) -> BagNet:
+    """A BagNet from a weights file; the architecture is read from the file's metadata or inferred from its keys."""
+    checkpoint = read_checkpoint(path)
+    config = checkpoint.config or infer_config(checkpoint.state_dict)
+    model = BagNet(config)
+    load_into(model, checkpoint.state_dict, os.fspath(path))
+    model.preprocess = make_preprocess()
+    if config.num_classes == 1000:
+        model.categories = imagenet_categories()
+    _apply_metadata(model, checkpoint.metadata)
+    return model
+
+
+def _apply_metadata(model: BagNet, metadata: dict[str, Any]) -> None:
+    """Set class names, preprocessing and name recorded in a checkpoint's metadata."""
+    categories = metadata.get("categories")
+    if categories is not None:
+        if len(categories) != model.num_classes:
+            raise WeightsError(
+                f"the checkpoint lists {len(categories)} class names but its classifier has {model.num_classes} outputs"
+            )
+        model.categories = [str(c) for c in categories]
+    prep = metadata.get("preprocess")
+    if isinstance(prep, dict):
+        model.preprocess = make_preprocess(**prep)
+    if isinstance(metadata.get("name"), str):
+        model.name = metadata["name"]

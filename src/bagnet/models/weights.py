@@ -1,0 +1,269 @@
+"""Reading, checking and writing BagNet weights: official ImageNet checkpoints, local .pth and .safetensors files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .bagnet import BagNetConfig
+
+OFFICIAL_BASE_URL = (
+    "https://bitbucket.org/wielandbrendel/bag-of-feature-pretrained-models/raw/"
+    "249e8fa82c0913623a807d9d35eeab9da7dcc2a8/"
+)
+
+
+@dataclass(frozen=True)
+class OfficialWeights:
+    """One released ImageNet checkpoint; ``sha256_prefix`` is the 8-hex part of its file name."""
+
+    patch_size: int
+    filename: str
+    top1: float
+    top5: float
+
+    @property
+    def url(self) -> str:
+        return OFFICIAL_BASE_URL + self.filename
+
+    @property
+    def sha256_prefix(self) -> str:
+        return self.filename.split("-")[1].split(".")[0]
+
+
+#: Released checkpoints by patch size, with the re-evaluated ImageNet accuracy (224 px, fp32).
+OFFICIAL_WEIGHTS: dict[int, OfficialWeights] = {
+    9: OfficialWeights(9, "bagnet8-34f4ccd2.pth.tar", 46.4, 70.4),
+    17: OfficialWeights(17, "bagnet16-105524de.pth.tar", 58.8, 81.2),
+    33: OfficialWeights(33, "bagnet32-2ddd53ed.pth.tar", 66.7, 87.0),
+}
+
+
+class WeightsError(ValueError):
+    """A weights file cannot be read or does not fit the model; the message names the file and the problem."""
+
+
+class WeightsUnavailableError(WeightsError, OSError):
+    """The official weights are neither cached nor downloadable (for example, no network)."""
+
+
+# ---------------------------------------------------------------------------------------------------- official
+def official_cache_path(patch_size: int) -> Path:
+    """Where torch.hub keeps (or where to put by hand) the official checkpoint for ``patch_size``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / _official(patch_size).filename
+
+
+def load_official_state_dict(patch_size: int, progress: bool = True) -> dict[str, Tensor]:
+    """The official ImageNet state dict for BagNet-``patch_size``, downloaded once into torch.hub's cache.
+
+    The file's SHA-256 is checked against the prefix in its name every time it is loaded.
+    """
+    info = _official(patch_size)
+    path = official_cache_path(patch_size)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(info.url, str(path), hash_prefix=info.sha256_prefix, progress=progress)
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            raise WeightsUnavailableError(
+                f"could not download the official BagNet-{patch_size} ImageNet weights from {info.url} ({err}). "
+                f"Without network, download that file elsewhere and put it by hand at {path}"
+            ) from err
+        except RuntimeError as err:  # torch.hub reports a hash mismatch as RuntimeError
+            raise WeightsError(f"download of {info.url} failed its hash check: {err}") from err
+    return _load_verified(path, info.sha256_prefix)
+
+
+def _load_verified(path: Path, sha256_prefix: str) -> dict[str, Tensor]:
+    digest = _sha256(path)
+    if not digest.startswith(sha256_prefix):
+        raise WeightsError(
+            f"{path} has SHA-256 {digest[:16]}…, expected a hash starting with {sha256_prefix}; "
+            f"the file is corrupt or not the released checkpoint. Delete it and try again"
+        )
+    return read_state_dict(path)
+
+
+def _official(patch_size: int) -> OfficialWeights:
+    try:
+        return OFFICIAL_WEIGHTS[patch_size]
+    except KeyError:
+        raise WeightsError(
+            f"there are official ImageNet weights only for patch sizes {sorted(OFFICIAL_WEIGHTS)}, not {patch_size}"
+        ) from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- files
+@dataclass
+class Checkpoint:
+    """What a weights file holds: the state dict and, when recorded, the architecture and metadata."""
+
+    state_dict: dict[str, Tensor]
+    config: Optional[BagNetConfig]
+    metadata: dict[str, Any]
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a .safetensors, .pth, .pt or .pth.tar file (a plain state dict or a dict holding one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw_meta = f.metadata() or {}
+            state = load_file(str(path))
+        except (SafetensorsError, OSError, ValueError) as err:
+            raise WeightsError(f"could not read weights file {path}: {err}") from err
+        metadata = {k: _maybe_json(v) for k, v in raw_meta.items()}
+        config = metadata.pop("config", None)
+        return Checkpoint(state, BagNetConfig.from_dict(config) if config else None, metadata)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a broken file (pickle, zip, EOF, runtime)
+        raise WeightsError(f"could not read weights file {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, expected a state dict (a mapping of tensors)")
+    metadata: dict[str, Any] = {}
+    config = None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if key in obj and isinstance(obj[key], Mapping):
+            metadata = {k: v for k, v in obj.items() if k != key and not isinstance(v, (Mapping, Tensor))}
+            if isinstance(obj.get("config"), Mapping):
+                config = BagNetConfig.from_dict(dict(obj["config"]))
+            if isinstance(obj.get("metadata"), Mapping):
+                metadata.update(obj["metadata"])
+            obj = obj[key]
+            break
+    state = {_strip_prefix(k): v for k, v in obj.items()}
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise WeightsError(f"{path}: entries {bad[:5]} are not tensors; expected a state dict")
+    return Checkpoint(state, config, metadata)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Just the state dict of a weights file."""
+    return read_checkpoint(path).state_dict
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``model``'s parameters and buffers to ``path`` (.safetensors, with the config in the metadata).
+
+    Written to a temporary file first and renamed, so an interrupted save never leaves a broken file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"save_weights writes .safetensors files, got {path}")
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    config = getattr(model, "config", None)
+    if isinstance(config, BagNetConfig):
+        meta["config"] = json.dumps(config.to_dict())
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+# ---------------------------------------------------------------------------------------------------- checking
+def infer_config(state_dict: Mapping[str, Tensor], strides: tuple[int, ...] | None = None) -> BagNetConfig:
+    """The BagNet architecture a state dict was saved from (strides cannot be seen in weights: default 2,2,2,1)."""
+    if "conv1.weight" not in state_dict or "fc.weight" not in state_dict:
+        raise WeightsError("the state dict has no 'conv1.weight' or 'fc.weight': it is not a BagNet checkpoint")
+    width = int(state_dict["conv1.weight"].shape[0])
+    layers: list[int] = []
+    kernel3: list[int] = []
+    stage = 1
+    while any(k.startswith(f"layer{stage}.") for k in state_dict):
+        blocks = 0
+        while f"layer{stage}.{blocks}.conv2.weight" in state_dict:
+            blocks += 1
+        kernels = [int(state_dict[f"layer{stage}.{i}.conv2.weight"].shape[-1]) for i in range(blocks)]
+        k3 = sum(1 for k in kernels if k == 3)
+        if kernels != [3] * k3 + [1] * (blocks - k3):
+            raise WeightsError(f"stage layer{stage} has conv2 kernels {kernels}; a BagNet has its 3×3 blocks first")
+        layers.append(blocks)
+        kernel3.append(k3)
+        stage += 1
+    if not layers:
+        raise WeightsError("the state dict has no residual stages (layer1, layer2, …): it is not a BagNet checkpoint")
+    if strides is None:
+        strides = (2, 2, 2, 1) if len(layers) == 4 else tuple([2] * (len(layers) - 1) + [1])
+    return BagNetConfig(
+        layers=tuple(layers),
+        kernel3=tuple(kernel3),
+        strides=tuple(strides),
+        width=width,
+        num_classes=int(state_dict["fc.weight"].shape[0]),
+    )
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the checkpoint") -> None:
+    """``model.load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        (k, tuple(state_dict[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"{source} does not fit {getattr(model, 'name', type(model).__name__)}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_abbrev(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_abbrev(unexpected)}")
+        for key, got, want in mismatched[:10]:
+            lines.append(f"  {key}: checkpoint has shape {list(got)}, model expects {list(want)}")
+        if len(mismatched) > 10:
+            lines.append(f"  … and {len(mismatched) - 10} more shape mismatches")
+        fc = [m for m in mismatched if m[0] == "fc.weight"]
+        if fc:
+            lines.append(
+                f"  hint: the checkpoint has {fc[0][1][0]} classes and the model {fc[0][2][0]}; "
+                f"pass num_classes={fc[0][1][0]}"
+            )
+        raise WeightsError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _abbrev(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f", … (+{len(keys) - n} more)" if len(keys) > n else "")
