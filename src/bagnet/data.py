@@ -21,3 +21,14 @@ def sample_image(name: str = "chelsea") -> Image.Image:
         raise ImportError("sample images come from scikit-image: pip install 'bagnet[examples]'") from err
     array = getattr(skdata, name)()
     return Image.fromarray(array).convert("RGB")
+
+
+def default_data_root() -> "Path":
+    """Where the shared datasets live: ``$BAGNET_DATA`` or ``../shared/data`` beside the repository."""
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("BAGNET_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "data"

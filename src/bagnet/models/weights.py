@@ -125,14 +125,14 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 raw_meta = f.metadata() or {}
             state = load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as err:
+        except (SafetensorError, OSError, ValueError) as err:
             raise WeightsError(f"could not read weights file {path}: {err}") from err
         metadata = {k: _maybe_json(v) for k, v in raw_meta.items()}
         config = metadata.pop("config", None)
@@ -238,6 +238,11 @@ def infer_config(state_dict: Mapping[str, Tensor], strides: tuple[int, ...] | No
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the checkpoint") -> None:
     """``model.load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys."""
     expected = model.state_dict()
+    state_dict = dict(state_dict)
+    for key, value in expected.items():
+        # Checkpoints from PyTorch < 0.4.1 have no BatchNorm step counters; they carry no information.
+        if key.endswith("num_batches_tracked") and key not in state_dict:
+            state_dict[key] = torch.zeros_like(value)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
