@@ -193,7 +193,7 @@ def heatmap(
     q, pad = model.patch_size, (model.patch_size - 1) // 2
     out_h, out_w = -(-height // stride), -(-width // stride)
     if tile_size is None:
-        tile_size = _tile_side(folded, stride, max_memory, out_h, out_w)
+        tile_size = _tile_side(folded.peak_channels(), folded.dtype, q, stride, max_memory, out_h, out_w)
     if tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}")
     tiles = [(i0, j0) for i0 in range(0, out_h, tile_size) for j0 in range(0, out_w, tile_size)]
@@ -346,15 +346,22 @@ def _resolve_target(model: BagNet, images: Tensor, target: Target, device: torch
     return classes.to(device)
 
 
-def _tile_side(folded: FoldedBagNet, stride: int, max_memory: Optional[int], out_h: int, out_w: int) -> int:
+def tile_side(model: BagNet, height: int, width: int, stride: int = 1, max_memory: Optional[int] = DEFAULT_MAX_MEMORY) -> int:
+    """Side, in output cells, of the square tiles :func:`heatmap` uses for an image of ``height × width``."""
+    peak = FoldedBagNet.from_model(model).peak_channels()
+    dtype = model.fc.weight.dtype
+    return _tile_side(peak, dtype, model.patch_size, stride, max_memory, -(-height // stride), -(-width // stride))
+
+
+def _tile_side(
+    peak_channels: int, dtype: torch.dtype, q: int, stride: int, max_memory: Optional[int], out_h: int, out_w: int
+) -> int:
     """Largest square tile (in output cells) whose estimated working memory fits ``max_memory``."""
     side = max(out_h, out_w)
     if max_memory is None:
         return side
-    bytes_per_value = torch.finfo(folded.dtype).bits // 8
     # Working set ≈ peak live channels × window pixels; ×2 for the library's internal copies (reorders, padding).
-    per_pixel = folded.peak_channels() * bytes_per_value * 2
-    q = folded.patch_size
+    per_pixel = peak_channels * (torch.finfo(dtype).bits // 8) * 2
     while side > 1 and (stride * (side - 1) + q) ** 2 * per_pixel > max_memory:
         side = max(1, int(side * 0.9))
     return side
