@@ -179,3 +179,33 @@ def test_residual_is_cropped_at_bottom_and_right():
     out = block(x)
     assert out.shape == (1, 16, 5, 7)
     torch.testing.assert_close(out, x[..., :5, :7])
+
+
+def test_fused_batchnorm_copy_matches_and_leaves_the_original():
+    from bagnet.models import fuse_batchnorm
+    from test_heatmaps import randomised
+
+    model = randomised(bagnet.bagnet17(num_classes=5))
+    fused = fuse_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(2, 3, 41, 37)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.evidence(x), model.evidence(x), rtol=1e-4, atol=1e-5)
+
+
+def test_inference_chunking_gives_the_same_result():
+    model = bagnet.bagnet9(num_classes=4).eval()
+    model.inference_chunk_pixels = 2 * 40 * 40  # two 40×40 images per chunk
+    x = torch.randn(5, 3, 40, 40)
+    assert model._inference_chunk(x) == 5  # autograd on: never chunked
+    with torch.no_grad():
+        assert model._inference_chunk(x) == 2
+        chunked = model.evidence(x)
+        model.inference_chunk_pixels = None
+        whole = model.evidence(x)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    model.train()
+    with torch.no_grad():
+        model.inference_chunk_pixels = 1
+        assert model._inference_chunk(x) == 5  # training mode: BatchNorm uses batch statistics, never chunked

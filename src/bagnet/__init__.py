@@ -12,9 +12,11 @@ from .models import (
     save_weights,
 )
 
+from .heatmaps import heatmap, heatmap_reference
+
 __version__ = "0.1.0"
 
 __all__ = [
     "BagNet", "BagNetConfig", "WeightsError", "bagnet9", "bagnet17", "bagnet33", "list_models", "load",
-    "save_weights", "__version__",
+    "save_weights", "heatmap", "heatmap_reference", "__version__",
 ]

@@ -1,14 +1,76 @@
-"""Images and datasets: sample photos, tolerant image loading.
+"""Images and datasets: tolerant image decoding, ImageFolder data, Imagenette, Fashion-MNIST, sample photos.
 
-(Dataset classes for ImageFolder data, Imagenette and Fashion-MNIST join this module with the training work.)
+Unreadable images never stop a long run: datasets return a :class:`Skipped` marker in their place, the collate
+function drops it from the batch and hands it to the caller, which reports each path once and counts them.
 """
 
 from __future__ import annotations
 
-from PIL import Image
+import csv
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torchvision import datasets
 
 #: Colour photos that ship inside the scikit-image wheel (usable offline).
 SAMPLE_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "cat")
+#: Image file endings that ImageFolder-style datasets read.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: Where Debian's dataset-fashion-mnist package puts its files.
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+PathLike = Union[str, os.PathLike]
+
+
+# ---------------------------------------------------------------------------------------------------- images
+class ImageReadError(ValueError):
+    """An image file could not be decoded; the message names the file."""
+
+
+def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Decode any image file PIL reads into an upright 8-bit RGB image.
+
+    EXIF orientation is applied; transparency (RGBA, LA, palette) is composited on ``background``; 16- and 32-bit
+    grayscale is scaled to 8 bits; CMYK, palette and grayscale images are converted to RGB.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image), background)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # PIL raises many types for a broken or non-image file
+        raise ImageReadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB (transparency composited on ``background``)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0 if array.max(initial=0.0) <= 1.0 else array.max()
+        else:
+            top = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
 
 
 def sample_image(name: str = "chelsea") -> Image.Image:
@@ -19,16 +81,196 @@ def sample_image(name: str = "chelsea") -> Image.Image:
         from skimage import data as skdata
     except ImportError as err:
         raise ImportError("sample images come from scikit-image: pip install 'bagnet[examples]'") from err
-    array = getattr(skdata, name)()
-    return Image.fromarray(array).convert("RGB")
+    return Image.fromarray(getattr(skdata, name)()).convert("RGB")
 
 
-def default_data_root() -> "Path":
+# ---------------------------------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class Skipped:
+    """Stands in a batch for a sample that could not be loaded."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Batch:
+    """A collated batch: images (B, 3, H, W), labels (B,), indices into the dataset, and the skipped samples."""
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+    skipped: list[Skipped]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class ImageFolderDataset(datasets.ImageFolder):
+    """torchvision's ImageFolder (one sub-folder per class, sorted) that returns :class:`Skipped` for bad files.
+
+    ``dataset[i]`` is ``(image, label, i)`` or ``Skipped``; ``categories`` holds readable class names.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        transform: Optional[Callable[[Image.Image], Any]] = None,
+        categories: Optional[Sequence[str]] = None,
+        samples: Optional[Sequence[str]] = None,
+    ) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder {root} does not exist")
+        super().__init__(str(root), transform=transform, loader=load_image, is_valid_file=_is_image_file)
+        if samples is not None:
+            keep = {str(root / s) for s in samples}
+            self.samples = [s for s in self.samples if s[0] in keep]
+            self.imgs = self.samples
+            self.targets = [t for _, t in self.samples]
+            if len(self.samples) != len(keep):
+                raise ValueError(f"{len(keep) - len(self.samples)} listed samples are not images under {root}")
+        self.categories: list[str] = list(categories) if categories is not None else list(self.classes)
+        if len(self.categories) != len(self.classes):
+            raise ValueError(f"{len(self.categories)} category names for {len(self.classes)} class folders in {root}")
+
+    def __getitem__(self, index: int) -> Union[tuple[Any, int, int], Skipped]:
+        path, label = self.samples[index]
+        try:
+            image = self.loader(path)
+            if self.transform is not None:
+                image = self.transform(image)
+        except Exception as err:  # a bad file must not end a long run: hand it to the caller instead
+            return Skipped(path, str(err))
+        return image, label, index
+
+
+def _is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(path).startswith(".")
+
+
+def collate(samples: Sequence[Union[tuple[Any, int, int], Skipped]]) -> Batch:
+    """Stack the loadable samples of a batch; the others are passed on in ``Batch.skipped``."""
+    good = [s for s in samples if not isinstance(s, Skipped)]
+    skipped = [s for s in samples if isinstance(s, Skipped)]
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped)
+    images = torch.stack([s[0] for s in good])
+    labels = torch.tensor([s[1] for s in good], dtype=torch.long)
+    indices = torch.tensor([s[2] for s in good], dtype=torch.long)
+    return Batch(images, labels, indices, skipped)
+
+
+class SkipLog:
+    """Reports each skipped file once (to a callback, default: stderr) and counts them."""
+
+    def __init__(self, report: Optional[Callable[[str], None]] = None) -> None:
+        self._report = report or (lambda msg: print(msg, file=__import__("sys").stderr))
+        self.paths: dict[str, str] = {}
+
+    def add(self, skipped: Sequence[Skipped]) -> None:
+        for s in skipped:
+            if s.path not in self.paths:
+                self.paths[s.path] = s.reason
+                self._report(f"skipped unreadable image {s.path}: {s.reason}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+# ---------------------------------------------------------------------------------------------------- Imagenette
+def default_data_root() -> Path:
     """Where the shared datasets live: ``$BAGNET_DATA`` or ``../shared/data`` beside the repository."""
-    import os
-    from pathlib import Path
-
     env = os.environ.get("BAGNET_DATA")
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class ImagenetteClass:
+    index: int
+    wnid: str
+    imagenet_index: int
+    name: str
+
+
+def imagenette_classes(root: Optional[PathLike] = None) -> list[ImagenetteClass]:
+    """The ten Imagenette classes from its ``classes.csv`` (index order = sorted folder names)."""
+    root = Path(root) if root is not None else default_data_root() / "imagenette2-160"
+    path = root / "classes.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no classes.csv in {root}; expected the Imagenette copy with its classes.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    classes = [ImagenetteClass(int(r["index"]), r["wnid"], int(r["imagenet_index"]), r["name"]) for r in rows]
+    return sorted(classes, key=lambda c: c.index)
+
+
+def imagenette(
+    split: str = "train",
+    transform: Optional[Callable[[Image.Image], Any]] = None,
+    root: Optional[PathLike] = None,
+    subset: Optional[str] = None,
+) -> ImageFolderDataset:
+    """Imagenette (10 ImageNet classes) from the shared copy; ``subset`` names a list file such as
+    ``train_subset300.txt`` whose lines are paths relative to the root."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    root = Path(root) if root is not None else default_data_root() / "imagenette2-160"
+    classes = imagenette_classes(root)
+    samples = None
+    if subset is not None:
+        lines = (root / subset).read_text().split()
+        samples = [str(Path(*Path(line).parts[1:])) for line in lines if Path(line).parts[0] == split]
+    dataset = ImageFolderDataset(root / split, transform, categories=[c.name for c in classes], samples=samples)
+    if dataset.classes != [c.wnid for c in classes]:
+        raise ValueError(f"class folders {dataset.classes} under {root / split} do not match classes.csv")
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------------- Fashion-MNIST
+class FashionMNISTDataset(torch.utils.data.Dataset):
+    """Fashion-MNIST as 3-channel PIL images through ``transform``; items are ``(image, label, index)``."""
+
+    def __init__(self, split: str, transform: Optional[Callable[[Image.Image], Any]], root: Path) -> None:
+        self._inner = datasets.FashionMNIST(str(root), train=split == "train", download=False)
+        self.transform = transform
+        self.categories = list(FASHION_MNIST_CLASSES)
+        self.targets = self._inner.targets.tolist()
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        image, label = self._inner[index]
+        image = image.convert("RGB")
+        return (self.transform(image) if self.transform else image), int(label), index
+
+
+def fashion_mnist(
+    split: str = "train",
+    transform: Optional[Callable[[Image.Image], Any]] = None,
+    cache: Optional[PathLike] = None,
+    source: PathLike = FASHION_MNIST_DEBIAN,
+) -> FashionMNISTDataset:
+    """Fashion-MNIST read from Debian's ``dataset-fashion-mnist`` files (gunzipped once into ``cache``)."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    cache = Path(cache) if cache is not None else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bagnet"
+    raw = cache / "FashionMNIST" / "raw"
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    for name in names:
+        if (raw / name).is_file():
+            continue
+        gz = Path(source) / f"{name}.gz"
+        if not gz.is_file():
+            raise FileNotFoundError(
+                f"Fashion-MNIST file {gz} not found; install it with: apt-get install dataset-fashion-mnist"
+            )
+        raw.mkdir(parents=True, exist_ok=True)
+        tmp = raw / f"{name}.tmp"
+        with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, raw / name)
+    return FashionMNISTDataset("train" if split == "train" else "test", transform, cache)

@@ -3,6 +3,7 @@
 from .bagnet import BagNet, BagNetConfig, Bottleneck, strict_fp32
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, imagenet_categories, make_preprocess
 from .receptive import ReceptiveField, output_length, receptive_field
+from .fuse import fuse_batchnorm
 from .summary import ModelSummary, summarize
 from .registry import bagnet9, bagnet17, bagnet33, list_models, load, load_file, model_entry
 from .weights import (
@@ -18,7 +19,7 @@ from .weights import (
 )
 
 __all__ = [
-    "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize",
+    "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize", "fuse_batchnorm",
     "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_categories", "make_preprocess",
     "ReceptiveField", "output_length", "receptive_field",
     "bagnet9", "bagnet17", "bagnet33", "list_models", "load", "load_file", "model_entry",
