@@ -209,3 +209,23 @@ def test_inference_chunking_gives_the_same_result():
     with torch.no_grad():
         model.inference_chunk_pixels = 1
         assert model._inference_chunk(x) == 5  # training mode: BatchNorm uses batch statistics, never chunked
+
+
+def test_subsample_conv_equals_strided_pointwise_conv_and_survives_channels_last_backward():
+    """Strided 1×1 convolutions are computed as subsample + 1×1: same numbers, and no oneDNN heap corruption in the
+    channels-last backward pass (batch 7 crashed PyTorch 2.14.1 on this project's CPU)."""
+    from bagnet.models.bagnet import SubsampleConv2d
+
+    ref = torch.nn.Conv2d(8, 16, 1, stride=2, bias=True)
+    sub = SubsampleConv2d(8, 16, 1, stride=2, bias=True)
+    sub.load_state_dict(ref.state_dict())
+    for size in (22, 23):
+        x = torch.randn(7, 8, size, size)
+        torch.testing.assert_close(sub(x), ref(x))
+    sub = sub.to(memory_format=torch.channels_last)
+    for _ in range(50):
+        x = torch.randn(7, 8, 22, 22, requires_grad=True).contiguous(memory_format=torch.channels_last)
+        sub(x).square().mean().backward()
+    model = bagnet.bagnet9()
+    strided = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1) and m.kernel_size == (1, 1)]
+    assert strided and all(isinstance(m, SubsampleConv2d) for m in strided)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -47,6 +48,78 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    overrides = {k[len("cfg_"):]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    if args.config:
+        config = TrainConfig.load(args.config)
+    elif args.resume and "out" in overrides and (Path(overrides["out"]) / "config.yaml").is_file():
+        config = TrainConfig.load(Path(overrides["out"]) / "config.yaml")
+    else:
+        config = TrainConfig()
+    config = config.replace(**overrides)
+    result = train(config, resume=args.resume, progress=not args.no_progress)
+    if result.history:
+        h = result.history[-1]
+        print(f"{result.out}: epoch {h.epoch}/{config.epochs}, val top-1 {h.val_top1:.4f}, top-5 {h.val_top5:.4f}, "
+              f"wall {result.wall_seconds / 60:.1f} min" + ("" if result.completed else " (interrupted)"))
+    if result.weights:
+        print(f"weights: {result.weights}")
+    if result.skipped:
+        print(f"{result.skipped} unreadable images skipped", file=sys.stderr)
+    return 0 if result.completed else 130
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import load
+    from .data import evaluation_dataset
+    from .train import evaluate
+
+    model = load(args.model, device=args.device)
+    dataset, categories, name = evaluation_dataset(args.data, model.preprocess)
+    if args.limit is not None:
+        import random
+
+        keep = sorted(random.Random(args.seed).sample(range(len(dataset)), min(args.limit, len(dataset))))
+        dataset = torch.utils.data.Subset(dataset, keep)
+    result = evaluate(model, dataset, categories, args.model, name, args.batch_size, args.device, args.workers,
+                      progress=not args.no_progress)
+    out = result.save(args.out)
+    print(f"{args.model} on {name} ({len(result.predictions)} images): top-1 {100 * result.top1:.2f}%  "
+          f"top-5 {100 * result.top5:.2f}%")
+    for cat, acc in zip(categories, result.per_class_top1):
+        print(f"  {cat:<24} {100 * acc:6.2f}%")
+    print(f"files: {out / 'evaluation.json'}, {out / 'predictions.csv'}, {out / 'confusion.png'}")
+    if result.skipped:
+        print(f"{len(result.skipped)} unreadable images skipped: {', '.join(result.skipped)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``--lr 0.001``, ``--layers 1 1 1 1``, ``--amp/--no-amp``)."""
+    import dataclasses
+    import typing
+
+    from .train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+        kwargs: dict = {"dest": f"cfg_{f.name}", "default": None, "help": f"(default: {f.default})"}
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is tuple:
+            kwargs.update(nargs="+", type=int, metavar="N")
+        else:
+            kwargs.update(type=base, metavar=f.name.upper())
+        parser.add_argument(flag, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bagnet", description="Bag-of-local-features models and exact heatmaps.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -56,6 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_selfcheck)
+
+    p = sub.add_parser("train", help="train a BagNet or a standard CNN (torchrun-ready)",
+                       description="Train; flags override the --config file. Under torchrun it runs distributed.")
+    p.add_argument("--config", type=Path, help="YAML or TOML file of TrainConfig fields")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix and predictions")
+    p.add_argument("--model", required=True, help="a registered name, a weights file or a training run folder")
+    p.add_argument("--data", default="imagenette", help="imagenette | fashion-mnist | an ImageFolder folder")
+    p.add_argument("--out", type=Path, default=Path("out/evaluate"), help="folder for the result files")
+    p.add_argument("--limit", type=int, help="evaluate a random sample of this many images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("models", help="list the model names that load() and every command accept")
     p.add_argument("--pretrained", action="store_true", help="only models with trained weights")

@@ -274,3 +274,22 @@ def fashion_mnist(
             shutil.copyfileobj(src, dst)
         os.replace(tmp, raw / name)
     return FashionMNISTDataset("train" if split == "train" else "test", transform, cache)
+
+
+def evaluation_dataset(
+    spec: str, transform: Optional[Callable[[Image.Image], Any]] = None
+) -> tuple[torch.utils.data.Dataset, list[str], str]:
+    """The dataset a CLI ``--data`` names, for evaluation: ``imagenette`` (its val split), ``fashion-mnist`` (its
+    test split) or an ImageFolder folder (its ``val/`` sub-folder when there is one). Returns it with its class
+    names and a display name."""
+    if spec == "imagenette":
+        ds = imagenette("val", transform)
+        return ds, ds.categories, "imagenette/val"
+    if spec == "fashion-mnist":
+        fm = fashion_mnist("test", transform)
+        return fm, fm.categories, "fashion-mnist/test"
+    root = Path(spec)
+    if (root / "val").is_dir():
+        root = root / "val"
+    ds = ImageFolderDataset(root, transform)
+    return ds, ds.categories, str(root)

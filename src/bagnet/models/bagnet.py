@@ -118,6 +118,33 @@ class BagNetConfig:
         return base
 
 
+class SubsampleConv2d(nn.Conv2d):
+    """A 1×1 convolution with stride s computed as "take every s-th pixel, then a 1×1 convolution".
+
+    Same parameters and results as ``nn.Conv2d(kernel_size=1, stride=s)``, but it avoids a oneDNN fault in the
+    backward pass of strided 1×1 convolutions on channels-last CPU tensors (a heap corruption seen with PyTorch
+    2.14.1 for some batch sizes, e.g. 7, on this project's CPU).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        sh, sw = self.stride
+        return F.conv2d(x[..., ::sh, ::sw], self.weight, self.bias, 1, 0, 1, self.groups)
+
+
+def use_subsample_convs(model: nn.Module) -> nn.Module:
+    """Turn every unpadded strided 1×1 ``nn.Conv2d`` of ``model`` into a :class:`SubsampleConv2d` (in place)."""
+    for module in model.modules():
+        if (type(module) is nn.Conv2d and module.kernel_size == (1, 1) and module.stride != (1, 1)
+                and module.padding == (0, 0)):
+            module.__class__ = SubsampleConv2d
+    return model
+
+
+def _conv(inplanes: int, planes: int, kernel_size: int, stride: int) -> nn.Conv2d:
+    cls = SubsampleConv2d if kernel_size == 1 and stride > 1 else nn.Conv2d
+    return cls(inplanes, planes, kernel_size=kernel_size, stride=stride, padding=0, bias=False)
+
+
 class Bottleneck(nn.Module):
     """ResNet bottleneck without padding; the residual is cropped at the bottom and right to the output size."""
 
@@ -133,7 +160,7 @@ class Bottleneck(nn.Module):
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=kernel_size, stride=stride, padding=0, bias=False)
+        self.conv2 = _conv(planes, planes, kernel_size, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu2 = nn.ReLU()
         self.conv3 = nn.Conv2d(planes, planes * EXPANSION, kernel_size=1, bias=False)
@@ -285,10 +312,7 @@ def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, kernel3: i
     outplanes = planes * EXPANSION
     downsample = None
     if stride != 1 or inplanes != outplanes:
-        downsample = nn.Sequential(
-            nn.Conv2d(inplanes, outplanes, kernel_size=1, stride=stride, bias=False),
-            nn.BatchNorm2d(outplanes),
-        )
+        downsample = nn.Sequential(_conv(inplanes, outplanes, 1, stride), nn.BatchNorm2d(outplanes))
     layers = [Bottleneck(inplanes, planes, stride, 3 if kernel3 > 0 else 1, downsample)]
     for i in range(1, blocks):
         layers.append(Bottleneck(outplanes, planes, 1, 3 if i < kernel3 else 1))

@@ -108,7 +108,7 @@ def model_entry(name: str) -> ModelEntry:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
-def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> BagNet:
+def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> Any:
     """Load a model by registry name (``bagnet33:imagenet``), ``arch:PATH`` or a weights file path.
 
     The model is returned in eval mode, on ``device`` if given, with ``preprocess`` and ``categories`` set when
@@ -131,26 +131,54 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
     return model.to(device) if device is not None else model
 
 
-def load_file(path: str | os.PathLike) -> BagNet:
-    """A BagNet from a weights file; the architecture is read from the file's metadata or inferred from its keys."""
+def load_file(path: str | os.PathLike) -> Any:
+    """A model from a weights file (or a training run's folder holding ``model.safetensors``).
+
+    The architecture is read from the file's metadata (``arch``, ``config``) or, for a plain BagNet state dict,
+    inferred from its keys.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise WeightsError(f"{path} is a folder without a model.safetensors (a finished training run has one)")
+        path = path / "model.safetensors"
     checkpoint = read_checkpoint(path)
-    config = checkpoint.config or infer_config(checkpoint.state_dict)
-    model = BagNet(config)
+    arch = checkpoint.metadata.get("arch", "bagnet")
+    if arch == "bagnet":
+        config = checkpoint.config or infer_config(checkpoint.state_dict)
+        model = BagNet(config)
+        num_classes = config.num_classes
+    else:
+        from .cnn import build_cnn
+
+        num_classes = int(checkpoint.state_dict[_classifier_key(checkpoint.state_dict)].shape[0])
+        model = build_cnn(arch, num_classes=num_classes, **checkpoint.metadata.get("arch_kwargs", {}))
+        model.name = arch
+        model.categories = None
     load_into(model, checkpoint.state_dict, os.fspath(path))
     model.preprocess = make_preprocess()
-    if config.num_classes == 1000:
+    if num_classes == 1000:
         model.categories = imagenet_categories()
     _apply_metadata(model, checkpoint.metadata)
     return model
 
 
-def _apply_metadata(model: BagNet, metadata: dict[str, Any]) -> None:
+def _classifier_key(state_dict: dict) -> str:
+    """The weight of the last linear layer (the classifier) of a CNN state dict."""
+    candidates = [k for k, v in state_dict.items() if k.endswith("weight") and v.dim() == 2]
+    if not candidates:
+        raise WeightsError("the checkpoint has no linear classifier weight")
+    return candidates[-1]
+
+
+def _apply_metadata(model: Any, metadata: dict[str, Any]) -> None:
     """Set class names, preprocessing and name recorded in a checkpoint's metadata."""
     categories = metadata.get("categories")
     if categories is not None:
-        if len(categories) != model.num_classes:
+        outputs = _num_outputs(model)
+        if len(categories) != outputs:
             raise WeightsError(
-                f"the checkpoint lists {len(categories)} class names but its classifier has {model.num_classes} outputs"
+                f"the checkpoint lists {len(categories)} class names but its classifier has {outputs} outputs"
             )
         model.categories = [str(c) for c in categories]
     prep = metadata.get("preprocess")
@@ -158,3 +186,10 @@ def _apply_metadata(model: BagNet, metadata: dict[str, Any]) -> None:
         model.preprocess = make_preprocess(**prep)
     if isinstance(metadata.get("name"), str):
         model.name = metadata["name"]
+
+
+def _num_outputs(model: Any) -> int:
+    if isinstance(model, BagNet):
+        return model.num_classes
+    linears = [m for m in model.modules() if type(m).__name__ == "Linear"]
+    return int(linears[-1].out_features)

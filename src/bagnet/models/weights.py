@@ -177,6 +177,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Optional[M
     if path.suffix != ".safetensors":
         raise ValueError(f"save_weights writes .safetensors files, got {path}")
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    if "name" not in (metadata or {}) and getattr(model, "name", None):
+        meta["name"] = json.dumps(model.name)
     config = getattr(model, "config", None)
     if isinstance(config, BagNetConfig):
         meta["config"] = json.dumps(config.to_dict())

@@ -1,0 +1,52 @@
+"""Figures from arrays (matplotlib, no display needed): pure functions that return a Figure."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix_figure(matrix: np.ndarray, categories: Sequence[str], title: Optional[str] = None):
+    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
+    plt = _plt()
+    matrix = np.asarray(matrix)
+    n = len(categories)
+    if matrix.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {matrix.shape} does not fit {n} categories")
+    rows = matrix.sum(1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels=list(categories), rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels=list(categories), fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path) -> None:
+    """Write a figure to ``path`` (PNG at 120 dpi) and free it."""
+    plt = _plt()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
