@@ -126,11 +126,17 @@ def test_standard_cnns_train_and_reload(tmp_path, arch):
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path):
-    """torchrun with 2 CPU processes (Gloo) and a global batch of 8 against one process with a batch of 8."""
+    """torchrun with 2 CPU processes (Gloo), global batch 8, against one process with batch 8, in fp32.
+
+    Tolerance: the two final parameter vectors differ by < 1 % of the distance training moved them (measured:
+    0.05 % with global-batch BatchNorm; 97 % with per-process BatchNorm statistics, --no-sync-bn).
+    """
+    from bagnet.train import build_model
+
     data = make_folder(tmp_path / "data")
     common = ["--arch", "bagnet", "--patch-size", "9", "--width", "8", "--layers", "1", "1", "1", "1",
               "--data", str(data), "--image-size", "24", "--epochs", "2", "--batch-size", "8", "--lr", "0.003",
-              "--warmup-epochs", "0.5", "--workers", "0", "--no-progress", "--min-scale", "0.6"]
+              "--warmup-epochs", "0.5", "--workers", "0", "--no-progress", "--min-scale", "0.6", "--no-amp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "bagnet", "train", *common, "--out", str(tmp_path / "single")],
                    check=True, env=env, capture_output=True)
@@ -138,12 +144,20 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bagnet",
          "train", *common, "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = bagnet.load(tmp_path / "single").state_dict()
-    multi = bagnet.load(tmp_path / "ddp").state_dict()
-    # BatchNorm statistics are per process (4 images each) in DDP; everything else is the same computation.
-    worst = max(((single[k] - multi[k]).abs().max() / single[k].abs().max().clamp(min=1e-8)).item()
-                for k in single if single[k].is_floating_point())
-    assert worst < DDP_TOLERANCE, worst
+    assert not (tmp_path / "ddp" / "checkpoint.pt.tmp").exists()
 
+    def flat(model):
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
 
-DDP_TOLERANCE = 0.05
+    single, multi = bagnet.load(tmp_path / "single"), bagnet.load(tmp_path / "ddp")
+    torch.manual_seed(0)
+    init = build_model(TrainConfig.load(tmp_path / "single" / "config.yaml"), 3)
+    moved = (flat(single) - flat(init)).norm()
+    assert moved > 0.1  # training did move the weights
+    assert (flat(single) - flat(multi)).norm() / moved < 0.01
+    for (name, a), b in zip(single.named_buffers(), multi.buffers()):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=0.02, atol=0.02, msg=name)
+    h_single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    h_multi = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert [h["train_loss"] for h in h_multi] == pytest.approx([h["train_loss"] for h in h_single], rel=1e-3)

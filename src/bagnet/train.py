@@ -66,6 +66,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision where the hardware has it (CUDA; bf16 on CPUs with AVX-512 BF16)
     channels_last: bool = True
     workers: int = 2
+    sync_bn: bool = True  # distributed runs: BatchNorm statistics over the global batch, as in one process
     seed: int = 0
     device: Optional[str] = None
     out: str = "runs/run"
@@ -286,6 +287,54 @@ class TrainResult:
                 "skipped": self.skipped, "wall_seconds": self.wall_seconds, "completed": self.completed}
 
 
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are taken over the global batch of all processes (any device).
+
+    torch.nn.SyncBatchNorm runs only on GPUs; this one all-reduces the per-channel sums with the differentiable
+    ``torch.distributed.nn.functional.all_reduce``, so gradients flow across processes as in one big batch and a
+    DDP run computes what a single process with the same global batch computes.
+    """
+
+    #: Process group for the statistics; its own, so that its collectives never interleave with DDP's.
+    group: Any = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not dist.is_initialized():
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        local_sum = x.sum(dim=(0, 2, 3))
+        stats = all_reduce(torch.cat([local_sum, count]), group=self.group)
+        n = stats[-1]
+        mean = stats[:c] / n
+        centred = x - mean[None, :, None, None]
+        var = all_reduce((centred * centred).sum(dim=(0, 2, 3)), group=self.group) / n
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
+
+
+def use_global_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Make every BatchNorm2d compute global-batch statistics in a distributed run (parameters unchanged)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    group = dist.new_group(backend="gloo")
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = GlobalBatchNorm2d
+            module.group = group
+    return model
+
+
 class _Interrupted(Exception):
     pass
 
@@ -369,8 +418,10 @@ def train(
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state["config"] != config.to_dict():
-            diff = {k: (state["config"].get(k), v) for k, v in config.to_dict().items() if state["config"].get(k) != v}
+        defaults = TrainConfig().to_dict()  # fields added since the checkpoint was written count as defaults
+        saved = {k: state["config"].get(k, defaults[k]) for k in defaults}
+        if saved != config.to_dict():
+            diff = {k: (saved[k], v) for k, v in config.to_dict().items() if saved[k] != v}
             raise ValueError(f"--resume: the config differs from the checkpoint's (checkpoint, now): {diff}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -385,7 +436,10 @@ def train(
 
     net: nn.Module = model
     if distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.sync_bn:
+            use_global_batchnorm(model, device)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  broadcast_buffers=not config.sync_bn)
     skips = SkipLog(say)
     skips.paths.update(skipped_paths)
     started = time.time()
