@@ -123,12 +123,15 @@ class SubsampleConv2d(nn.Conv2d):
 
     Same parameters and results as ``nn.Conv2d(kernel_size=1, stride=s)``, but it avoids a oneDNN fault in the
     backward pass of strided 1×1 convolutions on channels-last CPU tensors (a heap corruption seen with PyTorch
-    2.14.1 for some batch sizes, e.g. 7, on this project's CPU).
+    2.14.1 for some batch sizes, e.g. 7, on this project's CPU). Inference and NCHW inputs take the native path.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        sh, sw = self.stride
-        return F.conv2d(x[..., ::sh, ::sw], self.weight, self.bias, 1, 0, 1, self.groups)
+        # Only where the fault lives (autograd on, channels-last): elsewhere the native strided conv is faster.
+        if torch.is_grad_enabled() and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            sh, sw = self.stride
+            return F.conv2d(x[..., ::sh, ::sw], self.weight, self.bias, 1, 0, 1, self.groups)
+        return super().forward(x)
 
 
 def use_subsample_convs(model: nn.Module) -> nn.Module:
