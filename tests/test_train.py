@@ -161,3 +161,25 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     h_single = json.loads((tmp_path / "single" / "metrics.json").read_text())
     h_multi = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert [h["train_loss"] for h in h_multi] == pytest.approx([h["train_loss"] for h in h_single], rel=1e-3)
+
+
+def test_evaluate_cli_writes_json_csv_and_png(tmp_path, capsys):
+    import csv
+
+    from bagnet.cli import main
+
+    data = make_folder(tmp_path / "data", per_class=8)
+    (data / "val" / "green" / "empty.jpg").write_bytes(b"")  # unreadable: named on stderr, exit code 1
+    train(tiny_config(data, tmp_path / "run", epochs=3), progress=False)
+    code = main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--workers", "0", "--no-progress"])
+    assert code == 1
+    assert "empty.jpg" in capsys.readouterr().err
+    result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    with open(tmp_path / "ev" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == result["images"] == 12
+    assert result["top1"] == pytest.approx(sum(r["correct"] == "True" for r in rows) / 12)
+    assert sum(map(sum, result["confusion"])) == 12 and result["top5"] == 1.0  # 3 classes: top-5 is everything
+    png = (tmp_path / "ev" / "confusion.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
