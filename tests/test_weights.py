@@ -200,3 +200,22 @@ def test_verified_load_accepts_matching_hash(tmp_path):
 def test_imagenet_weights_with_other_num_classes_is_refused():
     with pytest.raises(ValueError, match="1000 classes"):
         bagnet.bagnet9(weights="imagenet", num_classes=10)
+
+
+def test_shipped_weights_are_found_by_name_with_their_card_and_default(tmp_path):
+    from bagnet.models.registry import shipped_entries
+
+    model = BagNet(BagNetConfig(layers=(1, 1, 1, 1), kernel3=(1, 1, 0, 0), width=8, num_classes=3))
+    bagnet.save_weights(model, tmp_path / "bagnet9.toy.safetensors", {"categories": ["a", "b", "c"]})
+    (tmp_path / "bagnet9.toy.md").write_text("# BagNet-9 on a toy set\n\nmore\n")
+    (tmp_path / "DEFAULT").write_text("bagnet9:toy\n")
+    entries = shipped_entries(tmp_path)
+    assert set(entries) == {"bagnet9:toy", "default"}
+    assert "BagNet-9 on a toy set" in entries["default"].description
+    loaded = entries["default"].build()
+    assert loaded.categories == ["a", "b", "c"]
+    x = torch.randn(1, 3, 20, 20)
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
+    (tmp_path / "DEFAULT").write_text("bagnet33:missing\n")
+    with pytest.raises(WeightsError, match="not among the shipped models"):
+        shipped_entries(tmp_path)

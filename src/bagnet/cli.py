@@ -59,7 +59,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         config = TrainConfig()
     config = config.replace(**overrides)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    import shlex
+
+    command = "bagnet " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv_is_cli() else ["train", "..."]))
+    result = train(config, resume=args.resume, progress=not args.no_progress, command=command)
     if result.history:
         h = result.history[-1]
         print(f"{result.out}: epoch {h.epoch}/{config.epochs}, val top-1 {h.val_top1:.4f}, top-5 {h.val_top5:.4f}, "
@@ -69,6 +72,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.skipped:
         print(f"{result.skipped} unreadable images skipped", file=sys.stderr)
     return 0 if result.completed else 130
+
+
+def argv_is_cli() -> bool:
+    """Whether sys.argv holds this command line (not, say, pytest's)."""
+    return len(sys.argv) > 1 and sys.argv[1] == "train"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -280,11 +280,13 @@ class TrainResult:
     skipped: int
     wall_seconds: float
     completed: bool
+    commands: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": 1, "out": str(self.out), "config": self.config.to_dict(),
                 "history": [asdict(h) for h in self.history], "weights": str(self.weights) if self.weights else None,
-                "skipped": self.skipped, "wall_seconds": self.wall_seconds, "completed": self.completed}
+                "skipped": self.skipped, "wall_seconds": self.wall_seconds, "completed": self.completed,
+                "commands": self.commands}
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -372,10 +374,12 @@ def train(
     progress: bool = True,
     log: Optional[Callable[[str], None]] = None,
     stop_after_steps: Optional[int] = None,
+    command: Optional[str] = None,
 ) -> TrainResult:
     """Train the model ``config`` describes; resume from ``out/checkpoint.pt`` when ``resume`` is set.
 
-    ``stop_after_steps`` interrupts the run after that many optimiser steps as Ctrl-C would (for tests).
+    ``stop_after_steps`` interrupts the run after that many optimiser steps as Ctrl-C would (for tests);
+    ``command`` (the command line that started it) is recorded in summary.json.
     """
     rank, world, local_rank = _dist_info()
     distributed = world > 1
@@ -414,6 +418,7 @@ def train(
     history: list[EpochMetrics] = []
     start_epoch, start_step, wall_before, skipped_paths = 0, 0, 0.0, {}
     resume_stats: Optional[tuple] = None
+    commands: list[str] = []
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
@@ -432,6 +437,7 @@ def train(
         wall_before = state["wall_seconds"]
         skipped_paths = dict(state.get("skipped", {}))
         resume_stats = state.get("epoch_stats")
+        commands = list(state.get("commands", []))
         say(f"resuming {out} at epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch}")
 
     net: nn.Module = model
@@ -442,6 +448,8 @@ def train(
                                                   broadcast_buffers=not config.sync_bn)
     skips = SkipLog(say)
     skips.paths.update(skipped_paths)
+    if command:
+        commands.append(command)
     started = time.time()
 
     def save_checkpoint(epoch: int, step_in_epoch: int, epoch_stats: Optional[tuple] = None) -> None:
@@ -452,7 +460,7 @@ def train(
             "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
             "step_in_epoch": step_in_epoch, "history": [asdict(h) for h in history],
             "wall_seconds": wall_before + time.time() - started, "skipped": dict(skips.paths),
-            "epoch_stats": epoch_stats,
+            "epoch_stats": epoch_stats, "commands": commands,
         }
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
         torch.save(state, tmp)
@@ -533,7 +541,8 @@ def train(
     weights = None
     if completed and rank == 0:
         weights = save_weights(model, out / "model.safetensors", model_metadata(config, splits.categories))
-    result = TrainResult(out, config, history, weights, len(skips), wall_before + time.time() - started, completed)
+    result = TrainResult(out, config, history, weights, len(skips), wall_before + time.time() - started, completed,
+                         commands)
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
         if skips.paths:

@@ -92,7 +92,31 @@ def _entries() -> dict[str, ModelEntry]:
     return entries
 
 
-_REGISTRY: dict[str, ModelEntry] = _entries()
+#: Trained weights that ship inside the package: ``ARCH.DATA.safetensors`` (loaded as ``ARCH:DATA``) with a model card
+#: ``ARCH.DATA.md`` beside it; the file ``DEFAULT`` names the model ``load("default")`` gives.
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def shipped_entries(directory: Path = SHIPPED_DIR) -> dict[str, ModelEntry]:
+    """Registry entries for the weights shipped in ``directory`` (plus ``default`` when a DEFAULT file names one)."""
+    entries: dict[str, ModelEntry] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        arch, _, data = path.name[: -len(".safetensors")].partition(".")
+        name = f"{arch}:{data}" if data else arch
+        card = path.with_suffix(".md")
+        title = card.read_text().splitlines()[0].lstrip("# ").strip() if card.is_file() else f"{name} (no model card)"
+        entries[name] = ModelEntry(name, f"{title} (shipped)", lambda progress=True, _p=path: load_file(_p), True)
+    default = directory / "DEFAULT"
+    if default.is_file():
+        target = default.read_text().strip()
+        if target not in entries:
+            raise WeightsError(f"{default} names {target!r}, which is not among the shipped models {sorted(entries)}")
+        entry = entries[target]
+        entries["default"] = ModelEntry("default", f"= {target}: {entry.description}", entry.build, True)
+    return entries
+
+
+_REGISTRY: dict[str, ModelEntry] = {**_entries(), **shipped_entries()}
 
 
 def list_models(pretrained: Optional[bool] = None) -> list[str]:
