@@ -51,7 +51,7 @@ def card(name: str, run: Path, evaluation: dict, why: str) -> str:
         f"{config['label_smoothing']}, random resized crops (scale ≥ {config['min_scale']}) and flips, "
         f"{'bf16 mixed precision, ' if config.get('amp') else ''}seed {config['seed']}; "
         f"{config.get('holdout_per_class', 0)} training images per class held out for choices.",
-        f"- Commands: " + "; ".join(f"`{c}`" for c in summary.get("commands") or ["(not recorded)"]),
+        "- Commands: " + "; ".join(f"`{c}`" for c in summary.get("commands") or ["(not recorded)"]),
         f"- Wall time: {summary['wall_seconds'] / 3600:.2f} h on {platform.machine()} "
         f"({torch.get_num_threads()} threads, PyTorch {torch.__version__}); last epoch trained at "
         f"{last['images_per_s']:.0f} images/s.",

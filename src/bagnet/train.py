@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import transforms
 
@@ -353,7 +352,7 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)  # no weight decay on biases and norm parameters
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":

@@ -8,7 +8,7 @@ logits are the spatial mean of that evidence.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
