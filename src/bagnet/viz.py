@@ -50,3 +50,33 @@ def save_figure(fig, path) -> None:
     plt = _plt()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def line_figure(series: dict, xlabel: str, ylabel: str, title: Optional[str] = None, log_x: bool = False):
+    """One line per entry ``name: (xs, ys)``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    if log_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_row_figure(images: Sequence[np.ndarray], titles: Sequence[str]):
+    """Images (H, W, 3) in [0, 1] side by side with a title each."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.6), squeeze=False)
+    for ax, image, title in zip(axes[0], images, titles):
+        ax.imshow(np.clip(image, 0, 1))
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,90 @@
+"""What every experiment shares: checking a classifier and a dataset, batched iteration, result files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..data import Batch, SkipLog, collate
+
+SCHEMA_VERSION = 1
+
+
+def model_device(model: nn.Module, device: Any = None) -> torch.device:
+    """The device to compute on: ``device`` if given, else where the model's parameters are."""
+    if device is not None:
+        return torch.device(device)
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def check_dataset(dataset: torch.utils.data.Dataset, name: str = "dataset") -> int:
+    """Length of ``dataset``; a clear error when it is empty."""
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be a map-style dataset with a length, got {type(dataset).__name__}") from None
+    if n == 0:
+        raise ValueError(f"{name} is empty: nothing to run the experiment on")
+    return n
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, images: Tensor, num_classes: int, name: str = "model") -> Tensor:
+    """``model(images)`` in eval mode, checked to be (N, num_classes)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(images)
+    finally:
+        model.train(was_training)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != images.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"{name} must return logits shaped (N, classes); for N={images.shape[0]} it returned {shape}")
+    if out.shape[1] != num_classes:
+        raise ValueError(f"{name} has {out.shape[1]} outputs but the dataset has {num_classes} classes")
+    return out.float()
+
+
+def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
+            skips: SkipLog, workers: int = 0) -> Iterator[Batch]:
+    """Batches of the first ``limit`` samples of a seeded permutation (all samples when ``limit`` is None)."""
+    n = check_dataset(dataset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    if limit is not None:
+        order = sorted(order[:limit])
+    subset = torch.utils.data.Subset(dataset, order)
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
+                                         generator=torch.Generator().manual_seed(seed))
+    for batch in loader:
+        skips.add(batch.skipped)
+        if len(batch):
+            yield batch
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=2))
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def out_dir(path: str | os.PathLike) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

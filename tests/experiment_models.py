@@ -1,0 +1,71 @@
+"""Tiny datasets and models whose answers in each experiment are known in advance."""
+
+import torch
+from torch import nn
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """(image, label, index) items from tensors, like bagnet's datasets."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i]), i
+
+
+def two_region_data(n: int = 40, size: int = 32, seed: int = 0) -> TensorImages:
+    """Class 1: top-left quadrant bright, bottom-right dark; class 0: the reverse; the rest mid-grey plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g) * 0.1
+    labels = torch.arange(n) % 2
+    h = size // 2
+    for i in range(n):
+        sign = 1.0 if labels[i] == 1 else -1.0
+        images[i, :, :h, :h] += sign
+        images[i, :, h:, h:] -= sign
+    return TensorImages(images, labels)
+
+
+class MeanColourModel(nn.Module):
+    """Logits from the image's mean colour only: blind to where anything is."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.fc = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.mean((2, 3)))
+
+
+class TwoRegionModel(nn.Module):
+    """Compares the mean of the top-left quadrant with the bottom-right one: uses only their arrangement."""
+
+    def forward(self, x):
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        d = x[..., :h, :w].mean((1, 2, 3)) - x[..., h:, w:].mean((1, 2, 3))
+        return torch.stack([-d, d], dim=1) * 10
+
+
+def colour_data(n: int = 40, size: int = 32, seed: int = 0) -> TensorImages:
+    """Class 1: reddish images, class 0: bluish, with a random bright blob somewhere (position carries nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g) * 0.3
+    labels = torch.arange(n) % 2
+    for i in range(n):
+        images[i, 0 if labels[i] == 1 else 2] += 0.5
+        y, x = torch.randint(0, size - 8, (2,), generator=g).tolist()
+        images[i, :, y : y + 8, x : x + 8] += 1.0
+    return TensorImages(images, labels)
+
+
+def colour_model() -> MeanColourModel:
+    """Right by construction on colour_data: red minus blue decides."""
+    model = MeanColourModel()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]]))
+        model.fc.bias.zero_()
+    return model
