@@ -69,3 +69,12 @@ def colour_model() -> MeanColourModel:
         model.fc.weight.copy_(torch.tensor([[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]]))
         model.fc.bias.zero_()
     return model
+
+
+class ProductModel(nn.Module):
+    """Logit = product of the means of the top-left and bottom-right quadrants: distant regions interact."""
+
+    def forward(self, x):
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        p = x[..., :h, :w].mean((1, 2, 3)) * x[..., h:, w:].mean((1, 2, 3)) * 10
+        return torch.stack([-p, p], dim=1)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from bagnet.experiments import ScramblingConfig, scramble, scrambling
+from bagnet.experiments import InteractionConfig, ScramblingConfig, interactions, region_pairs, scramble, scrambling
 from experiment_models import (
     MeanColourModel,
     TensorImages,
@@ -55,3 +55,44 @@ def test_scrambling_bad_input():
         scrambling({"m": MeanColourModel(3)}, data, 2, progress=False)
     with pytest.raises(ValueError, match=r"logits shaped \(N, classes\)"):
         scrambling({"m": torch.nn.Identity()}, data, 2, progress=False)
+
+
+def test_interactions_zero_for_additive_model_and_large_for_a_product_of_distant_regions(tmp_path):
+    from experiment_models import ProductModel
+
+    config = InteractionConfig(region=6, gaps=(0, 8, 16), pairs_per_gap=6, fill="zero", limit=8)
+    result = interactions({"linear": colour_model(), "product": ProductModel()}, two_region_data(8), 2, config,
+                          progress=False)
+    assert result.images == 8
+    assert max(result.normalised_interaction["linear"]) < 1e-5  # a linear model adds effects (fp32 rounding only)
+    assert min(result.normalised_interaction["product"]) > 1e-3  # a product of region means never adds up
+    out = result.save(tmp_path / "int")
+    assert json.loads((out / "interactions.json").read_text())["fill"] == "zero"
+    assert (out / "interactions.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("fill", ["mean", "zero", "blur"])
+def test_bagnet_interaction_is_exactly_zero_once_no_patch_covers_both_regions(fill):
+    """Property of BagNets, checked not assumed: zero interaction for gaps ≥ q, none at gap 0."""
+    from bagnet import BagNet, BagNetConfig
+    from test_heatmaps import randomised
+
+    model = randomised(BagNet(BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=2))).double()
+    data = TensorImages(torch.randn(3, 3, 48, 48, dtype=torch.float64), torch.tensor([0, 1, 0]))
+    config = InteractionConfig(region=6, gaps=(0, 3, 9, 12, 20), pairs_per_gap=8, fill=fill, limit=3)
+    result = interactions({"bagnet9": model}, data, 2, config, progress=False)
+    norm = dict(zip(result.gaps, result.normalised_interaction["bagnet9"]))
+    assert norm[0] > 1e-3
+    assert norm[9] <= 1e-5 and norm[12] <= 1e-5 and norm[20] <= 1e-5, norm
+    assert result.patch_sizes == {"bagnet9": 9}
+
+
+def test_region_pairs_respect_gap_and_bounds():
+    g = torch.Generator().manual_seed(0)
+    for ay, ax, by, bx in region_pairs(40, 30, 5, 7, 50, g):
+        assert max(by - ay, bx - ax) == 5 + 7 and min(by - ay, bx - ax) == 0
+        assert 0 <= ay and 0 <= ax and by + 5 <= 40 and bx + 5 <= 30
+    with pytest.raises(ValueError, match="do not fit"):
+        region_pairs(10, 10, 5, 7, 1, g)
+    with pytest.raises(ValueError, match="fill must be"):
+        InteractionConfig(fill="noise")

@@ -1,5 +1,9 @@
 """The paper's experiments as functions ``(model(s), dataset, config) -> Result`` for any image classifier."""
 
+from .interactions import InteractionConfig, InteractionResult, interactions, region_pairs
 from .scrambling import ScramblingConfig, ScramblingResult, scramble, scrambling
 
-__all__ = ["ScramblingConfig", "ScramblingResult", "scramble", "scrambling"]
+__all__ = [
+    "InteractionConfig", "InteractionResult", "interactions", "region_pairs",
+    "ScramblingConfig", "ScramblingResult", "scramble", "scrambling",
+]

@@ -39,9 +39,12 @@ def check_dataset(dataset: torch.utils.data.Dataset, name: str = "dataset") -> i
 
 @torch.no_grad()
 def logits_of(model: nn.Module, images: Tensor, num_classes: int, name: str = "model") -> Tensor:
-    """``model(images)`` in eval mode, checked to be (N, num_classes)."""
+    """``model(images)`` in eval mode (images cast to the model's dtype), checked to be (N, num_classes), as fp64."""
     was_training = model.training
     model.eval()
+    param = next(model.parameters(), None)
+    if param is not None and param.is_floating_point():
+        images = images.to(dtype=param.dtype)
     try:
         out = model(images)
     finally:
@@ -51,7 +54,7 @@ def logits_of(model: nn.Module, images: Tensor, num_classes: int, name: str = "m
         raise ValueError(f"{name} must return logits shaped (N, classes); for N={images.shape[0]} it returned {shape}")
     if out.shape[1] != num_classes:
         raise ValueError(f"{name} has {out.shape[1]} outputs but the dataset has {num_classes} classes")
-    return out.float()
+    return out.double()  # differences of logits are taken later: keep every bit the model produced
 
 
 def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
