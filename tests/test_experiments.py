@@ -5,7 +5,17 @@ import json
 import pytest
 import torch
 
-from bagnet.experiments import InteractionConfig, ScramblingConfig, interactions, region_pairs, scramble, scrambling
+from bagnet.experiments import (
+    InteractionConfig,
+    ScramblingConfig,
+    SimilarityConfig,
+    error_consistency,
+    interactions,
+    region_pairs,
+    scramble,
+    scrambling,
+    similarity,
+)
 from experiment_models import (
     MeanColourModel,
     TensorImages,
@@ -96,3 +106,49 @@ def test_region_pairs_respect_gap_and_bounds():
         region_pairs(10, 10, 5, 7, 1, g)
     with pytest.raises(ValueError, match="fill must be"):
         InteractionConfig(fill="noise")
+
+
+def test_error_consistency_known_values():
+    a = torch.tensor([1, 1, 0, 0, 1, 0, 1, 0], dtype=torch.bool)
+    assert error_consistency(a, a) == pytest.approx(1.0)
+    assert error_consistency(a, ~a) == pytest.approx(-1.0)
+    # independent by construction: b is right on half of a's right answers and on half of its wrong ones
+    b = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
+    assert error_consistency(a, b) == pytest.approx(0.0)
+    # by hand: c_obs = 7/8, p = 4/8 and 5/8, c_exp = 0.5·0.625 + 0.5·0.375 = 0.5 → κ = 0.75
+    c = torch.tensor([1, 1, 0, 0, 1, 0, 1, 1], dtype=torch.bool)
+    assert error_consistency(a, c) == pytest.approx(0.75)
+
+
+def test_similarity_of_identical_opposite_and_unrelated_models(tmp_path):
+    import math
+
+    clean = colour_data(40)
+    labels = clean.labels.clone()
+    labels[::5] = 1 - labels[::5]  # every fifth label wrong: the colour model is right on 80 %
+    data = TensorImages(clean.images, labels)
+
+    class Flip(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return -self.inner(x)
+
+    result = similarity({"a": colour_model(), "a again": colour_model(), "opposite": Flip(colour_model()),
+                         "spatial": TwoRegionModel()}, data, 2, SimilarityConfig(batch_size=16), progress=False)
+    m = {name: i for i, name in enumerate(result.models)}
+    ec, lc, cc = result.error_consistency, result.logit_correlation, result.class_accuracy_correlation
+    assert result.accuracy["a"] == pytest.approx(0.8) and result.accuracy["opposite"] == pytest.approx(0.2)
+    assert ec[m["a"]][m["a again"]] == pytest.approx(1.0)
+    # complementary errors at 80 % and 20 %: c_obs = 0, c_exp = 2·0.8·0.2 = 0.32 → κ = −0.32 / 0.68
+    assert ec[m["a"]][m["opposite"]] == pytest.approx(-0.32 / 0.68)
+    assert abs(ec[m["a"]][m["spatial"]]) < 0.5  # the spatial model's errors have nothing to do with colour
+    assert lc[m["a"]][m["a again"]] == pytest.approx(1.0) and lc[m["a"]][m["opposite"]] == pytest.approx(-1.0)
+    assert math.isnan(cc[m["a"]][m["a again"]]) or cc[m["a"]][m["a again"]] == pytest.approx(1.0)
+    out = result.save(tmp_path / "sim")
+    assert (out / "similarity.png").stat().st_size > 5000
+    assert len((out / "similarity.csv").read_text().splitlines()) == 1 + 6
+    with pytest.raises(ValueError, match="at least two"):
+        similarity({"a": colour_model()}, data, 2, progress=False)

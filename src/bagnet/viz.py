@@ -80,3 +80,27 @@ def image_row_figure(images: Sequence[np.ndarray], titles: Sequence[str]):
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def matrices_figure(matrices: dict, names: Sequence[str], title: Optional[str] = None, vmin: float = -1.0,
+                    vmax: float = 1.0):
+    """Square matrices side by side (diverging colours from vmin to vmax), values written in the cells."""
+    plt = _plt()
+    n = len(names)
+    size = max(3.0, 0.5 * n + 1.5)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices) + 1, size + 0.6), squeeze=False)
+    for ax, (label, matrix) in zip(axes[0], matrices.items()):
+        matrix = np.asarray(matrix, dtype=float)
+        im = ax.imshow(matrix, cmap="RdBu_r", vmin=vmin, vmax=vmax)
+        ax.set_xticks(range(n), labels=list(names), rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels=list(names), fontsize=8)
+        ax.set_title(label, fontsize=9)
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(matrix[i, j]):
+                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -2,8 +2,10 @@
 
 from .interactions import InteractionConfig, InteractionResult, interactions, region_pairs
 from .scrambling import ScramblingConfig, ScramblingResult, scramble, scrambling
+from .similarity import SimilarityConfig, SimilarityResult, error_consistency, mean_logit_correlation, similarity
 
 __all__ = [
     "InteractionConfig", "InteractionResult", "interactions", "region_pairs",
     "ScramblingConfig", "ScramblingResult", "scramble", "scrambling",
+    "SimilarityConfig", "SimilarityResult", "error_consistency", "mean_logit_correlation", "similarity",
 ]
