@@ -78,3 +78,24 @@ class ProductModel(nn.Module):
         h, w = x.shape[-2] // 2, x.shape[-1] // 2
         p = x[..., :h, :w].mean((1, 2, 3)) * x[..., h:, w:].mean((1, 2, 3)) * 10
         return torch.stack([-p, p], dim=1)
+
+
+class CentreColourModel(nn.Module):
+    """Decides by the colour (red minus blue) of the central 8×8 block only."""
+
+    def forward(self, x):
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        centre = x[..., h - 4 : h + 4, w - 4 : w + 4].mean((2, 3))
+        d = centre[:, 0] - centre[:, 2]
+        return torch.stack([-d, d], dim=1)
+
+
+def centre_colour_data(n: int = 32, size: int = 32, seed: int = 0) -> TensorImages:
+    """Grey noise everywhere; the central 8×8 block is red (class 1) or blue (class 0)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g) * 0.2
+    labels = torch.arange(n) % 2
+    h = size // 2
+    for i in range(n):
+        images[i, 0 if labels[i] == 1 else 2, h - 4 : h + 4, h - 4 : h + 4] += 1.0
+    return TensorImages(images, labels)

@@ -7,6 +7,10 @@ import torch
 
 from bagnet.experiments import (
     InteractionConfig,
+    MaskingConfig,
+    block_scores,
+    mask_blocks,
+    masking,
     ScramblingConfig,
     SimilarityConfig,
     error_consistency,
@@ -17,7 +21,9 @@ from bagnet.experiments import (
     similarity,
 )
 from experiment_models import (
+    CentreColourModel,
     MeanColourModel,
+    centre_colour_data,
     TensorImages,
     TwoRegionModel,
     colour_data,
@@ -152,3 +158,47 @@ def test_similarity_of_identical_opposite_and_unrelated_models(tmp_path):
     assert len((out / "similarity.csv").read_text().splitlines()) == 1 + 6
     with pytest.raises(ValueError, match="at least two"):
         similarity({"a": colour_model()}, data, 2, progress=False)
+
+
+def test_masking_the_known_region_first_destroys_the_model_that_uses_it(tmp_path):
+    def centre_first(images, labels):  # a ranking that knows where the evidence is
+        scores = torch.zeros(images.shape[0], *images.shape[-2:])
+        scores[:, 12:20, 12:20] = 1.0
+        return scores
+
+    config = MaskingConfig(block=8, ks=(0, 1, 4), fill="zero", batch_size=8)
+    result = masking({"centre": CentreColourModel()}, {"oracle": centre_first, "random": "random"},
+                     centre_colour_data(), 2, config, progress=False)
+    acc = result.accuracy["centre"]
+    assert result.blocks_per_image == 16 and result.ks == [0, 1, 4]
+    assert acc["oracle"][0] == 1.0 and acc["random"][0] == 1.0
+    # the centre 8×8 region straddles 4 blocks: one masked block removes a quarter, four remove all of it
+    assert acc["oracle"][2] == 0.5  # zero fill leaves no colour: every logit is 0, argmax picks class 0
+    assert acc["random"][1] >= 0.9
+    out = result.save(tmp_path / "mask")
+    assert (out / "masking.png").stat().st_size > 5000
+
+
+def test_block_scores_and_mask_blocks():
+    scores = torch.zeros(1, 4, 6)
+    scores[0, 2:4, 4:6] = 3.0
+    blocks = block_scores(scores, 2)
+    assert blocks.shape == (1, 2, 3) and blocks[0, 1, 2] == 12.0 and blocks.sum() == 12.0
+    images, fills = torch.ones(1, 1, 4, 6), torch.zeros(1, 1, 4, 6)
+    order = blocks.flatten(1).argsort(1, descending=True)
+    masked = mask_blocks(images, fills, order, 1, 2)
+    assert masked[0, 0, 2:4, 4:6].sum() == 0 and masked.sum() == 24 - 4
+
+
+def test_masking_with_a_bagnet_ranking_runs_and_checks_inputs():
+    from bagnet import BagNet, BagNetConfig
+
+    ranker = BagNet(BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=2)).eval()
+    data = centre_colour_data(4)
+    result = masking({"centre": CentreColourModel(), "ranker": ranker}, {"bagnet": ranker}, data, 2,
+                     MaskingConfig(ks=(0, 2), batch_size=4), progress=False)
+    assert set(result.accuracy) == {"centre", "ranker"}
+    with pytest.raises(ValueError, match="cannot mask k = 99"):
+        masking({"c": CentreColourModel()}, {"random": "random"}, data, 2, MaskingConfig(ks=(99,)), progress=False)
+    with pytest.raises(TypeError, match="must be a BagNet"):
+        masking({"c": CentreColourModel()}, {"x": 3}, data, 2, progress=False)

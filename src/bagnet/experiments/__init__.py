@@ -1,11 +1,13 @@
 """The paper's experiments as functions ``(model(s), dataset, config) -> Result`` for any image classifier."""
 
 from .interactions import InteractionConfig, InteractionResult, interactions, region_pairs
+from .masking import MaskingConfig, MaskingResult, bagnet_scores, block_scores, mask_blocks, masking
 from .scrambling import ScramblingConfig, ScramblingResult, scramble, scrambling
 from .similarity import SimilarityConfig, SimilarityResult, error_consistency, mean_logit_correlation, similarity
 
 __all__ = [
     "InteractionConfig", "InteractionResult", "interactions", "region_pairs",
+    "MaskingConfig", "MaskingResult", "bagnet_scores", "block_scores", "mask_blocks", "masking",
     "ScramblingConfig", "ScramblingResult", "scramble", "scrambling",
     "SimilarityConfig", "SimilarityResult", "error_consistency", "mean_logit_correlation", "similarity",
 ]

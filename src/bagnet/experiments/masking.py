@@ -1,0 +1,184 @@
+"""Experiment 4 — masking the image patches a BagNet finds most informative.
+
+The image is divided into a grid of square blocks. Each ranking orders the blocks of an image: ``bagnet`` by the sum
+of a BagNet's per-pixel evidence for the true class inside the block (highest first), ``random`` at random, or any
+other per-pixel map (a model's own attribution, from ``bagnet.attribution``). The top-k blocks are replaced by a fill
+and every model's accuracy is reported against k, for every ranking, on the same masked images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..data import SkipLog
+from ..models.bagnet import BagNet
+from .common import batches, check_dataset, logits_of, model_device, out_dir, write_csv, write_json
+from .interactions import FILLS, fill_image
+
+#: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
+PixelScores = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    block: int = 8  # side of the square blocks that are masked, pixels
+    ks: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32)
+    fill: str = "mean"  # mean | zero | blur (as in the interaction experiment)
+    blur_sigma: float = 4.0
+    heatmap_stride: int = 2  # BagNet rankings: evidence at every s-th pixel (1 = exact per pixel)
+    batch_size: int = 32
+    limit: Optional[int] = None
+    seed: int = 0
+    device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
+        if self.block < 1 or any(k < 0 for k in self.ks):
+            raise ValueError(f"block must be >= 1 and ks non-negative, got block={self.block}, ks={self.ks}")
+
+
+def bagnet_scores(model: BagNet, stride: int = 2) -> PixelScores:
+    """Rank by a BagNet's exact evidence for the true class (bagnet.heatmap, nearest-upsampled to every pixel)."""
+    from ..heatmaps import heatmap
+
+    def scores(images: Tensor, labels: Tensor) -> Tensor:
+        hm = heatmap(model, images, labels, stride=stride, upsample="nearest" if stride > 1 else None)
+        return hm[:, 0]
+
+    return scores
+
+
+def block_scores(pixel_scores: Tensor, block: int) -> Tensor:
+    """Sum of per-pixel scores (N, H, W) over each block of a grid (N, H//block, W//block)."""
+    n, h, w = pixel_scores.shape
+    gh, gw = h // block, w // block
+    cropped = pixel_scores[:, : gh * block, : gw * block]
+    return cropped.reshape(n, gh, block, gw, block).sum(dim=(2, 4))
+
+
+def mask_blocks(images: Tensor, fills: Tensor, order: Tensor, k: int, block: int) -> Tensor:
+    """Images with their first ``k`` blocks in ``order`` (N, blocks; row-major block indices) replaced by ``fills``."""
+    if k == 0:
+        return images
+    out = images.clone()
+    gw = images.shape[-1] // block
+    for n in range(images.shape[0]):
+        for b in order[n, :k].tolist():
+            y, x = (b // gw) * block, (b % gw) * block
+            out[n, :, y : y + block, x : x + block] = fills[n, :, y : y + block, x : x + block]
+    return out
+
+
+@dataclass(frozen=True)
+class MaskingResult:
+    """accuracy[model][ranking][i] is the top-1 accuracy with the top ks[i] blocks of that ranking masked."""
+
+    models: list[str]
+    rankings: list[str]
+    ks: list[int]
+    block: int
+    blocks_per_image: int
+    fill: str
+    images: int
+    accuracy: dict[str, dict[str, list[float]]]
+    config: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"model": m, "ranking": r, "k": k, "masked_fraction": k / self.blocks_per_image,
+                 "top1": self.accuracy[m][r][i]}
+                for m in self.models for r in self.rankings for i, k in enumerate(self.ks)]
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """masking.json, masking.csv and masking.png (accuracy against k; one line per model and ranking)."""
+        from ..viz import line_figure, save_figure
+
+        out = out_dir(out)
+        write_json(out / "masking.json", self.to_dict())
+        write_csv(out / "masking.csv", self.rows())
+        series = {f"{m} / {r}": (self.ks, [100 * a for a in self.accuracy[m][r]])
+                  for m in self.models for r in self.rankings}
+        fig = line_figure(series, xlabel=f"masked {self.block}-px blocks (of {self.blocks_per_image})",
+                          ylabel="top-1 accuracy (%)", title=f"Masking, fill={self.fill} ({self.images} images)")
+        save_figure(fig, out / "masking.png")
+        return out
+
+
+def masking(
+    models: Mapping[str, nn.Module],
+    rankings: Mapping[str, Union[BagNet, PixelScores, str]],
+    dataset: torch.utils.data.Dataset,
+    num_classes: int,
+    config: MaskingConfig = MaskingConfig(),
+    progress: bool = True,
+) -> MaskingResult:
+    """Accuracy of every model against the number of masked blocks, for every ranking.
+
+    ``rankings`` maps a name to a BagNet (ranked by its evidence for the true class), to a function returning
+    per-pixel scores (N, H, W), or to the string ``"random"``.
+    """
+    if not models or not rankings:
+        raise ValueError("give at least one model and one ranking")
+    check_dataset(dataset)
+    scorers: dict[str, Optional[PixelScores]] = {}
+    for name, r in rankings.items():
+        if isinstance(r, BagNet):
+            scorers[name] = bagnet_scores(r, config.heatmap_stride)
+        elif r == "random":
+            scorers[name] = None
+        elif callable(r):
+            scorers[name] = r
+        else:
+            raise TypeError(f"ranking {name!r} must be a BagNet, a function or 'random', got {type(r).__name__}")
+    generator = torch.Generator().manual_seed(config.seed)
+    ks = sorted(set(config.ks))
+    hits = {m: {r: [0] * len(ks) for r in rankings} for m in models}
+    total, blocks = 0, 0
+    skips = SkipLog()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.limit or len(dataset), desc="masking", unit="img", disable=not progress)  # type: ignore[arg-type]
+    for batch in batches(dataset, config.batch_size, config.limit, config.seed, skips):
+        images, labels = batch.images, batch.labels
+        n, _, h, w = images.shape
+        blocks = (h // config.block) * (w // config.block)
+        if blocks == 0 or max(ks) > blocks:
+            raise ValueError(f"{h}×{w} images have {blocks} blocks of {config.block} px; cannot mask k = {max(ks)}")
+        fills = torch.stack([fill_image(img, config.fill, config.blur_sigma) for img in images])
+        for rname, scorer in scorers.items():
+            if scorer is None:
+                order = torch.stack([torch.randperm(blocks, generator=generator) for _ in range(n)])
+            else:
+                with torch.no_grad():
+                    pixel = scorer(images, labels).detach().float().cpu()
+                if pixel.shape != (n, h, w):
+                    raise ValueError(f"ranking {rname!r} returned maps of shape {tuple(pixel.shape)}, expected {(n, h, w)}")
+                order = block_scores(pixel, config.block).flatten(1).argsort(dim=1, descending=True)
+            for i, k in enumerate(ks):
+                masked = mask_blocks(images, fills, order, k, config.block)
+                for mname, model in models.items():
+                    device = model_device(model, config.device)
+                    pred = logits_of(model, masked.to(device), num_classes, mname).argmax(1).cpu()
+                    hits[mname][rname][i] += int((pred == labels).sum())
+        total += n
+        bar.update(n)
+    bar.close()
+    if total == 0:
+        raise ValueError("no readable images in the dataset")
+    return MaskingResult(
+        models=list(models), rankings=list(rankings), ks=ks, block=config.block, blocks_per_image=blocks,
+        fill=config.fill, images=total,
+        accuracy={m: {r: [v / total for v in hits[m][r]] for r in rankings} for m in models},
+        config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        skipped=dict(skips.paths),
+    )
