@@ -85,9 +85,8 @@ class InteractionResult:
                           xlabel="gap between the two regions (px)",
                           ylabel="|interaction| / (|effect A| + |effect B|)",
                           title=f"Interactions of {self.region}-px regions, fill={self.fill} ({self.images} images)")
-        for m, q in self.patch_sizes.items():
-            if q:
-                fig.axes[0].axvline(q, linestyle=":", color="grey")
+        for q in sorted({q for q in self.patch_sizes.values() if q}):  # BagNets: no interaction from gap q on
+            fig.axes[0].axvline(q, linestyle=":", color="grey")
         save_figure(fig, out / "interactions.png")
         return out
 
