@@ -202,3 +202,31 @@ def test_masking_with_a_bagnet_ranking_runs_and_checks_inputs():
         masking({"c": CentreColourModel()}, {"random": "random"}, data, 2, MaskingConfig(ks=(99,)), progress=False)
     with pytest.raises(TypeError, match="must be a BagNet"):
         masking({"c": CentreColourModel()}, {"x": 3}, data, 2, progress=False)
+
+
+@pytest.mark.parametrize("name, extra", [("scrambling", ["--grids", "1", "2"]),
+                                         ("interactions", ["--region", "4", "--gaps", "0", "9"]),
+                                         ("similarity", []),
+                                         ("masking", ["--block", "8", "--ks", "0", "2", "--rankers", "RUN"])])
+def test_experiment_cli_end_to_end(tmp_path, name, extra, capsys):
+    from bagnet import BagNet, BagNetConfig, save_weights
+    from bagnet.cli import main
+    from PIL import Image
+
+    for split in ("val",):
+        for c, colour in (("blue", (20, 20, 200)), ("red", (200, 20, 20))):
+            d = tmp_path / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (24, 24), colour).save(d / f"{i}.png")
+    paths = []
+    for q in (9, 17):
+        model = BagNet(BagNetConfig.for_patch_size(q, layers=(1, 1, 1, 1), width=8, num_classes=2))
+        meta = {"categories": ["blue", "red"], "preprocess": {"resize": 24, "crop": 24}}
+        paths.append(str(save_weights(model, tmp_path / f"q{q}.safetensors", meta)))
+    extra = [paths[0] if e == "RUN" else e for e in extra]
+    code = main(["experiment", name, "--models", *paths, "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "out"), "--no-progress", *extra])
+    assert code == 0
+    assert f"{name} on" in capsys.readouterr().out
+    assert (tmp_path / "out" / f"{name}.json").is_file() and (tmp_path / "out" / f"{name}.png").is_file()

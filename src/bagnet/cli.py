@@ -105,6 +105,59 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from . import experiments as ex
+    from . import load
+    from .data import evaluation_dataset
+
+    labels = [_label(spec) for spec in args.models]
+    if len(set(labels)) < len(labels):
+        labels = list(args.models)
+    models = {label: load(spec, device=args.device) for label, spec in zip(labels, args.models)}
+    by_spec = dict(zip(args.models, labels))
+    first = next(iter(models.values()))
+    dataset, categories, data_name = evaluation_dataset(args.data, first.preprocess)
+    n = len(categories)
+    common = dict(limit=args.limit, seed=args.seed, device=args.device)
+    progress = not args.no_progress
+    if args.name == "scrambling":
+        result = ex.scrambling(models, dataset, n, ex.ScramblingConfig(grids=tuple(args.grids), **common), progress)
+        for m in result.models:
+            print(f"{m:<28} " + "  ".join(f"{g}×{g}: {100 * a:5.1f}%" for g, a in zip(result.grids, result.top1[m])))
+    elif args.name == "interactions":
+        config = ex.InteractionConfig(region=args.region, gaps=tuple(args.gaps), fill=args.fill, **common)
+        result = ex.interactions(models, dataset, n, config, progress)
+        for m in result.models:
+            print(f"{m:<28} " + "  ".join(f"gap {g}: {v:.3f}" for g, v in zip(result.gaps, result.normalised_interaction[m])))
+    elif args.name == "similarity":
+        result = ex.similarity(models, dataset, n, ex.SimilarityConfig(**common), progress)
+        for row in result.rows():
+            print(f"{row['model_a']} vs {row['model_b']}: κ {row['error_consistency']:.3f}, "
+                  f"logit r {row['logit_correlation']:.3f}, class-accuracy r {row['class_accuracy_correlation']:.3f}")
+    else:  # masking
+        rankings: dict = {"random": "random"}
+        for spec in args.rankers:
+            rankings[_label(spec)] = models[by_spec[spec]] if spec in by_spec else load(spec, device=args.device)
+        config = ex.MaskingConfig(block=args.block, ks=tuple(args.ks), fill=args.fill, **common)
+        result = ex.masking(models, rankings, dataset, n, config, progress)
+        for row in result.rows():
+            print(f"{row['model']:<28} {row['ranking']:<24} k={row['k']:<3} top-1 {100 * row['top1']:5.1f}%")
+    out = result.save(args.out)
+    print(f"{args.name} on {data_name} ({result.images} images): files in {out}")
+    if result.skipped:
+        print(f"{len(result.skipped)} unreadable images skipped: {', '.join(result.skipped)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _label(spec: str) -> str:
+    """A short display name: a file's or run folder's name without suffixes, or the registry name itself."""
+    path = Path(spec)
+    if path.exists():
+        return path.name.split(".")[0] if path.is_file() else path.name
+    return spec
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--lr 0.001``, ``--layers 1 1 1 1``, ``--amp/--no-amp``)."""
     import dataclasses
@@ -157,6 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("experiment", help="run one of the paper's experiments on any models and data",
+                       description="All models get the same inputs, preprocessed as the first model's weights expect.")
+    p.add_argument("name", choices=["scrambling", "interactions", "similarity", "masking"])
+    p.add_argument("--models", nargs="+", required=True, help="registered names, weights files or run folders")
+    p.add_argument("--data", default="imagenette", help="imagenette | fashion-mnist | an ImageFolder folder")
+    p.add_argument("--out", type=Path, default=Path("out/experiment"))
+    p.add_argument("--limit", type=int, default=None, help="use a seeded random sample of this many images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--grids", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="scrambling: n of the n×n grids")
+    p.add_argument("--region", type=int, default=16, help="interactions: region side (px)")
+    p.add_argument("--gaps", nargs="+", type=int, default=[0, 8, 16, 32, 48, 64], help="interactions: gaps (px)")
+    p.add_argument("--fill", choices=["mean", "zero", "blur"], default="mean", help="interactions, masking")
+    p.add_argument("--rankers", nargs="*", default=[], help="masking: BagNets whose evidence ranks the blocks")
+    p.add_argument("--block", type=int, default=8, help="masking: block side (px)")
+    p.add_argument("--ks", nargs="+", type=int, default=[0, 1, 2, 4, 8, 16, 32], help="masking: blocks masked")
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("models", help="list the model names that load() and every command accept")
     p.add_argument("--pretrained", action="store_true", help="only models with trained weights")

@@ -88,7 +88,8 @@ def matrices_figure(matrices: dict, names: Sequence[str], title: Optional[str] =
     plt = _plt()
     n = len(names)
     size = max(3.0, 0.5 * n + 1.5)
-    fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices) + 1, size + 0.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices) + 1, size + 1.2), squeeze=False,
+                             layout="constrained")
     for ax, (label, matrix) in zip(axes[0], matrices.items()):
         matrix = np.asarray(matrix, dtype=float)
         im = ax.imshow(matrix, cmap="RdBu_r", vmin=vmin, vmax=vmax)
@@ -102,5 +103,4 @@ def matrices_figure(matrices: dict, names: Sequence[str], title: Optional[str] =
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
