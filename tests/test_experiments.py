@@ -230,3 +230,37 @@ def test_experiment_cli_end_to_end(tmp_path, name, extra, capsys):
     assert code == 0
     assert f"{name} on" in capsys.readouterr().out
     assert (tmp_path / "out" / f"{name}.json").is_file() and (tmp_path / "out" / f"{name}.png").is_file()
+
+
+def test_summary_components_by_hand(tmp_path):
+    from bagnet.experiments import summarize
+    from bagnet.experiments.interactions import InteractionResult
+    from bagnet.experiments.scrambling import ScramblingResult
+    from bagnet.experiments.similarity import SimilarityResult
+
+    scr = ScramblingResult(models=["bag", "cnn"], grids=[1, 4, 8], tile_sizes=[64, 16, 8], images=10,
+                           top1={"bag": [0.9, 0.85, 0.5], "cnn": [0.9, 0.3, 0.1]},
+                           top5={"bag": [1, 1, 1], "cnn": [1, 1, 1]})
+    inter = InteractionResult(models=["bag", "cnn"], gaps=[0, 16, 32], region=8, fill="mean", images=10,
+                              pairs_per_gap=2, mean_abs_interaction={"bag": [1, 0, 0], "cnn": [1, 1, 1]},
+                              normalised_interaction={"bag": [0.2, 0.0, 0.0], "cnn": [0.2, 0.15, 0.05]},
+                              mean_abs_effect={"bag": [1, 1, 1], "cnn": [1, 1, 1]},
+                              excluded_pairs={"bag": [0, 0, 0], "cnn": [0, 0, 0]})
+    sim = SimilarityResult(models=["bag", "cnn"], images=10, accuracy={"bag": 0.9, "cnn": 0.9},
+                           class_accuracy_correlation=[[1, 0.5], [0.5, 1]], error_consistency=[[1, 0.4], [0.4, 1]],
+                           logit_correlation=[[1, 0.6], [0.6, 1]])
+    result = summarize("bag", 16, 10, scr, inter, sim)
+    # q = 16: the 4×4 grid (16-px tiles) is the finest usable one; chance = 0.1
+    assert result.scrambling_retention["bag"] == pytest.approx((0.85 - 0.1) / (0.9 - 0.1))
+    assert result.scrambling_retention["cnn"] == pytest.approx((0.3 - 0.1) / 0.8)
+    assert result.locality["bag"] == pytest.approx(1.0)
+    assert result.locality["cnn"] == pytest.approx(1 - 0.1 / 0.2)  # far gaps 16 and 32: mean 0.1
+    assert result.decision_similarity == {"bag": 1.0, "cnn": 0.4}
+    assert result.score["cnn"] == pytest.approx((0.25 + 0.5 + 0.4) / 3)
+    assert result.score["bag"] > result.score["cnn"]
+    out = result.save(tmp_path / "sum")
+    assert (out / "summary.png").stat().st_size > 5000
+    partial = summarize("bag", 16, 10, scrambling=scr)
+    assert partial.locality["cnn"] is None and partial.score["cnn"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="at least one"):
+        summarize("bag", 16, 10)

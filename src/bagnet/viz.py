@@ -104,3 +104,23 @@ def matrices_figure(matrices: dict, names: Sequence[str], title: Optional[str] =
     if title:
         fig.suptitle(title)
     return fig
+
+
+def grouped_bars_figure(groups: dict, names: Sequence[str], ylabel: str = "", title: Optional[str] = None):
+    """Bars grouped by ``names``: one colour per entry of ``groups`` (``label: values per name``; None = no bar)."""
+    plt = _plt()
+    n, k = len(names), len(groups)
+    width = 0.8 / max(k, 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * n + 2), 4))
+    for j, (label, values) in enumerate(groups.items()):
+        xs = [i + (j - (k - 1) / 2) * width for i in range(n)]
+        heights = [float("nan") if v is None else v for v in values]
+        ax.bar(xs, heights, width=width, label=label)
+    ax.set_xticks(range(n), labels=list(names), rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

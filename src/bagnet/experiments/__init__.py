@@ -3,11 +3,13 @@
 from .interactions import InteractionConfig, InteractionResult, interactions, region_pairs
 from .masking import MaskingConfig, MaskingResult, bagnet_scores, block_scores, mask_blocks, masking
 from .scrambling import ScramblingConfig, ScramblingResult, scramble, scrambling
+from .summary import SummaryResult, summarize
 from .similarity import SimilarityConfig, SimilarityResult, error_consistency, mean_logit_correlation, similarity
 
 __all__ = [
     "InteractionConfig", "InteractionResult", "interactions", "region_pairs",
     "MaskingConfig", "MaskingResult", "bagnet_scores", "block_scores", "mask_blocks", "masking",
     "ScramblingConfig", "ScramblingResult", "scramble", "scrambling",
+    "SummaryResult", "summarize",
     "SimilarityConfig", "SimilarityResult", "error_consistency", "mean_logit_correlation", "similarity",
 ]
