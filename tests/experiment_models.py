@@ -99,3 +99,18 @@ def centre_colour_data(n: int = 32, size: int = 32, seed: int = 0) -> TensorImag
     for i in range(n):
         images[i, 0 if labels[i] == 1 else 2, h - 4 : h + 4, h - 4 : h + 4] += 1.0
     return TensorImages(images, labels)
+
+
+def separated_blocks_data(n: int = 64, size: int = 24, seed: int = 0) -> TensorImages:
+    """Two 6×6 blocks on the diagonal, at rows/columns [0, 6) and [8, 14): class 1 has the top-left one bright and
+    the other dark, class 0 the reverse. Both blocks sit alike on a stride-8 grid, so a BagNet whose patches see
+    only one block at a time gets the same bag of patches for both classes; a 17-px patch sees both."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g) * 0.1
+    labels = torch.arange(n) % 2
+    a, b = slice(0, 6), slice(8, 14)
+    for i in range(n):
+        bright, dark = (a, b) if labels[i] == 1 else (b, a)
+        images[i, :, bright, bright] += 1.0
+        images[i, :, dark, dark] -= 1.0
+    return TensorImages(images, labels)
