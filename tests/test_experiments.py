@@ -301,3 +301,22 @@ def test_dataset_diagnostic_separates_local_from_spatial_data(tmp_path):
     again = dataset_diagnostic(base.replace(data=str(spatial)), patch_sizes=(3, 17), runs_dir=tmp_path / "runs",
                                progress=False)
     assert again.bagnet_top1 == result.bagnet_top1
+
+
+def test_summary_cli_reads_saved_results(tmp_path, capsys):
+    from bagnet.cli import main
+
+    config = ScramblingConfig(grids=(1, 2, 4), batch_size=16)
+    scrambling({"local": colour_model(), "spatial": TwoRegionModel()}, colour_data(), 2, config,
+               progress=False).save(tmp_path / "r")
+    similarity({"local": colour_model(), "spatial": TwoRegionModel()}, colour_data(), 2,
+               progress=False).save(tmp_path / "r")
+    code = main(["experiment", "summary", "--results", str(tmp_path / "r"), "--reference", "local",
+                 "--patch-size", "8", "--num-classes", "2", "--out", str(tmp_path / "s")])
+    assert code == 0
+    saved = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert saved["scrambling_retention"]["local"] == 1.0
+    # the reference is right on every image: κ with itself is undefined, and 0 with any other model
+    assert saved["decision_similarity"] == {"local": None, "spatial": 0.0}
+    assert saved["locality"]["local"] is None  # no interaction results given
+    assert "scrambling retention uses 4×4 tiles (8 px)" in capsys.readouterr().out

@@ -110,6 +110,13 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from . import load
     from .data import evaluation_dataset
 
+    if args.name == "summary":
+        return _experiment_summary(args)
+    if args.name == "diagnostic":
+        return _experiment_diagnostic(args)
+    if not args.models:
+        raise ValueError(f"experiment {args.name} needs --models")
+
     labels = [_label(spec) for spec in args.models]
     if len(set(labels)) < len(labels):
         labels = list(args.models)
@@ -147,6 +154,40 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if result.skipped:
         print(f"{len(result.skipped)} unreadable images skipped: {', '.join(result.skipped)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _experiment_summary(args: argparse.Namespace) -> int:
+    from .experiments import InteractionResult, ScramblingResult, SimilarityResult, summarize
+    from .experiments.common import read_result
+
+    if not args.reference or not args.patch_size or not args.num_classes:
+        raise ValueError("summary needs --reference NAME, --patch-size Q and --num-classes C")
+    found = {}
+    for cls, name in ((ScramblingResult, "scrambling"), (InteractionResult, "interactions"),
+                      (SimilarityResult, "similarity")):
+        path = next((d / f"{name}.json" for d in args.results if (d / f"{name}.json").is_file()), None)
+        found[name] = read_result(cls, path) if path else None
+    result = summarize(args.reference, args.patch_size, args.num_classes, **found)
+    for row in result.rows():
+        print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"files in {result.save(args.out)}")
+    return 0
+
+
+def _experiment_diagnostic(args: argparse.Namespace) -> int:
+    from .experiments import dataset_diagnostic
+    from .train import TrainConfig
+
+    base = TrainConfig.load(args.config) if args.config else TrainConfig()
+    base = base.replace(data=args.data)
+    result = dataset_diagnostic(base, tuple(args.patch_sizes), args.cnn, args.runs_dir, progress=not args.no_progress)
+    for q, a in zip(result.patch_sizes, result.bagnet_top1):
+        print(f"bagnet{q:<4} {100 * a:5.1f}%")
+    print(f"{result.cnn:<10} {100 * result.cnn_top1:5.1f}%")
+    print(f"files in {result.save(args.out)}")
     return 0
 
 
@@ -213,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiment", help="run one of the paper's experiments on any models and data",
                        description="All models get the same inputs, preprocessed as the first model's weights expect.")
-    p.add_argument("name", choices=["scrambling", "interactions", "similarity", "masking"])
-    p.add_argument("--models", nargs="+", required=True, help="registered names, weights files or run folders")
+    p.add_argument("name", choices=["scrambling", "interactions", "similarity", "masking", "summary", "diagnostic"])
+    p.add_argument("--models", nargs="+", default=[], help="registered names, weights files or run folders")
     p.add_argument("--data", default="imagenette", help="imagenette | fashion-mnist | an ImageFolder folder")
     p.add_argument("--out", type=Path, default=Path("out/experiment"))
     p.add_argument("--limit", type=int, default=None, help="use a seeded random sample of this many images")
@@ -228,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rankers", nargs="*", default=[], help="masking: BagNets whose evidence ranks the blocks")
     p.add_argument("--block", type=int, default=8, help="masking: block side (px)")
     p.add_argument("--ks", nargs="+", type=int, default=[0, 1, 2, 4, 8, 16, 32], help="masking: blocks masked")
+    p.add_argument("--results", nargs="+", type=Path, default=[], help="summary: folders of saved results")
+    p.add_argument("--reference", help="summary: the reference BagNet's name in those results")
+    p.add_argument("--patch-size", type=int, help="summary: the reference BagNet's patch size q")
+    p.add_argument("--num-classes", type=int, help="summary: number of classes (for chance level)")
+    p.add_argument("--config", type=Path, help="diagnostic: base training config (YAML/TOML)")
+    p.add_argument("--patch-sizes", nargs="+", type=int, default=[9, 17, 33], help="diagnostic: BagNet patch sizes")
+    p.add_argument("--cnn", default="resnet18", help="diagnostic: the standard CNN to compare with")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs/diagnostic"), help="diagnostic: training runs")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("models", help="list the model names that load() and every command accept")

@@ -1,5 +1,6 @@
 """The paper's experiments as functions ``(model(s), dataset, config) -> Result`` for any image classifier."""
 
+from .common import read_result
 from .diagnostic import DiagnosticResult, dataset_diagnostic
 from .interactions import InteractionConfig, InteractionResult, interactions, region_pairs
 from .masking import MaskingConfig, MaskingResult, bagnet_scores, block_scores, mask_blocks, masking
@@ -8,7 +9,7 @@ from .summary import SummaryResult, summarize
 from .similarity import SimilarityConfig, SimilarityResult, error_consistency, mean_logit_correlation, similarity
 
 __all__ = [
-    "DiagnosticResult", "dataset_diagnostic",
+    "read_result", "DiagnosticResult", "dataset_diagnostic",
     "InteractionConfig", "InteractionResult", "interactions", "region_pairs",
     "MaskingConfig", "MaskingResult", "bagnet_scores", "block_scores", "mask_blocks", "masking",
     "ScramblingConfig", "ScramblingResult", "scramble", "scrambling",

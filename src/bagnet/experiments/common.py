@@ -91,3 +91,12 @@ def out_dir(path: str | os.PathLike) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def read_result(cls: type, path: str | os.PathLike) -> Any:
+    """Rebuild a result dataclass from the JSON its ``save`` wrote."""
+    import dataclasses
+
+    data = json.loads(Path(path).read_text())
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
