@@ -26,7 +26,7 @@ WEIGHTS = ROOT / "src" / "bagnet" / "weights"
 MAX_BYTES = 15 * 2**20
 
 
-def card(name: str, run: Path, evaluation: dict, why: str) -> str:
+def card(name: str, run: Path, evaluation: dict, why: str, command: str = "") -> str:
     summary = json.loads((run / "summary.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
     model = bagnet.load(run)
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--evaluation", type=Path, required=True)
     parser.add_argument("--default", action="store_true", help="make it the model load('default') gives")
     parser.add_argument("--why", default="", help="why this architecture and input size")
+    parser.add_argument("--command", default="", help="the training command, where the run did not record it")
     args = parser.parse_args()
     weights = args.run / "model.safetensors"
     if not weights.is_file():
@@ -87,7 +88,7 @@ def main() -> None:
     stem = args.name.replace(":", ".")
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, WEIGHTS / f"{stem}.safetensors")
-    (WEIGHTS / f"{stem}.md").write_text(card(args.name, args.run, evaluation, args.why))
+    (WEIGHTS / f"{stem}.md").write_text(card(args.name, args.run, evaluation, args.why, args.command))
     if args.default:
         (WEIGHTS / "DEFAULT").write_text(args.name + "\n")
     print(f"shipped {WEIGHTS / (stem + '.safetensors')} and its model card")
