@@ -99,8 +99,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for cat, acc in zip(categories, result.per_class_top1):
         print(f"  {cat:<24} {100 * acc:6.2f}%")
     print(f"files: {out / 'evaluation.json'}, {out / 'predictions.csv'}, {out / 'confusion.png'}")
-    if result.skipped:
-        print(f"{len(result.skipped)} unreadable images skipped: {', '.join(result.skipped)}", file=sys.stderr)
+    return _exit_code(result.skipped)
+
+
+def _exit_code(skipped: dict) -> int:
+    """0, or 1 after naming on stderr the inputs that could not be read."""
+    if skipped:
+        print(f"{len(skipped)} unreadable images skipped: {', '.join(skipped)}", file=sys.stderr)
         return 1
     return 0
 
@@ -151,10 +156,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
             print(f"{row['model']:<28} {row['ranking']:<24} k={row['k']:<3} top-1 {100 * row['top1']:5.1f}%")
     out = result.save(args.out)
     print(f"{args.name} on {data_name} ({result.images} images): files in {out}")
-    if result.skipped:
-        print(f"{len(result.skipped)} unreadable images skipped: {', '.join(result.skipped)}", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_code(result.skipped)
 
 
 def _experiment_summary(args: argparse.Namespace) -> int:
