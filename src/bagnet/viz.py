@@ -124,3 +124,39 @@ def grouped_bars_figure(groups: dict, names: Sequence[str], ylabel: str = "", ti
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def attribution_grid_figure(images: np.ndarray, maps: dict, signed: Sequence[str] = (),
+                            row_titles: Optional[Sequence[str]] = None, title: Optional[str] = None,
+                            percentile: float = 99.0):
+    """One row per image: the image, then each method's map (N, H, W).
+
+    The same colour rule for every map: scaled by its own ``percentile`` of |value| (robust to a few extreme
+    pixels); signed maps on a diverging scale centred at zero (red supports the target, blue opposes it),
+    non-negative maps (saliency, Grad-CAM) on a sequential scale from zero.
+    """
+    plt = _plt()
+    images = np.asarray(images)
+    n = images.shape[0]
+    cols = 1 + len(maps)
+    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n + 0.4), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(np.clip(images[i], 0, 1))
+        if row_titles is not None:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=7)
+        for j, (method, values) in enumerate(maps.items(), start=1):
+            m = np.asarray(values[i], dtype=float)
+            scale = float(np.percentile(np.abs(m), percentile)) or 1.0
+            if method in signed:
+                axes[i, j].imshow(m, cmap="bwr", vmin=-scale, vmax=scale)
+            else:
+                axes[i, j].imshow(m, cmap="magma", vmin=0, vmax=scale)
+            if i == 0:
+                axes[i, j].set_title(method.replace("_", " "), fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

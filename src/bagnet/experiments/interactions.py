@@ -20,12 +20,11 @@ from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
-from torchvision.transforms.functional import gaussian_blur
 
 from ..data import SkipLog
+from ..masks import FILLS, fill_image
 from .common import batches, check_dataset, logits_of, model_device, out_dir, write_csv, write_json
 
-FILLS = ("mean", "zero", "blur")
 
 
 @dataclass(frozen=True)
@@ -105,16 +104,6 @@ def region_pairs(height: int, width: int, region: int, gap: int, count: int,
         by, bx = (ay, ax + region + gap) if horizontal else (ay + region + gap, ax)
         pairs.append((ay, ax, by, bx))
     return pairs
-
-
-def fill_image(image: Tensor, fill: str, sigma: float) -> Tensor:
-    """What masked pixels are replaced with, for one image (C, H, W)."""
-    if fill == "zero":
-        return torch.zeros_like(image)
-    if fill == "mean":
-        return image.mean(dim=(1, 2), keepdim=True).expand_as(image)
-    kernel = 2 * int(round(2 * sigma)) + 1
-    return gaussian_blur(image.unsqueeze(0), [kernel, kernel], [sigma, sigma])[0]
 
 
 def interactions(

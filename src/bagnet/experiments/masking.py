@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data import SkipLog
+from ..masks import FILLS, block_order, block_scores, fill_image, mask_blocks
 from ..models.bagnet import BagNet
 from .common import batches, check_dataset, logits_of, model_device, out_dir, write_csv, write_json
-from .interactions import FILLS, fill_image
 
 #: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
 PixelScores = Callable[[Tensor, Tensor], Tensor]
@@ -53,27 +53,6 @@ def bagnet_scores(model: BagNet, stride: int = 2) -> PixelScores:
         return hm[:, 0]
 
     return scores
-
-
-def block_scores(pixel_scores: Tensor, block: int) -> Tensor:
-    """Sum of per-pixel scores (N, H, W) over each block of a grid (N, H//block, W//block)."""
-    n, h, w = pixel_scores.shape
-    gh, gw = h // block, w // block
-    cropped = pixel_scores[:, : gh * block, : gw * block]
-    return cropped.reshape(n, gh, block, gw, block).sum(dim=(2, 4))
-
-
-def mask_blocks(images: Tensor, fills: Tensor, order: Tensor, k: int, block: int) -> Tensor:
-    """Images with their first ``k`` blocks in ``order`` (N, blocks; row-major block indices) replaced by ``fills``."""
-    if k == 0:
-        return images
-    out = images.clone()
-    gw = images.shape[-1] // block
-    for n in range(images.shape[0]):
-        for b in order[n, :k].tolist():
-            y, x = (b // gw) * block, (b % gw) * block
-            out[n, :, y : y + block, x : x + block] = fills[n, :, y : y + block, x : x + block]
-    return out
 
 
 @dataclass(frozen=True)
@@ -163,7 +142,7 @@ def masking(
                     pixel = scorer(images, labels).detach().float().cpu()
                 if pixel.shape != (n, h, w):
                     raise ValueError(f"ranking {rname!r} returned maps of shape {tuple(pixel.shape)}, expected {(n, h, w)}")
-                order = block_scores(pixel, config.block).flatten(1).argsort(dim=1, descending=True)
+                order = block_order(pixel, config.block)
             for i, k in enumerate(ks):
                 masked = mask_blocks(images, fills, order, k, config.block)
                 for mname, model in models.items():
