@@ -315,3 +315,28 @@ def test_compare_saves_table_figures_and_maps(tmp_path):
                                                                          ["completeness_scale"])
     npz = np.load(out / "bagnet" / "attributions.npz")
     assert npz["map_evidence"].shape == (2, 48, 48) and npz["images"].shape == (2, 48, 48, 3)
+
+
+def test_attribution_cli_end_to_end(tmp_path, capsys):
+    """`bagnet attribution` on a generated folder with a BagNet and a ResNet: table printed, files written; a
+    corrupt image is named on stderr and sets exit code 1."""
+    from PIL import Image
+
+    from bagnet import save_weights
+    from bagnet.cli import main
+
+    for c, colour in (("blue", (20, 20, 200)), ("red", (200, 20, 20))):
+        d = tmp_path / "data" / "val" / c
+        d.mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), colour).save(d / f"{i}.png")
+    (tmp_path / "data" / "val" / "red" / "broken.jpg").write_bytes(b"not an image")
+    meta = {"categories": ["blue", "red"], "preprocess": {"resize": 32, "crop": 32}}
+    bag = save_weights(small_bagnet(q=9, classes=2), tmp_path / "bag.safetensors", meta)
+    code = main(["attribution", "--models", str(bag), "--data", str(tmp_path / "data"), "--limit", "5",
+                 "--ig-steps", "4", "--steps", "4", "--out", str(tmp_path / "out"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1 and "broken.jpg" in captured.err
+    assert "deeplift" in captured.out and "attribution on" in captured.out
+    assert (tmp_path / "out" / "comparison.csv").is_file()
+    assert (tmp_path / "out" / "bag" / "attributions.png").read_bytes().startswith(b"\x89PNG")

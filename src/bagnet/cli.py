@@ -159,6 +159,97 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return _exit_code(result.skipped)
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .data import sample_image
+    from .explain import SAMPLE_PHOTOS, ExplainConfig, explain
+
+    inputs: list = list(args.inputs)
+    if args.samples:
+        inputs += [sample_image(name) for name in SAMPLE_PHOTOS]
+    if not inputs:
+        raise ValueError("give image files or folders to explain (or --samples for scikit-image's sample photos)")
+    config = ExplainConfig(top=args.top, stride=args.stride, size=args.size, max_side=args.max_side,
+                           upscale_small=args.upscale_small, patches=args.patches, background=args.background)
+    result = explain(inputs, args.model, config, device=args.device, progress=not args.no_progress)
+    if args.samples:  # name the sample photos in the report
+        names = iter(SAMPLE_PHOTOS)
+        fixed = []
+        for e in result.images:
+            if e.source.startswith("image "):
+                e = type(e)(**{**e.__dict__, "source": f"skimage.data.{next(names)}()"})
+            fixed.append(e)
+        result = type(result)(**{**result.__dict__, "images": fixed})
+    for e in result.images:
+        preds = ", ".join(f"{n} {100 * p:.1f}%" for n, p in zip(e.names, e.probabilities))
+        print(f"{e.source}: {preds}")
+    out = result.save(args.out)
+    print(f"{len(result.images)} explained by {result.model}; report: {out / 'report.html'}")
+    if result.failures:
+        for source, reason in result.failures.items():
+            print(f"failed: {reason if source in reason else f'{source}: {reason}'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_patches(args: argparse.Namespace) -> int:
+    from . import load
+    from .data import evaluation_dataset
+    from .explain import class_patches
+
+    model = load(args.model, device=args.device)
+    dataset, categories, data_name = evaluation_dataset(args.data, model.preprocess)
+    gallery = class_patches(model, dataset, per_class=args.per_class, batch_size=args.batch_size, limit=args.limit,
+                            seed=args.seed, device=args.device, workers=args.workers, progress=not args.no_progress)
+    for name, values in zip(gallery.categories, gallery.top_values):
+        print(f"{name:<24} highest evidence " + " ".join(f"{v:+.2f}" for v in values[:5]))
+    out = gallery.save(args.out)
+    print(f"patches of {data_name} ({gallery.images} images): {out / 'gallery.png'}, report {out / 'report.html'}")
+    return _exit_code(gallery.skipped)
+
+
+def _cmd_attribution(args: argparse.Namespace) -> int:
+    from . import load
+    from .attribution import AttributionConfig, FaithfulnessConfig, compare
+    from .data import SkipLog, evaluation_dataset
+    from .experiments.common import batches
+
+    labels = [_label(spec) for spec in args.models]
+    if len(set(labels)) < len(labels):
+        labels = list(args.models)
+    models = {label: load(spec, device=args.device) for label, spec in zip(labels, args.models)}
+    first = next(iter(models.values()))
+    dataset, categories, data_name = evaluation_dataset(args.data, first.preprocess)
+    skips = SkipLog()
+    got = list(batches(dataset, args.limit, args.limit, args.seed, skips))
+    if not got:
+        raise ValueError(f"no readable images in {data_name}")
+    images, labels_ = torch.cat([b.images for b in got]), torch.cat([b.labels for b in got])
+    config = AttributionConfig(methods=tuple(args.methods), baseline=args.baseline, ig_steps=args.ig_steps,
+                               evidence_stride=args.evidence_stride)
+    faith = FaithfulnessConfig(patch=args.patch, fill=args.fill, steps=args.steps, seed=args.seed)
+    targets = labels_ if args.target == "true" else None
+    result = compare(models, images, targets if targets is not None else _predicted(models, images),
+                     config, faith, device=args.device, progress=not args.no_progress)
+    print(f"{'model':<24} {'method':<22} {'deletion AUC':>12} {'insertion AUC':>13}  completeness |gap| / |expected|")
+    for row in result.rows():
+        if not row["available"]:
+            print(f"{row['model']:<24} {row['method']:<22} {'—':>12} {'—':>13}  unavailable: {row['why_unavailable']}")
+            continue
+        gap = (f"{row['completeness_gap']:.2e} / {row['completeness_scale']:.2e}"
+               if row["completeness_gap"] is not None else "")
+        print(f"{row['model']:<24} {row['method']:<22} {row['deletion_auc']:>12.3f} {row['insertion_auc']:>13.3f}  {gap}")
+    out = result.save(args.out)
+    print(f"attribution on {data_name} ({images.shape[0]} images, targets: {args.target} class): files in {out}")
+    return _exit_code(dict(skips.paths))
+
+
+def _predicted(models: dict, images: torch.Tensor) -> torch.Tensor:
+    """The first model's predicted classes (every model explains the same targets)."""
+    model = next(iter(models.values()))
+    with torch.no_grad():
+        return model.eval()(images.to(next(model.parameters()).device)).argmax(1).cpu()
+
+
 def _experiment_summary(args: argparse.Namespace) -> int:
     from .experiments import InteractionResult, ScramblingResult, SimilarityResult, summarize
     from .experiments.common import read_result
@@ -280,6 +371,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn", default="resnet18", help="diagnostic: the standard CNN to compare with")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/diagnostic"), help="diagnostic: training runs")
     p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("explain", help="the main job: predictions, exact evidence heatmaps and patches for your "
+                       "images, with an HTML report", description="Explain images with a BagNet (default: the "
+                       "embedded model). Unreadable files are named on stderr and set exit code 1; the rest still run.")
+    p.add_argument("inputs", nargs="*", help="image files or folders (searched recursively)")
+    p.add_argument("--samples", action="store_true", help="also explain scikit-image's sample photos")
+    p.add_argument("--model", default="default", help="default | bagnet33:imagenet | a weights file or run folder")
+    p.add_argument("--top", type=int, default=3, help="classes explained per image")
+    p.add_argument("--stride", type=int, default=1, help="heatmap stride: 1 exact per pixel; 2, 4, 8 faster")
+    p.add_argument("--size", type=int, default=None, help="short side the model sees (default: its own; 0: native)")
+    p.add_argument("--max-side", type=int, default=1024, help="long side limit in px (larger images are scaled down)")
+    p.add_argument("--upscale-small", action="store_true", help="enlarge images smaller than the patch size")
+    p.add_argument("--patches", type=int, default=5, help="most and least supportive patches per class")
+    p.add_argument("--background", choices=["faded", "edges"], default="faded", help="how overlays show the image")
+    p.add_argument("--out", type=Path, default=Path("out/explain"))
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("patches", help="for each class, the dataset's patches with the highest and lowest evidence")
+    p.add_argument("data", help="imagenette | fashion-mnist | an ImageFolder folder")
+    p.add_argument("--model", default="default", help="a BagNet: registered name, weights file or run folder")
+    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("out/patches"))
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_patches)
+
+    p = sub.add_parser("attribution", help="BagNet evidence next to saliency, IG, DeepLIFT, LRP and Grad-CAM, with "
+                       "deletion/insertion faithfulness", description="Every model explains the same images and "
+                       "targets; maps, a comparison figure per model and a table of deletion/insertion AUCs.")
+    p.add_argument("--models", nargs="+", required=True, help="registered names, weights files or run folders")
+    p.add_argument("--data", default="imagenette", help="imagenette | fashion-mnist | an ImageFolder folder")
+    p.add_argument("--limit", type=int, default=8, help="a seeded random sample of this many images")
+    p.add_argument("--methods", nargs="+", default=["evidence", "saliency", "integrated_gradients", "deeplift",
+                                                     "lrp_epsilon", "gradcam"])
+    p.add_argument("--target", choices=["true", "predicted"], default="true", help="class to explain")
+    p.add_argument("--baseline", choices=["zero", "mean", "blur"], default="zero", help="IG/DeepLIFT baseline")
+    p.add_argument("--ig-steps", type=int, default=32)
+    p.add_argument("--evidence-stride", type=int, default=1, help="BagNet evidence at every s-th pixel")
+    p.add_argument("--patch", type=int, default=8, help="deletion/insertion: patch side (px)")
+    p.add_argument("--fill", choices=["mean", "zero", "blur"], default="blur", help="deletion/insertion fill")
+    p.add_argument("--steps", type=int, default=16, help="deletion/insertion: points on each curve")
+    p.add_argument("--out", type=Path, default=Path("out/attribution"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_attribution)
 
     p = sub.add_parser("models", help="list the model names that load() and every command accept")
     p.add_argument("--pretrained", action="store_true", help="only models with trained weights")

@@ -160,3 +160,98 @@ def attribution_grid_figure(images: np.ndarray, maps: dict, signed: Sequence[str
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------- evidence overlays
+def robust_scale(values: np.ndarray, percentile: float = 99.0) -> float:
+    """The ``percentile`` of |values| (a few extreme pixels do not wash out the rest); 1.0 for an all-zero map."""
+    scale = float(np.percentile(np.abs(np.asarray(values, dtype=float)), percentile))
+    return scale if scale > 0 else 1.0
+
+
+def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, scale: Optional[float] = None, background: str = "faded",
+                percentile: float = 99.0) -> np.ndarray:
+    """An RGB array (H, W, 3) in [0, 1]: the evidence ``heatmap`` (H, W) on a diverging scale centred at zero and
+    clipped at ±``scale`` (default: its ``percentile`` of |value|), over the image shown faded (grey, light) or by
+    its edges. Red supports the class, blue opposes it; the colour's opacity grows with |evidence|."""
+    import matplotlib
+
+    image = np.asarray(image, dtype=float)
+    if image.max(initial=0) > 1.0:
+        image = image / 255.0
+    heatmap = np.asarray(heatmap, dtype=float)
+    if image.shape[:2] != heatmap.shape:
+        raise ValueError(f"image {image.shape[:2]} and heatmap {heatmap.shape} differ in size")
+    scale = robust_scale(heatmap, percentile) if scale is None else float(scale)
+    grey = image[..., :3] @ np.array([0.299, 0.587, 0.114])
+    if background == "edges":
+        gy, gx = np.gradient(grey)
+        edges = np.hypot(gx, gy)
+        base = 1.0 - 0.8 * np.clip(edges / (np.percentile(edges, 99) + 1e-12), 0, 1)
+    elif background == "faded":
+        base = 0.55 + 0.4 * grey
+    else:
+        raise ValueError(f"background must be 'faded' or 'edges', got {background!r}")
+    normed = np.clip(heatmap / scale, -1, 1)
+    colour = matplotlib.colormaps["bwr"]((normed + 1) / 2)[..., :3]
+    alpha = np.abs(normed)[..., None]
+    return np.clip((1 - alpha) * base[..., None] + alpha * colour, 0, 1)
+
+
+def overlay_figure(image: np.ndarray, heatmap: np.ndarray, title: str = "", percentile: float = 99.0,
+                   background: str = "faded"):
+    """The image beside its evidence overlay (:func:`overlay_rgb`) with a colour bar in evidence units."""
+    import matplotlib
+
+    plt = _plt()
+    scale = robust_scale(heatmap, percentile)
+    h, w = np.asarray(heatmap).shape
+    aspect = w / max(h, 1)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * 3.0 * min(max(aspect, 0.6), 1.8) + 0.9, 3.3),
+                             gridspec_kw={"width_ratios": [1, 1]})
+    image = np.asarray(image)
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    axes[1].imshow(overlay_rgb(image, heatmap, scale, background))
+    axes[1].set_title(title or "evidence", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(-scale, scale), cmap="bwr")
+    fig.colorbar(mappable, ax=axes[1], fraction=0.046, pad=0.03,
+                 label=f"evidence (clipped at {percentile:g}th pct. |value|)")
+    fig.tight_layout()
+    return fig
+
+
+def patch_gallery_figure(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], title: str = ""):
+    """A gallery: one row per ``(label, crops (q, q, 3), captions)``; crops shown enlarged without smoothing."""
+    plt = _plt()
+    cols = max((len(r[1]) for r in rows), default=1) or 1
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.25 * cols + 1.2, 1.45 * len(rows) + 0.4), squeeze=False)
+    for r, (label, crops, captions) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(crops):
+                ax.imshow(np.asarray(crops[c]), interpolation="nearest")
+                ax.set_title(captions[c], fontsize=6)
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    """A figure as PNG bytes (for embedding in HTML), freeing it."""
+    import io
+
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,502 @@
+"""Why did the model decide this about my images? Predictions, exact evidence heatmaps and the patches behind them.
+
+:func:`explain` takes image files, folders or PIL images and a BagNet (the embedded default when none is given) and
+returns, per image, the top-K classes with probabilities, the per-pixel evidence heatmap of each (``bagnet.heatmap``)
+and the most and least supportive patches (cells of the stride-8 evidence map, each a q×q crop of the image).
+``Explanation.save(dir)`` writes PNG figures, JSON/CSV and one self-contained HTML report.
+
+:func:`class_patches` scans a whole dataset (bounded memory: a fixed number of crops per class) for the patches with
+the highest and lowest evidence for each class, the gallery the paper shows.
+
+Images of any kind are accepted (see ``bagnet.data.load_image``: JPEG/PNG/WebP/BMP/TIFF, grayscale, palette, RGBA
+composited on white, 16-bit, EXIF-rotated). The model sees each image at its own scale — the short side resized to
+the size its weights were trained for, without cropping — and never larger than ``max_side`` on its long side.
+Images smaller than the patch size are refused with a message, or enlarged with ``upscale_small``. Files that cannot
+be read are reported by name in ``Explanation.failures``; the others are still explained.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import transforms
+from torchvision.transforms import functional as TF
+
+from .data import IMAGE_EXTENSIONS, ImageReadError, load_image
+from .heatmaps import heatmap
+from .models.bagnet import BagNet
+from .models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+SCHEMA_VERSION = 1
+#: The distinct scikit-image sample photos `bagnet explain --samples` uses (skimage's ``cat`` is ``chelsea``).
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+ImageInput = Union[str, os.PathLike, Image.Image]
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Settings of :func:`explain`."""
+
+    top: int = 3  # classes explained per image
+    stride: int = 1  # heatmap stride (1: exact at every pixel; 2, 4, 8: faster, bilinearly resampled)
+    size: Optional[int] = None  # short side the model sees (px); None: as its weights expect; 0: native size
+    max_side: int = 1024  # long side limit (px): larger images are scaled down
+    upscale_small: bool = False  # enlarge images smaller than the patch size instead of refusing them
+    patches: int = 5  # most and least supportive patches shown per class
+    percentile: float = 99.0  # overlays clip the colour scale at this percentile of |evidence|
+    background: str = "faded"  # overlays show the image faded | by its edges
+
+    def __post_init__(self) -> None:
+        if self.top < 1 or self.patches < 0 or self.max_side < 16:
+            raise ValueError(f"top must be >= 1, patches >= 0 and max_side >= 16; got {self.top}, {self.patches}, "
+                             f"{self.max_side}")
+        if self.size is not None and self.size < 0:
+            raise ValueError(f"size must be None, 0 (native) or a positive number of pixels, got {self.size}")
+        if self.background not in ("faded", "edges"):
+            raise ValueError(f"background must be 'faded' or 'edges', got {self.background!r}")
+        if not 50 <= self.percentile <= 100:
+            raise ValueError(f"percentile must lie in [50, 100], got {self.percentile}")
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One evidence cell: the pixel box ``(top, left, bottom, right)`` it sees and its evidence for a class."""
+
+    box: tuple[int, int, int, int]
+    evidence: float
+
+
+@dataclass(frozen=True)
+class ImageExplanation:
+    """The explanation of one image (``image``: the RGB pixels the model saw, uint8 (H, W, 3))."""
+
+    source: str
+    image: np.ndarray
+    original_size: tuple[int, int]  # (width, height) of the file
+    classes: list[int]
+    names: list[str]
+    probabilities: list[float]
+    logits: list[float]
+    heatmaps: np.ndarray  # (K, H, W) evidence per explained class
+    support: list[list[Patch]]  # per class: most supportive patches, highest first
+    oppose: list[list[Patch]]  # per class: least supportive patches, lowest first
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "original_size": list(self.original_size),
+            "size": [int(self.image.shape[1]), int(self.image.shape[0])],
+            "predictions": [{"class": c, "name": n, "probability": p, "logit": lg,
+                             "evidence_min": float(h.min()), "evidence_max": float(h.max())}
+                            for c, n, p, lg, h in zip(self.classes, self.names, self.probabilities, self.logits,
+                                                      self.heatmaps)],
+            "support": [[asdict(p) for p in ps] for ps in self.support],
+            "oppose": [[asdict(p) for p in ps] for ps in self.oppose],
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Explanations of a batch of images by one BagNet, and the inputs that failed (source → reason)."""
+
+    model: str
+    patch_size: int
+    stride: int
+    images: list[ImageExplanation]
+    failures: dict[str, str]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "model": self.model, "patch_size": self.patch_size,
+                "stride": self.stride, "config": self.config, "images": [e.to_dict() for e in self.images],
+                "failures": self.failures}
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Per image a folder of PNGs (evidence overlay per class, supportive/opposing patches), plus
+        explanations.json, predictions.csv and report.html (self-contained: every image embedded)."""
+        from .report import explanation_report
+        from .viz import figure_png, overlay_figure, patch_gallery_figure
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        figures: list[dict[str, Any]] = []
+        for i, e in enumerate(self.images):
+            folder = out / "images" / f"{i:03d}_{_stem(e.source)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            files: dict[str, Any] = {"folder": folder, "overlays": [], "patches": None}
+            for k, (name, prob) in enumerate(zip(e.names, e.probabilities)):
+                png = figure_png(overlay_figure(e.image, e.heatmaps[k], title=f"{name} ({100 * prob:.1f} %)",
+                                                percentile=self.config.get("percentile", 99.0),
+                                                background=self.config.get("background", "faded")))
+                path = folder / f"evidence_{k + 1}_{_stem(name)}.png"
+                path.write_bytes(png)
+                files["overlays"].append((path, png))
+            rows = []
+            for k, name in enumerate(e.names):
+                for label, patches in ((f"{name}: for", e.support[k]), (f"{name}: against", e.oppose[k])):
+                    if patches:
+                        rows.append((label, [_crop(e.image, p.box) for p in patches],
+                                     [f"{p.evidence:+.2f}" for p in patches]))
+            if rows:
+                png = figure_png(patch_gallery_figure(rows, title=f"patches ({self.patch_size}×{self.patch_size} px)"))
+                path = folder / "patches.png"
+                path.write_bytes(png)
+                files["patches"] = (path, png)
+            Image.fromarray(e.image).save(folder / "input.png")
+            files["input"] = (folder / "input.png", (folder / "input.png").read_bytes())
+            figures.append(files)
+        (out / "explanations.json").write_text(json.dumps(self.to_dict(), indent=2))
+        with open(out / "predictions.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["source", "rank", "class", "name", "probability", "logit"])
+            for e in self.images:
+                for r, (c, n, p, lg) in enumerate(zip(e.classes, e.names, e.probabilities, e.logits), start=1):
+                    writer.writerow([e.source, r, c, n, f"{p:.6f}", f"{lg:.6f}"])
+            for source, reason in self.failures.items():
+                writer.writerow([source, "", "", f"FAILED: {reason}", "", ""])
+        (out / "report.html").write_text(explanation_report(self, figures), encoding="utf-8")
+        return out
+
+
+class ImageTooSmall(ValueError):
+    """An image is smaller than the model's patch size (and ``upscale_small`` is off)."""
+
+
+# ---------------------------------------------------------------------------------------------------- explain
+def explain(
+    inputs: Union[ImageInput, Sequence[ImageInput]],
+    model: Union[BagNet, str] = "default",
+    config: ExplainConfig = ExplainConfig(),
+    device: Any = None,
+    progress: bool = True,
+) -> Explanation:
+    """Explain every image in ``inputs`` (files, folders — searched recursively for image files — or PIL images)."""
+    from tqdm.auto import tqdm
+
+    model = _as_bagnet(model, device)
+    sources, failures = collect_inputs(inputs)
+    if not sources and not failures:
+        raise ValueError("no images given")
+    explained = []
+    for source in tqdm(sources, desc="explain", unit="img", disable=not progress):
+        label = source if isinstance(source, str) else f"image {len(explained) + len(failures)}"
+        try:
+            image = load_image(source) if isinstance(source, str) else source
+            explained.append(explain_image(model, image, label, config, device))
+        except (ImageReadError, ImageTooSmall, OSError) as err:
+            failures[label] = str(err)
+    return Explanation(model=model.name, patch_size=model.patch_size, stride=model.stride, images=explained,
+                       failures=failures, config=asdict(config))
+
+
+def explain_image(model: BagNet, image: Image.Image, source: str = "image", config: ExplainConfig = ExplainConfig(),
+                  device: Any = None) -> ImageExplanation:
+    """Explain one PIL image (any mode; converted to RGB)."""
+    from .data import to_rgb
+
+    image = to_rgb(image)
+    dev = _device(model, device)
+    sized, notes = fit_image(image, model, config, source)
+    mean, std = model_normalisation(model)
+    x = TF.normalize(TF.to_tensor(sized), list(mean), list(std)).unsqueeze(0).to(dev, model.fc.weight.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x)[0].double()
+            probs = logits.softmax(0)
+            k = min(config.top, logits.numel())
+            top = probs.topk(k).indices
+            hm = heatmap(model, x, top[None], stride=config.stride,
+                         upsample="bilinear" if config.stride > 1 else None)[0]
+            evidence = model.evidence(x)[0, top]
+    finally:
+        model.train(was_training)
+    categories = model.categories or [str(i) for i in range(logits.numel())]
+    support, oppose = [], []
+    for ev in evidence.float().cpu():
+        support.append(distinct_patches(model, ev, config.patches, highest=True))
+        oppose.append(distinct_patches(model, ev, config.patches, highest=False))
+    return ImageExplanation(
+        source=source, image=np.asarray(sized, dtype=np.uint8).copy(), original_size=image.size,
+        classes=top.cpu().tolist(), names=[categories[c] for c in top.tolist()],
+        probabilities=probs[top].cpu().tolist(), logits=logits[top].cpu().tolist(),
+        heatmaps=hm.float().cpu().numpy(), support=support, oppose=oppose, notes=notes,
+    )
+
+
+def fit_image(image: Image.Image, model: BagNet, config: ExplainConfig, source: str = "image"
+              ) -> tuple[Image.Image, list[str]]:
+    """The image at the scale the model sees: short side ``config.size`` (default: the model's own), long side at
+    most ``config.max_side``; refuses (or, with ``upscale_small``, enlarges) images smaller than the patch size."""
+    q = model.patch_size
+    w, h = image.size
+    notes: list[str] = []
+    if min(w, h) < q and not config.upscale_small:
+        raise ImageTooSmall(f"{source}: {w}×{h} px is smaller than {model.name}'s {q}×{q} px patch; "
+                            f"use --upscale-small (upscale_small=True) to enlarge it")
+    size = model_input_size(model) if config.size is None else config.size
+    if not size and min(w, h) < q:
+        size = q
+    if size and min(w, h) != size:
+        scale = size / min(w, h)
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        notes.append(f"resized from {w}×{h} to {new[0]}×{new[1]} px (short side {size} px, the model's scale)")
+        image = image.resize(new, Image.BILINEAR, reducing_gap=3.0 if scale < 0.5 else None)
+        w, h = new
+    if max(w, h) > config.max_side:
+        scale = config.max_side / max(w, h)
+        new = (max(q, round(w * scale)), max(q, round(h * scale)))
+        notes.append(f"scaled down from {w}×{h} to {new[0]}×{new[1]} px (long side limit {config.max_side} px)")
+        image = image.resize(new, Image.BILINEAR, reducing_gap=3.0)
+    return image, notes
+
+
+def distinct_patches(model: BagNet, evidence: Tensor, n: int, highest: bool = True) -> list[Patch]:
+    """The ``n`` cells of an evidence map (h, w) with the highest (or lowest) evidence whose patches overlap no
+    already chosen patch by more than half its area."""
+    if n <= 0:
+        return []
+    h, w = evidence.shape
+    q = model.patch_size
+    order = evidence.flatten().argsort(descending=highest).tolist()
+    chosen: list[Patch] = []
+    for idx in order:
+        i, j = divmod(idx, w)
+        box = model.patch_box(i, j)
+        if all(_overlap(box, p.box) <= q * q / 2 for p in chosen):
+            chosen.append(Patch(box=box, evidence=float(evidence[i, j])))
+            if len(chosen) == n:
+                break
+    return chosen
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    dy = min(a[2], b[2]) - max(a[0], b[0])
+    dx = min(a[3], b[3]) - max(a[1], b[1])
+    return max(dy, 0) * max(dx, 0)
+
+
+def _crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    top, left, bottom, right = box
+    return image[top:bottom, left:right]
+
+
+# ---------------------------------------------------------------------------------------------------- dataset patches
+@dataclass(frozen=True)
+class PatchGallery:
+    """Per class, the dataset's patches with the highest and lowest evidence for it (at most one per image).
+
+    ``top_values[c][r]`` / ``top_sources[c][r]`` / ``top_boxes[c][r]`` describe the r-th most supportive patch for
+    class c; ``top_crops[c]`` holds the pixels (n, q, q, 3) uint8. ``bottom_*`` likewise for the lowest evidence.
+    """
+
+    model: str
+    categories: list[str]
+    patch_size: int
+    images: int
+    top_values: list[list[float]]
+    top_sources: list[list[str]]
+    top_boxes: list[list[tuple[int, int, int, int]]]
+    top_crops: np.ndarray
+    bottom_values: list[list[float]]
+    bottom_sources: list[list[str]]
+    bottom_boxes: list[list[tuple[int, int, int, int]]]
+    bottom_crops: np.ndarray
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if not k.endswith("_crops")}
+        return {"schema_version": SCHEMA_VERSION, **d}
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """patches.json, gallery.png (most supportive patches, one row per class), per class class_NNN.png (most and
+        least supportive) and report.html."""
+        from .report import gallery_report
+        from .viz import figure_png, patch_gallery_figure
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "patches.json").write_text(json.dumps(self.to_dict(), indent=2))
+        rows = [(name, list(self.top_crops[c]), [f"{v:+.2f}" for v in self.top_values[c]])
+                for c, name in enumerate(self.categories)]
+        overview = figure_png(patch_gallery_figure(rows, title=f"{self.model}: most supportive patches per class "
+                                                               f"({self.images} images)"))
+        (out / "gallery.png").write_bytes(overview)
+        per_class = []
+        for c, name in enumerate(self.categories):
+            png = figure_png(patch_gallery_figure([
+                (f"{name}: highest", list(self.top_crops[c]), [f"{v:+.2f}" for v in self.top_values[c]]),
+                (f"{name}: lowest", list(self.bottom_crops[c]), [f"{v:+.2f}" for v in self.bottom_values[c]])]))
+            path = out / f"class_{c:03d}_{_stem(name)}.png"
+            path.write_bytes(png)
+            per_class.append((name, path, png))
+        (out / "report.html").write_text(gallery_report(self, overview, per_class), encoding="utf-8")
+        return out
+
+
+def class_patches(
+    model: Union[BagNet, str],
+    dataset: torch.utils.data.Dataset,
+    per_class: int = 8,
+    batch_size: int = 32,
+    limit: Optional[int] = None,
+    seed: int = 0,
+    device: Any = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> PatchGallery:
+    """Scan ``dataset`` (items ``(normalised image, label, index)``, e.g. ``bagnet.data.evaluation_dataset``) for
+    each class's most and least supportive patches. Memory stays bounded: ``per_class`` crops per class."""
+    from tqdm.auto import tqdm
+
+    from .data import SkipLog
+    from .experiments.common import batches, check_dataset
+    from .train import sample_path
+
+    model = _as_bagnet(model, device)
+    check_dataset(dataset)
+    dev = _device(model, device)
+    mean, std = model_normalisation(model)
+    m = torch.tensor(mean)[:, None, None]
+    s = torch.tensor(std)[:, None, None]
+    C, q, n = model.num_classes, model.patch_size, per_class
+    best = {"top": (torch.full((C, 0), float("nan")), [[] for _ in range(C)], [[] for _ in range(C)],
+                    torch.zeros(C, 0, q, q, 3, dtype=torch.uint8)),
+            "bottom": (torch.full((C, 0), float("nan")), [[] for _ in range(C)], [[] for _ in range(C)],
+                       torch.zeros(C, 0, q, q, 3, dtype=torch.uint8))}
+    skips = SkipLog()
+    total = 0
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=limit or len(dataset), desc="patches", unit="img", disable=not progress)  # type: ignore[arg-type]
+    try:
+        for batch in batches(dataset, batch_size, limit, seed, skips, workers):
+            with torch.no_grad():
+                ev = model.evidence(batch.images.to(dev, model.fc.weight.dtype)).float().cpu()  # (B, C, h, w)
+            B, _, h, w = ev.shape
+            pictures = ((batch.images.float() * s + m).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
+            names = [sample_path(dataset, int(i)) for i in batch.indices]
+            flat = ev.flatten(2)  # (B, C, h·w)
+            for kind, (vals, cells) in (("top", flat.max(2)), ("bottom", flat.min(2))):
+                old_v, old_src, old_box, old_crop = best[kind]
+                cand_v = torch.cat([old_v, vals.T], dim=1)  # (C, old + B)
+                keep = cand_v.argsort(dim=1, descending=(kind == "top"), stable=True)[:, :n]
+                new_src, new_box, crops = [], [], []
+                for c in range(C):
+                    src_c, box_c, crop_c = [], [], []
+                    for r in keep[c].tolist():
+                        if r < old_v.shape[1]:
+                            src_c.append(old_src[c][r])
+                            box_c.append(old_box[c][r])
+                            crop_c.append(old_crop[c, r])
+                        else:
+                            b = r - old_v.shape[1]
+                            i, j = divmod(int(cells[b, c]), w)
+                            box = model.patch_box(i, j)
+                            src_c.append(names[b])
+                            box_c.append(box)
+                            crop_c.append(pictures[b, box[0]:box[2], box[1]:box[3]].clone())
+                    new_src.append(src_c)
+                    new_box.append(box_c)
+                    crops.append(torch.stack(crop_c))
+                best[kind] = (cand_v.gather(1, keep), new_src, new_box, torch.stack(crops))
+            total += B
+            bar.update(B)
+    finally:
+        bar.close()
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("no readable images in the dataset")
+    categories = model.categories or [str(c) for c in range(C)]
+    top, bottom = best["top"], best["bottom"]
+    return PatchGallery(
+        model=model.name, categories=list(categories), patch_size=q, images=total,
+        top_values=top[0].tolist(), top_sources=top[1], top_boxes=[[tuple(b) for b in bs] for bs in top[2]],
+        top_crops=top[3].numpy(), bottom_values=bottom[0].tolist(), bottom_sources=bottom[1],
+        bottom_boxes=[[tuple(b) for b in bs] for bs in bottom[2]], bottom_crops=bottom[3].numpy(),
+        skipped=dict(skips.paths),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def collect_inputs(inputs: Union[ImageInput, Sequence[ImageInput]]) -> tuple[list[Union[str, Image.Image]],
+                                                                           dict[str, str]]:
+    """Files, folders (their image files, recursively, sorted) and PIL images, with the inputs that do not exist."""
+    if isinstance(inputs, (str, os.PathLike, Image.Image)):
+        inputs = [inputs]
+    sources: list[Union[str, Image.Image]] = []
+    failures: dict[str, str] = {}
+    for item in inputs:
+        if isinstance(item, Image.Image):
+            sources.append(item)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                failures[str(path)] = f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
+            sources.extend(str(p) for p in found)
+        elif path.is_file():
+            sources.append(str(path))
+        else:
+            failures[str(path)] = f"no such file or folder: {path}"
+    return sources, failures
+
+
+def model_input_size(model: BagNet) -> Optional[int]:
+    """The short side the model's preprocessing resizes to (None when it does not resize)."""
+    for t in _transforms(model):
+        if isinstance(t, transforms.Resize):
+            size = t.size
+            return int(size if isinstance(size, int) else size[0])
+    return None
+
+
+def model_normalisation(model: BagNet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std of the model's preprocessing (ImageNet's when it has none)."""
+    for t in _transforms(model):
+        if isinstance(t, transforms.Normalize):
+            return tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _transforms(model: BagNet) -> list:
+    prep = getattr(model, "preprocess", None)
+    return list(getattr(prep, "transforms", []) or [])
+
+
+def _as_bagnet(model: Union[BagNet, str], device: Any) -> BagNet:
+    if isinstance(model, str):
+        from .models import load
+
+        name = model
+        model = load(name, device=device)
+        if not isinstance(model, BagNet):
+            raise ValueError(f"explanations need a BagNet; {name!r} is a {type(model).__name__} (use "
+                             f"`bagnet attribution` for post-hoc maps of other models)")
+    if not isinstance(model, BagNet):
+        raise ValueError(f"explanations need a BagNet, got {type(model).__name__}")
+    return model
+
+
+def _device(model: BagNet, device: Any) -> torch.device:
+    return torch.device(device) if device is not None else model.fc.weight.device
+
+
+def _stem(text: str) -> str:
+    name = Path(text).name or text
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
+    clean = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)
+    return clean[:40] or "image"
