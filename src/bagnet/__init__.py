@@ -13,10 +13,11 @@ from .models import (
 )
 
 from .heatmaps import heatmap, heatmap_reference
+from .explanation import explain
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BagNet", "BagNetConfig", "WeightsError", "bagnet9", "bagnet17", "bagnet33", "list_models", "load",
-    "save_weights", "heatmap", "heatmap_reference", "__version__",
+    "save_weights", "heatmap", "heatmap_reference", "explain", "__version__",
 ]

@@ -161,7 +161,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .data import sample_image
-    from .explain import SAMPLE_PHOTOS, ExplainConfig, explain
+    from .explanation import SAMPLE_PHOTOS, ExplainConfig, explain
 
     inputs: list = list(args.inputs)
     if args.samples:
@@ -194,7 +194,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_patches(args: argparse.Namespace) -> int:
     from . import load
     from .data import evaluation_dataset
-    from .explain import class_patches
+    from .explanation import class_patches
 
     model = load(args.model, device=args.device)
     dataset, categories, data_name = evaluation_dataset(args.data, model.preprocess)

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .explain import Explanation, PatchGallery
+    from .explanation import Explanation, PatchGallery
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1100px;
@@ -42,7 +42,7 @@ def _img(png: bytes, alt: str, cls: str = "") -> str:
 
 
 def explanation_report(explanation: "Explanation", figures: Sequence[dict[str, Any]]) -> str:
-    """The report of :meth:`bagnet.explain.Explanation.save`: an index of the images with their predictions, a
+    """The report of :meth:`bagnet.explanation.Explanation.save`: an index of the images with their predictions, a
     section per image (top classes, evidence overlays, patches) and, for several images, a summary."""
     e = explanation
     parts = [f"<h1>Why did {html.escape(e.model)} decide this?</h1>",
@@ -65,7 +65,7 @@ def explanation_report(explanation: "Explanation", figures: Sequence[dict[str, A
         for i, (img, figs) in enumerate(zip(e.images, figures)):
             preds = ", ".join(f"{html.escape(nm)} {100 * p:.1f} %" for nm, p in zip(img.names, img.probabilities))
             rows.append(f"<tr><td>{_img(figs['input'][1], img.source, 'thumb')}</td>"
-                        f"<td><a href=\"#img{i}\">{html.escape(_short(img.source))}</a></td><td>{preds}</td></tr>")
+                        f"<td><a href=\"#img{i}\">{html.escape(_display(img.source))}</a></td><td>{preds}</td></tr>")
         parts.append("<h2 id=\"index\">Images</h2><table><tr><th></th><th>image</th><th>top classes</th></tr>"
                      + "".join(rows) + "</table>")
     if failed:
@@ -78,7 +78,7 @@ def explanation_report(explanation: "Explanation", figures: Sequence[dict[str, A
                        for r, (nm, p, lg) in enumerate(zip(img.names, img.probabilities, img.logits), start=1))
         notes = "".join(f"<li>{html.escape(t)}</li>" for t in img.notes)
         w, h = img.original_size
-        section = [f"<h2 id=\"img{i}\">{html.escape(_short(img.source))}</h2>",
+        section = [f"<h2 id=\"img{i}\">{html.escape(_display(img.source))}</h2>",
                    f"<p class=\"muted\">{html.escape(img.source)} — {w}×{h} px; the model saw "
                    f"{img.image.shape[1]}×{img.image.shape[0]} px.</p>",
                    f"<ul class=\"muted\">{notes}</ul>" if notes else "",
@@ -94,7 +94,7 @@ def explanation_report(explanation: "Explanation", figures: Sequence[dict[str, A
 
 
 def gallery_report(gallery: "PatchGallery", overview: bytes, per_class: Sequence[tuple[str, Any, bytes]]) -> str:
-    """The report of :meth:`bagnet.explain.PatchGallery.save`: the overview, then each class's highest and lowest
+    """The report of :meth:`bagnet.explanation.PatchGallery.save`: the overview, then each class's highest and lowest
     evidence patches with the images they come from."""
     g = gallery
     nav = "".join(f"<a href=\"#c{c}\">{html.escape(name)}</a>" for c, name in enumerate(g.categories))
@@ -113,6 +113,13 @@ def gallery_report(gallery: "PatchGallery", overview: bytes, per_class: Sequence
                      f"<tr><th>evidence</th><th>image</th><th>box (top, left, bottom, right)</th></tr>{rows}"
                      "</table></details>")
     return page(f"bagnet patches: {g.model}", "\n".join(parts))
+
+
+def _display(source: str) -> str:
+    """A file's name (the full path is shown beside it), or the source as given."""
+    from pathlib import Path
+
+    return Path(source).name if ("/" in source or "\\" in source) else source
 
 
 def _short(source: str, keep: int = 60) -> str:
