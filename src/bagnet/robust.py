@@ -1,0 +1,377 @@
+"""Certified robustness to adversarial stickers, built on BagNet's locality.
+
+Each evidence cell (i, j) sees only pixels ``[s·i, s·i+q) × [s·j, s·j+q)``. A sticker of p×p pixels at (y, x)
+changes only the cells whose patch overlaps it: cell rows i with ``y − q < s·i < y + p`` — integers in a run of
+``p + q − 1`` consecutive values — so at most ``w = ⌈(p + q − 1) / s⌉`` rows, and as many columns
+(:func:`sticker_window`). Every sticker position therefore lies inside some w×w window of cells.
+
+Two defences aggregate the evidence map (N, C, h, w) instead of averaging it:
+
+- **clipping** (Clipped BagNet, Zhang et al. 2020): each cell's evidence is clipped to ``[low, high]`` before the sum.
+  A sticker can move each cell of its window by at most the clip range, so the prediction y is certified when, for
+  every window W, ``Σ e_y − Σ_W (e_y − low) > Σ e_c + Σ_W (high − e_c)`` for every other class c.
+- **masking** (robust masking of PatchGuard, Xiang et al. 2021, without its detection threshold): evidence is
+  clipped to ``[low, high]`` (``low = 0``: PatchGuard's ReLU) and, per class, the w×w window with the largest sum is
+  removed before summing. For a sticker inside window W*, class c ≠ y can reach at most ``Σ_{outside W*} e_c`` (the
+  removed window is at least as large as W*'s), and y keeps at least ``Σ_{outside W*} e_y − max_W Σ_{W∖W*} e_y``
+  (W*'s cells at ``low`` = 0); certified when the second beats the first for every W* and every c.
+
+The certificates are checked against an exhaustive search on a tiny model (tests), and :func:`sticker_attack` is a
+real attack to check them with: projected sign-gradient ascent on the sticker's pixels at every position of a grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .models.bagnet import BagNet
+
+SCHEMA_VERSION = 1
+DEFENCES = ("masking", "clipping")
+
+
+def sticker_window(patch_size: int, stride: int, sticker: int) -> int:
+    """Side, in evidence cells, of the window that a ``sticker``-px square sticker can reach: ⌈(p + q − 1) / s⌉."""
+    if sticker < 1 or patch_size < 1 or stride < 1:
+        raise ValueError(f"sticker, patch size and stride must be >= 1, got {sticker}, {patch_size}, {stride}")
+    return math.ceil((sticker + patch_size - 1) / stride)
+
+
+def affected_cells(patch_size: int, stride: int, sticker: int, y: int, x: int, cells: tuple[int, int]
+                   ) -> tuple[range, range]:
+    """The cell rows and columns whose patches overlap a ``sticker``-px square at pixel (y, x) (top-left)."""
+    def axis(pos: int, n: int) -> range:
+        lo = max(0, (pos - patch_size) // stride + 1)
+        hi = min(n - 1, (pos + sticker - 1) // stride)
+        return range(lo, hi + 1)
+
+    return axis(y, cells[0]), axis(x, cells[1])
+
+
+@dataclass(frozen=True)
+class DefenceConfig:
+    """A defended prediction from a BagNet's evidence: ``masking`` or ``clipping``, for stickers of ``sticker`` px."""
+
+    sticker: int = 32
+    method: str = "masking"
+    low: float = 0.0  # evidence is clipped below at this value
+    high: Optional[float] = None  # ... and above at this one (required for clipping: it bounds the sticker's gain)
+
+    def __post_init__(self) -> None:
+        if self.method not in DEFENCES:
+            raise ValueError(f"method must be one of {DEFENCES}, got {self.method!r}")
+        if self.method == "clipping" and self.high is None:
+            raise ValueError("clipping needs a finite upper bound `high`: it limits what a sticker can add")
+        if self.high is not None and self.high <= self.low:
+            raise ValueError(f"high must exceed low, got low={self.low}, high={self.high}")
+        if self.method == "masking" and self.low < 0:
+            raise ValueError("masking needs evidence clipped at low >= 0 (PatchGuard clips at 0)")
+        if self.sticker < 1:
+            raise ValueError(f"sticker must be >= 1 px, got {self.sticker}")
+
+    def label(self) -> str:
+        rng = f"[{self.low:g}, {'∞' if self.high is None else f'{self.high:g}'}]"
+        return f"{self.method} {rng} vs {self.sticker}px"
+
+
+def clip(evidence: Tensor, config: DefenceConfig) -> Tensor:
+    return evidence.clamp(min=config.low, max=config.high)
+
+
+def window_sums(evidence: Tensor, window: int) -> Tensor:
+    """Sums over every w×w window of cells (N, C, h−w+1, w'−w+1); the whole map when it is smaller than w."""
+    h, w = evidence.shape[-2:]
+    kh, kw = min(window, h), min(window, w)
+    n, c = evidence.shape[:2]
+    return F.avg_pool2d(evidence.reshape(n * c, 1, h, w), (kh, kw), stride=1).reshape(n, c, h - kh + 1, w - kw + 1) \
+        * (kh * kw)
+
+
+def defended_logits(evidence: Tensor, config: DefenceConfig, model: BagNet) -> Tensor:
+    """Per-class scores (N, C) of the defended model (sums, not means: argmax is what counts)."""
+    e = clip(evidence, config)
+    total = e.sum(dim=(2, 3))
+    if config.method == "clipping":
+        return total
+    window = sticker_window(model.patch_size, model.stride, config.sticker)
+    return total - window_sums(e, window).flatten(2).amax(dim=2)
+
+
+def certify(evidence: Tensor, config: DefenceConfig, model: BagNet) -> tuple[Tensor, Tensor]:
+    """The defended prediction (N,) and whether no sticker of ``config.sticker`` px, anywhere, can change it (N,)."""
+    evidence = evidence.double()
+    e = clip(evidence, config)
+    n, c, h, w = e.shape
+    win = sticker_window(model.patch_size, model.stride, config.sticker)
+    pred = defended_logits(evidence, config, model).argmax(1)
+    total = e.sum(dim=(2, 3))  # (N, C)
+    S = window_sums(e, win).flatten(2)  # (N, C, K): sum inside each candidate sticker window W*
+    other = torch.ones(n, c, dtype=torch.bool, device=e.device)
+    other[torch.arange(n), pred] = False
+    if config.method == "clipping":
+        count = window_sums(torch.ones_like(e[:, :1]), win).flatten(2)  # cells per window
+        y_low = (total[..., None] - S)[torch.arange(n), pred] + config.low * count[:, 0]  # (N, K)
+        c_high = total[..., None] - S + config.high * count  # (N, C, K)
+    else:
+        y_low = _masking_lower_bound(e[torch.arange(n), pred], win)  # (N, K)
+        c_high = total[..., None] - S
+    c_high = c_high.masked_fill(~other[..., None], float("-inf")).amax(dim=1)  # (N, K)
+    return pred, (y_low > c_high).all(dim=1)
+
+
+def _masking_lower_bound(e: Tensor, win: int) -> Tensor:
+    """For maps (N, h, w) ≥ 0: for each window W*, Σ_{outside W*} e − max_W Σ_{W∖W*} e, shape (N, K)."""
+    n, h, w = e.shape
+    kh, kw = min(win, h), min(win, w)
+    tops = [(i, j) for i in range(h - kh + 1) for j in range(w - kw + 1)]
+    P = F.pad(e.cumsum(1).cumsum(2), (1, 0, 1, 0))  # integral image
+
+    def rect(t: Tensor, l: Tensor, b: Tensor, r: Tensor) -> Tensor:  # sums of e[t:b, l:r], broadcast over indices
+        return P[:, b, r] - P[:, t, r] - P[:, b, l] + P[:, t, l]
+
+    ti = torch.tensor([t[0] for t in tops], device=e.device)
+    tj = torch.tensor([t[1] for t in tops], device=e.device)
+    win_sum = rect(ti, tj, ti + kh, tj + kw)  # (N, K)
+    # the intersection of window a (W*) with window b is rows [top, bottom) × cols [left, right), empty if inverted
+    top = torch.maximum(ti[:, None], ti[None, :])
+    left = torch.maximum(tj[:, None], tj[None, :])
+    bottom = torch.maximum(torch.minimum(ti[:, None], ti[None, :]) + kh, top)
+    right = torch.maximum(torch.minimum(tj[:, None], tj[None, :]) + kw, left)
+    overlap = rect(top, left, bottom, right)  # (N, K*, K)
+    best_rest = (win_sum[:, None, :] - overlap).amax(dim=2)  # max over W of Σ_{W \ W*}
+    total = e.sum(dim=(1, 2))
+    return total[:, None] - win_sum - best_rest
+
+
+# ---------------------------------------------------------------------------------------------------- attack
+@dataclass(frozen=True)
+class AttackConfig:
+    """Sticker attack: sign-gradient ascent on the sticker's pixels (in [0, 1] RGB), at every grid position."""
+
+    steps: int = 20
+    step_size: float = 0.1  # per step, in [0, 1] pixel units
+    position_stride: Optional[int] = None  # grid step in px (None: the sticker size / 2)
+    restarts: int = 1
+    batch_size: int = 32  # positions attacked together
+    seed: int = 0
+
+
+def sticker_positions(height: int, width: int, sticker: int, step: int) -> list[tuple[int, int]]:
+    """Top-left corners of a grid of sticker positions that always includes the bottom and right edges."""
+    def axis(n: int) -> list[int]:
+        last = n - sticker
+        if last < 0:
+            raise ValueError(f"a {sticker}-px sticker does not fit a {height}×{width} image")
+        vals = list(range(0, last + 1, max(1, step)))
+        return vals if vals[-1] == last else vals + [last]
+
+    return [(y, x) for y in axis(height) for x in axis(width)]
+
+
+def sticker_attack(
+    model: BagNet,
+    images: Tensor,
+    labels: Tensor,
+    sticker: int,
+    defence: Optional[DefenceConfig] = None,
+    config: AttackConfig = AttackConfig(),
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+) -> Tensor:
+    """Whether each image (N, 3, H, W, normalised) is still classified as its label after the strongest sticker the
+    attack finds (True: the attack failed). Attacks the defended prediction when ``defence`` is given."""
+    device = model.fc.weight.device
+    m = torch.tensor(mean, device=device)[:, None, None]
+    s = torch.tensor(std, device=device)[:, None, None]
+    H, W = images.shape[-2:]
+    positions = sticker_positions(H, W, sticker, config.position_stride or max(1, sticker // 2))
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    survived = torch.ones(images.shape[0], dtype=torch.bool)
+    was_training = model.training
+    model.eval()
+    try:
+        for n in range(images.shape[0]):
+            x0 = images[n : n + 1].to(device)
+            y = int(labels[n])
+            if not _still_correct(model, x0, y, defence):
+                survived[n] = False
+                continue
+            for start in range(0, len(positions), config.batch_size):
+                pos = positions[start : start + config.batch_size]
+                if _attack_positions(model, x0, y, pos, sticker, defence, config, m, s, generator):
+                    survived[n] = False
+                    break
+    finally:
+        model.train(was_training)
+    return survived
+
+
+def _scores(model: BagNet, x: Tensor, defence: Optional[DefenceConfig]) -> Tensor:
+    if defence is None:
+        return model(x)
+    return defended_logits(model.evidence(x), defence, model)
+
+
+def _still_correct(model: BagNet, x: Tensor, y: int, defence: Optional[DefenceConfig]) -> bool:
+    with torch.no_grad():
+        return int(_scores(model, x, defence).argmax(1)) == y
+
+
+def _attack_positions(model, x0, y, positions, sticker, defence, config, m, s, generator) -> bool:
+    """True if a sticker at one of ``positions`` flips the prediction."""
+    k = len(positions)
+    mask = torch.zeros(k, 1, *x0.shape[-2:], device=x0.device)
+    for i, (py, px) in enumerate(positions):
+        mask[i, :, py : py + sticker, px : px + sticker] = 1
+    base = x0.expand(k, -1, -1, -1)
+    for _ in range(config.restarts):
+        pixels = torch.rand(k, 3, *x0.shape[-2:], generator=generator).to(x0.device)
+        for step in range(config.steps + 1):
+            pixels.requires_grad_(True)
+            x = base * (1 - mask) + ((pixels - m) / s) * mask
+            scores = _scores(model, x, defence)
+            other = scores.clone()
+            other[:, y] = float("-inf")
+            margin = scores[:, y] - other.amax(1)
+            if bool((margin < 0).any()):
+                return True
+            if step == config.steps:
+                break
+            grad, = torch.autograd.grad(margin.sum(), pixels)
+            with torch.no_grad():
+                pixels = (pixels - config.step_size * grad.sign()).clamp(0, 1)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------- dataset
+@dataclass(frozen=True)
+class RobustnessResult:
+    """Clean, certified and attacked accuracy of a BagNet, undefended and under each defence, per sticker size."""
+
+    model: str
+    images: int
+    clean_undefended: float
+    rows: list[dict[str, Any]]  # defence, sticker, window, clean, certified, attacked (None if not attacked)
+    attacked_undefended: dict[str, Optional[float]] = field(default_factory=dict)  # sticker px → accuracy
+    config: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """robustness.json, robustness.csv and robustness.png (accuracies against sticker size)."""
+        import csv
+        import json
+
+        from .viz import line_figure, save_figure
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "robustness.json").write_text(json.dumps(self.to_dict(), indent=2))
+        with open(out / "robustness.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else ["defence"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        series: dict[str, tuple[list, list]] = {}
+        for row in self.rows:
+            for key in ("clean", "certified", "attacked"):
+                if row.get(key) is not None:
+                    xs, ys = series.setdefault(f"{row['defence']}: {key}", ([], []))
+                    xs.append(row["sticker"])
+                    ys.append(100 * row[key])
+        und = {int(k): v for k, v in self.attacked_undefended.items() if v is not None}
+        if und:
+            series["undefended: attacked"] = (sorted(und), [100 * und[k] for k in sorted(und)])
+        fig = line_figure(series, xlabel="sticker side (px)", ylabel="accuracy (%)",
+                          title=f"{self.model}: clean {100 * self.clean_undefended:.1f} % ({self.images} images)")
+        save_figure(fig, out / "robustness.png")
+        return out
+
+
+def robustness(
+    model: BagNet,
+    dataset: torch.utils.data.Dataset,
+    defences: Sequence[DefenceConfig],
+    attack: Optional[AttackConfig] = None,
+    limit: Optional[int] = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> RobustnessResult:
+    """Certify every image of ``dataset`` under each defence; optionally attack the undefended and defended model."""
+    from tqdm.auto import tqdm
+
+    from .data import SkipLog
+    from .experiments.common import batches, check_dataset
+
+    if not isinstance(model, BagNet):
+        raise ValueError(f"certification needs a BagNet, got {type(model).__name__}")
+    if not defences:
+        raise ValueError("give at least one defence")
+    check_dataset(dataset)
+    device = model.fc.weight.device
+    skips = SkipLog()
+    counts: dict[int, dict[str, int]] = {i: {"clean": 0, "certified": 0, "attacked": 0} for i in range(len(defences))}
+    stickers = sorted({d.sticker for d in defences})
+    und_attacked = {p: 0 for p in stickers}
+    clean_und, total = 0, 0
+    mean, std = _normalisation(model)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=limit or len(dataset), desc="certify", unit="img", disable=not progress)  # type: ignore[arg-type]
+    try:
+        for batch in batches(dataset, batch_size, limit, seed, skips):
+            x, labels = batch.images.to(device, model.fc.weight.dtype), batch.labels
+            with torch.no_grad():
+                ev = model.evidence(x)
+                clean_und += int((ev.mean((2, 3)).argmax(1).cpu() == labels).sum())
+            for i, d in enumerate(defences):
+                pred, cert = certify(ev, d, model)
+                pred, cert = pred.cpu(), cert.cpu()
+                counts[i]["clean"] += int((pred == labels).sum())
+                counts[i]["certified"] += int(((pred == labels) & cert).sum())
+                if attack is not None:
+                    counts[i]["attacked"] += int(sticker_attack(model, x, labels, d.sticker, d, attack, mean, std).sum())
+            if attack is not None:
+                for p in stickers:
+                    und_attacked[p] += int(sticker_attack(model, x, labels, p, None, attack, mean, std).sum())
+            total += len(labels)
+            bar.update(len(labels))
+    finally:
+        bar.close()
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("no readable images in the dataset")
+    rows = []
+    for i, d in enumerate(defences):
+        rows.append({"defence": d.label(), "method": d.method, "sticker": d.sticker, "low": d.low, "high": d.high,
+                     "window_cells": sticker_window(model.patch_size, model.stride, d.sticker),
+                     "clean": counts[i]["clean"] / total, "certified": counts[i]["certified"] / total,
+                     "attacked": counts[i]["attacked"] / total if attack is not None else None})
+    return RobustnessResult(
+        model=model.name, images=total, clean_undefended=clean_und / total, rows=rows,
+        attacked_undefended={str(p): (und_attacked[p] / total if attack is not None else None) for p in stickers},
+        config={"attack": asdict(attack) if attack else None, "limit": limit, "seed": seed},
+        skipped=dict(skips.paths),
+    )
+
+
+def _normalisation(model: BagNet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from .explanation import model_normalisation
+
+    return model_normalisation(model)
+
+
+__all__ = [
+    "AttackConfig", "DefenceConfig", "RobustnessResult", "affected_cells", "certify", "defended_logits",
+    "robustness", "sticker_attack", "sticker_positions", "sticker_window", "window_sums",
+]
