@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import os
 import types
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -254,7 +255,7 @@ def _saliency(model, images, targets, baselines, config, notes) -> Tensor:
 
     out = []
     for x, t in zip(images.split(config.batch_size), targets.split(config.batch_size)):
-        out.append(Saliency(model).attribute(x, target=t, abs=True).amax(dim=1))
+        out.append(Saliency(model).attribute(x.clone().requires_grad_(True), target=t, abs=True).amax(dim=1))
     return torch.cat(out)
 
 
@@ -285,7 +286,9 @@ def _deeplift(model, images, targets, baselines, config, notes) -> Tensor:
     out = []
     for x, b, t in zip(images.split(config.batch_size), baselines.split(config.batch_size),
                        targets.split(config.batch_size)):
-        out.append(dl.attribute(x, baselines=b, target=t).sum(dim=1))
+        with warnings.catch_warnings():  # Captum announces its temporary hooks on every call
+            warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
+            out.append(dl.attribute(x.clone().requires_grad_(True), baselines=b, target=t).sum(dim=1))
     return torch.cat(out)
 
 

@@ -224,9 +224,12 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             defences.append(DefenceConfig(sticker=p, method="clipping", low=args.clip_low, high=args.clip_high))
     attack = None if args.attack_steps == 0 else AttackConfig(steps=args.attack_steps, step_size=args.attack_step_size,
                                                               position_stride=args.attack_stride, seed=args.seed)
-    result = robustness(model, dataset, defences, attack, limit=args.limit, seed=args.seed,
-                        progress=not args.no_progress)
+    result = robustness(model, dataset, defences, attack, limit=args.limit, attack_limit=args.attack_limit,
+                        seed=args.seed, progress=not args.no_progress)
     print(f"{result.model} on {data_name} ({result.images} images): clean accuracy {100 * result.clean_undefended:.1f} %")
+    if result.attacked_images:
+        print(f"attacked: the first {result.attacked_images} images (undefended clean accuracy on them "
+              f"{100 * result.clean_undefended_attacked_subset:.1f} %)")
     for row in result.rows:
         attacked = f"{100 * row['attacked']:5.1f} %" if row["attacked"] is not None else "    —"
         und = result.attacked_undefended.get(str(row["sticker"]))
@@ -446,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-steps", type=int, default=10, help="sticker attack steps per position (0: no attack)")
     p.add_argument("--attack-step-size", type=float, default=0.1)
     p.add_argument("--attack-stride", type=int, default=None, help="attack grid step in px (default: sticker/2)")
+    p.add_argument("--attack-limit", type=int, default=None, help="attack only the first N of the certified images")
     p.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("out/certify"))
