@@ -223,3 +223,17 @@ def test_report_opens_in_headless_chromium_with_every_image_and_no_errors(odd_fo
     assert len(images) >= 3 * 3 and all(done and width > 0 for done, width, _ in images), images
     assert "Not explained" in headings and any("rotated.jpg" in h for h in headings)
     assert (artifacts_dir / "explain_report.png").stat().st_size > 10_000
+
+
+def test_main_job_explains_the_sample_photos_offline(tmp_path, capsys):
+    """What scripts/main.sh runs (here at stride 8 to keep it quick): the embedded default, no network."""
+    code = main(["explain", "--samples", "--stride", "8", "--out", str(tmp_path / "out"), "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        assert f"skimage.data.{name}()" in text
+    data = json.loads((tmp_path / "out" / "explanations.json").read_text())
+    assert data["model"] == "bagnet33" and len(data["images"]) == 4 and not data["failures"]
+    for e in data["images"]:
+        probs = [p["probability"] for p in e["predictions"]]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
