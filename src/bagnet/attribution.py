@@ -103,9 +103,9 @@ class Attributions:
         d["shape"] = list(next(iter(self.maps.values())).shape) if self.maps else None
         return d
 
-    def save(self, out: str | os.PathLike) -> Path:
+    def save(self, out: str | os.PathLike, figure_rows: int = 6) -> Path:
         """attributions.json (targets, completeness, unavailable methods), attributions.npz (maps) and
-        attributions.png (one row per image: the image, then each method's map)."""
+        attributions.png (one row per image, the first ``figure_rows`` images: the image, then each method's map)."""
         from .viz import attribution_grid_figure, save_figure
 
         out = _out_dir(out)
@@ -115,9 +115,11 @@ class Attributions:
             arrays["images"] = self.images
         np.savez_compressed(out / "attributions.npz", **arrays)
         if self.images is not None and self.maps:
-            fig = attribution_grid_figure(self.images, {m: self.maps[m] for m in self.methods if m in self.maps},
+            rows = slice(0, max(1, figure_rows))
+            fig = attribution_grid_figure(self.images[rows],
+                                          {m: self.maps[m][rows] for m in self.methods if m in self.maps},
                                           signed=[m for m in self.methods if m in SIGNED],
-                                          row_titles=[f"target {t}" for t in self.targets], title=self.model)
+                                          row_titles=[f"target {t}" for t in self.targets[rows]], title=self.model)
             save_figure(fig, out / "attributions.png")
         return out
 
@@ -603,15 +605,16 @@ class AttributionComparison:
                 "attributions": {m: a.to_dict() for m, a in self.attributions.items()},
                 "faithfulness": {m: f.to_dict() for m, f in self.faithfulness.items()}}
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """comparison.json, comparison.csv (the table), curves.png, and per model a folder of attributions."""
+    def save(self, out: str | os.PathLike, figure_rows: int = 6) -> Path:
+        """comparison.json, comparison.csv (the table), and per model a folder with its attributions (maps and a
+        figure of the first ``figure_rows`` images) and its deletion and insertion curves."""
         from .viz import line_figure, save_figure
 
         out = _out_dir(out)
         _write_json(out / "comparison.json", self.to_dict())
         _write_csv(out / "comparison.csv", self.rows())
         for mname, attr in self.attributions.items():
-            attr.save(out / _safe(mname))
+            attr.save(out / _safe(mname), figure_rows)
         for mname, faith in self.faithfulness.items():
             series_d = {m: (faith.fractions, np.mean(faith.deletion[m], axis=0).tolist()) for m in faith.methods}
             series_i = {m: (faith.fractions, np.mean(faith.insertion[m], axis=0).tolist()) for m in faith.methods}
