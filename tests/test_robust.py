@@ -135,6 +135,41 @@ def test_sticker_attack_breaks_the_undefended_model_and_never_a_certified_image(
     assert bool(survived_def[cert].all())  # a certified image is never flipped
 
 
+@pytest.mark.parametrize("q,sticker,size", [(9, 8, 41), (17, 12, 57), (9, 20, 45)])
+def test_attack_scores_from_crops_equal_a_full_forward_pass(q, sticker, size):
+    """The attack recomputes only the cells a sticker reaches; its scores must equal the full model's."""
+    from bagnet.robust import _crops, sticker_scores
+
+    torch.manual_seed(7)
+    model = tiny(q, classes=3)
+    x0 = torch.randn(1, 3, size, size + 3, dtype=torch.float64)
+    model = model.double()
+    with torch.no_grad():
+        base = model.evidence(x0)[0]
+    positions = sticker_positions(size, size + 3, sticker, 5)
+    crop, mask, blocks = _crops(model, x0, tuple(base.shape[-2:]), positions, sticker)
+    pixels = torch.rand(crop.shape, dtype=torch.float64)
+    m = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)[:, None, None]
+    s = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)[:, None, None]
+    for defence in (None, DefenceConfig(sticker=sticker)):
+        with torch.no_grad():
+            got = sticker_scores(model, base, crop, mask, blocks, pixels, m, s, defence)
+        for i, (py, px) in enumerate(positions):
+            oy, ox = blocks[i][0] * 8, blocks[i][1] * 8
+            full = x0.clone()
+            # sticker pixels outside the crop are seen by no cell: give them other random values, it must not matter
+            full[0, :, py : py + sticker, px : px + sticker] = torch.randn(3, sticker, sticker, dtype=torch.float64)
+            ch, cw = crop.shape[-2:]
+            inside = (pixels[i] - m) / s
+            region = mask[i, 0].bool()
+            view = full[0, :, oy : oy + ch, ox : ox + cw]
+            view[:, region] = inside[:, region]
+            with torch.no_grad():
+                ev = model.evidence(full)
+                want = ev.mean((2, 3)) if defence is None else defended_logits(ev, defence, model)
+            torch.testing.assert_close(got[i], want[0], rtol=1e-9, atol=1e-12)
+
+
 def test_sticker_positions_cover_the_edges_and_reject_a_sticker_too_big():
     pos = sticker_positions(41, 50, 16, 10)
     assert (0, 0) in pos and (25, 34) in pos and max(p[0] for p in pos) == 25

@@ -372,18 +372,21 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Si
 def reused_activations(model: nn.Module, example: Tensor) -> list[str]:
     """Names of the activation modules that one forward pass of ``example`` calls more than once."""
     calls: dict[str, int] = {}
-    handles = []
-    for mname, module in model.named_modules():
-        if isinstance(module, _ACTIVATIONS):
-            handles.append(module.register_forward_hook(
-                lambda *_, n=mname: calls.__setitem__(n, calls.get(n, 0) + 1)))
+    hooks = [(module, lambda *_, n=mname: calls.__setitem__(n, calls.get(n, 0) + 1))
+             for mname, module in model.named_modules() if isinstance(module, _ACTIVATIONS)]
+    _forward_with_hooks(model, example, hooks)
+    return sorted(n for n, c in calls.items() if c > 1)
+
+
+def _forward_with_hooks(model: nn.Module, example: Tensor, hooks: Sequence[tuple[nn.Module, Any]]) -> None:
+    """One forward pass of ``example`` without autograd, with temporary forward hooks ``(module, hook)``."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in handles:
             h.remove()
-    return sorted(n for n, c in calls.items() if c > 1)
 
 
 def unmerged_batchnorms(model: nn.Module) -> list[str]:
@@ -457,21 +460,16 @@ def gradcam_layer(model: nn.Module, example: Tensor, name: Optional[str] = None)
             raise _Unavailable(f"no module named {name!r} in {type(model).__name__}")
         return name, modules[name]
     order: list[tuple[str, nn.Module]] = []
-    handles = []
-    for cname, child in model.named_children():
-        has_conv = any(isinstance(m, nn.Conv2d) for m in child.modules())
 
-        def hook(module, inputs, output, cname=cname, has_conv=has_conv):
-            if has_conv and isinstance(output, Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
+    def record(cname: str):
+        def hook(module, inputs, output):
+            if isinstance(output, Tensor) and output.dim() == 4 and output.shape[-1] * output.shape[-2] > 1:
                 order.append((cname, module))
+        return hook
 
-        handles.append(child.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = [(child, record(cname)) for cname, child in model.named_children()
+             if any(isinstance(m, nn.Conv2d) for m in child.modules())]
+    _forward_with_hooks(model, example, hooks)
     if not order:
         raise _Unavailable(f"found no convolutional stage with a spatial output in {type(model).__name__}; "
                            "pass gradcam_layer=NAME")

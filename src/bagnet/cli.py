@@ -223,7 +223,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
                 raise ValueError("--defences clipping needs --clip-high (the upper bound on a cell's evidence)")
             defences.append(DefenceConfig(sticker=p, method="clipping", low=args.clip_low, high=args.clip_high))
     attack = None if args.attack_steps == 0 else AttackConfig(steps=args.attack_steps, step_size=args.attack_step_size,
-                                                              position_stride=args.attack_stride, seed=args.seed)
+                                                              position_stride=args.attack_stride, top_positions=args.attack_top,
+                                                              seed=args.seed)
     result = robustness(model, dataset, defences, attack, limit=args.limit, attack_limit=args.attack_limit,
                         seed=args.seed, progress=not args.no_progress)
     print(f"{result.model} on {data_name} ({result.images} images): clean accuracy {100 * result.clean_undefended:.1f} %")
@@ -349,6 +350,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kwargs)
 
 
+def _add_run_flags(parser: argparse.ArgumentParser, out: str, seed: bool = True) -> None:
+    """The flags every command that writes results shares: --out, --seed, --device, --no-progress."""
+    parser.add_argument("--out", type=Path, default=Path(out), help="folder for the result files")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bagnet", description="Bag-of-local-features models and exact heatmaps.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -419,9 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upscale-small", action="store_true", help="enlarge images smaller than the patch size")
     p.add_argument("--patches", type=int, default=5, help="most and least supportive patches per class")
     p.add_argument("--background", choices=["faded", "edges"], default="faded", help="how overlays show the image")
-    p.add_argument("--out", type=Path, default=Path("out/explain"))
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_flags(p, "out/explain", seed=False)
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("patches", help="for each class, the dataset's patches with the highest and lowest evidence")
@@ -431,10 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("out/patches"))
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_flags(p, "out/patches")
     p.set_defaults(func=_cmd_patches)
 
     p = sub.add_parser("certify", help="certified accuracy against adversarial stickers (robust masking, clipping) "
@@ -450,11 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-step-size", type=float, default=0.1)
     p.add_argument("--attack-stride", type=int, default=None, help="attack grid step in px (default: sticker/2)")
     p.add_argument("--attack-limit", type=int, default=None, help="attack only the first N of the certified images")
+    p.add_argument("--attack-top", type=int, default=None,
+                   help="attack only the N grid positions whose cells hold the most evidence for the label")
     p.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("out/certify"))
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_flags(p, "out/certify")
     p.set_defaults(func=_cmd_certify)
 
     p = sub.add_parser("attribution", help="BagNet evidence next to saliency, IG, DeepLIFT, LRP and Grad-CAM, with "
@@ -472,10 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, default=8, help="deletion/insertion: patch side (px)")
     p.add_argument("--fill", choices=["mean", "zero", "blur"], default="blur", help="deletion/insertion fill")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion: points on each curve")
-    p.add_argument("--out", type=Path, default=Path("out/attribution"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_flags(p, "out/attribution")
     p.set_defaults(func=_cmd_attribution)
 
     p = sub.add_parser("models", help="list the model names that load() and every command accept")
