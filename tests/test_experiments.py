@@ -179,6 +179,21 @@ def test_masking_the_known_region_first_destroys_the_model_that_uses_it(tmp_path
     assert (out / "masking.png").stat().st_size > 5000
 
 
+def test_masking_by_each_models_own_attribution():
+    """Integrated Gradients of a model that looks only at the centre puts the centre first: masking by the model's
+    own map destroys it as fast as the oracle; a method that cannot handle the model gets NaN and a note."""
+    from bagnet.experiments import OwnAttribution
+
+    config = MaskingConfig(block=8, ks=(0, 4), fill="zero", batch_size=8, limit=8)
+    result = masking({"centre": CentreColourModel()},
+                     {"own IG": OwnAttribution("integrated_gradients", ig_steps=8), "own evidence":
+                      OwnAttribution("evidence")}, centre_colour_data(8), 2, config, progress=False)
+    acc = result.accuracy["centre"]
+    assert acc["own IG"] == [1.0, 0.5]  # the four blocks the centre straddles go first
+    assert all(v != v for v in acc["own evidence"])  # NaN: exact evidence exists only for BagNets
+    assert "centre / own evidence" in result.skipped
+
+
 def test_block_scores_and_mask_blocks():
     scores = torch.zeros(1, 4, 6)
     scores[0, 2:4, 4:6] = 3.0

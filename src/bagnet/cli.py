@@ -150,6 +150,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         rankings: dict = {"random": "random"}
         for spec in args.rankers:
             rankings[_label(spec)] = models[by_spec[spec]] if spec in by_spec else load(spec, device=args.device)
+        for method in args.own_attribution:
+            rankings[f"own {method}"] = ex.OwnAttribution(method)
         config = ex.MaskingConfig(block=args.block, ks=tuple(args.ks), fill=args.fill, **common)
         result = ex.masking(models, rankings, dataset, n, config, progress)
         for row in result.rows():
@@ -404,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaps", nargs="+", type=int, default=[0, 8, 16, 32, 48, 64], help="interactions: gaps (px)")
     p.add_argument("--fill", choices=["mean", "zero", "blur"], default="mean", help="interactions, masking")
     p.add_argument("--rankers", nargs="*", default=[], help="masking: BagNets whose evidence ranks the blocks")
+    p.add_argument("--own-attribution", nargs="*", default=[], metavar="METHOD",
+                   help="masking: also rank each model's blocks by its own attribution map (e.g. integrated_gradients)")
     p.add_argument("--block", type=int, default=8, help="masking: block side (px)")
     p.add_argument("--ks", nargs="+", type=int, default=[0, 1, 2, 4, 8, 16, 32], help="masking: blocks masked")
     p.add_argument("--results", nargs="+", type=Path, default=[], help="summary: folders of saved results")

@@ -28,13 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from .data import IMAGE_EXTENSIONS, ImageReadError, load_image
 from .heatmaps import heatmap
 from .models.bagnet import BagNet
-from .models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from .models.preprocess import preprocess_normalisation, preprocess_size
 
 SCHEMA_VERSION = 1
 #: The distinct scikit-image sample photos `bagnet explain --samples` uses (skimage's ``cat`` is ``chelsea``).
@@ -457,24 +456,12 @@ def collect_inputs(inputs: Union[ImageInput, Sequence[ImageInput]]) -> tuple[lis
 
 def model_input_size(model: BagNet) -> Optional[int]:
     """The short side the model's preprocessing resizes to (None when it does not resize)."""
-    for t in _transforms(model):
-        if isinstance(t, transforms.Resize):
-            size = t.size
-            return int(size if isinstance(size, int) else size[0])
-    return None
+    return preprocess_size(getattr(model, "preprocess", None))
 
 
 def model_normalisation(model: BagNet) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std of the model's preprocessing (ImageNet's when it has none)."""
-    for t in _transforms(model):
-        if isinstance(t, transforms.Normalize):
-            return tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
-def _transforms(model: BagNet) -> list:
-    prep = getattr(model, "preprocess", None)
-    return list(getattr(prep, "transforms", []) or [])
+    return preprocess_normalisation(getattr(model, "preprocess", None))
 
 
 def _as_bagnet(model: Union[BagNet, str], device: Any) -> BagNet:

@@ -448,9 +448,9 @@ def robustness(
 
 
 def _normalisation(model: BagNet) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from .explanation import model_normalisation
+    from .models.preprocess import preprocess_normalisation
 
-    return model_normalisation(model)
+    return preprocess_normalisation(getattr(model, "preprocess", None))
 
 
 __all__ = [

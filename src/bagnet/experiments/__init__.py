@@ -3,7 +3,7 @@
 from .common import read_result
 from .diagnostic import DiagnosticResult, dataset_diagnostic
 from .interactions import InteractionConfig, InteractionResult, interactions, region_pairs
-from .masking import MaskingConfig, MaskingResult, bagnet_scores, block_scores, mask_blocks, masking
+from .masking import MaskingConfig, MaskingResult, OwnAttribution, bagnet_scores, block_scores, mask_blocks, masking
 from .scrambling import ScramblingConfig, ScramblingResult, scramble, scrambling
 from .summary import SummaryResult, summarize
 from .similarity import SimilarityConfig, SimilarityResult, error_consistency, mean_logit_correlation, similarity
@@ -11,7 +11,7 @@ from .similarity import SimilarityConfig, SimilarityResult, error_consistency, m
 __all__ = [
     "read_result", "DiagnosticResult", "dataset_diagnostic",
     "InteractionConfig", "InteractionResult", "interactions", "region_pairs",
-    "MaskingConfig", "MaskingResult", "bagnet_scores", "block_scores", "mask_blocks", "masking",
+    "MaskingConfig", "MaskingResult", "OwnAttribution", "bagnet_scores", "block_scores", "mask_blocks", "masking",
     "ScramblingConfig", "ScramblingResult", "scramble", "scrambling",
     "SummaryResult", "summarize",
     "SimilarityConfig", "SimilarityResult", "error_consistency", "mean_logit_correlation", "similarity",

@@ -93,9 +93,29 @@ class MaskingResult:
         return out
 
 
+@dataclass(frozen=True)
+class OwnAttribution:
+    """A ranking that differs per model: each model's blocks ranked by its own attribution map for the true class
+    (a ``bagnet.attribution`` method; ``evidence`` for BagNets is their exact evidence)."""
+
+    method: str = "integrated_gradients"
+    ig_steps: int = 16
+
+    def scores(self, model: nn.Module, images: Tensor, labels: Tensor, device: Any) -> Optional[Tensor]:
+        """Per-pixel maps (N, H, W), or None where the method cannot handle the model."""
+        from ..attribution import AttributionConfig, attribute
+
+        config = AttributionConfig(methods=(self.method,), ig_steps=self.ig_steps, evidence_stride=2)
+        with torch.enable_grad():
+            result = attribute(model, images, labels, config, device=device)
+        if self.method in result.unavailable:
+            return None
+        return torch.from_numpy(result.maps[self.method])
+
+
 def masking(
     models: Mapping[str, nn.Module],
-    rankings: Mapping[str, Union[BagNet, PixelScores, str]],
+    rankings: Mapping[str, Union[BagNet, PixelScores, OwnAttribution, str]],
     dataset: torch.utils.data.Dataset,
     num_classes: int,
     config: MaskingConfig = MaskingConfig(),
@@ -104,26 +124,31 @@ def masking(
     """Accuracy of every model against the number of masked blocks, for every ranking.
 
     ``rankings`` maps a name to a BagNet (ranked by its evidence for the true class), to a function returning
-    per-pixel scores (N, H, W), or to the string ``"random"``.
+    per-pixel scores (N, H, W), to an :class:`OwnAttribution` (each model ranked by its own attribution map; a model
+    the method cannot handle gets NaN accuracies and a note in ``skipped``), or to the string ``"random"``.
     """
     if not models or not rankings:
         raise ValueError("give at least one model and one ranking")
     check_dataset(dataset)
-    scorers: dict[str, Optional[PixelScores]] = {}
+    scorers: dict[str, Union[None, PixelScores, OwnAttribution]] = {}
     for name, r in rankings.items():
-        if isinstance(r, BagNet):
+        if isinstance(r, OwnAttribution):
+            scorers[name] = r
+        elif isinstance(r, BagNet):
             scorers[name] = bagnet_scores(r, config.heatmap_stride)
         elif r == "random":
             scorers[name] = None
         elif callable(r):
             scorers[name] = r
         else:
-            raise TypeError(f"ranking {name!r} must be a BagNet, a function or 'random', got {type(r).__name__}")
+            raise TypeError(f"ranking {name!r} must be a BagNet, a function, an OwnAttribution or 'random', got "
+                            f"{type(r).__name__}")
     generator = torch.Generator().manual_seed(config.seed)
     ks = sorted(set(config.ks))
     hits = {m: {r: [0] * len(ks) for r in rankings} for m in models}
     total, blocks = 0, 0
     skips = SkipLog()
+    unavailable: dict[str, str] = {}
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.limit or len(dataset), desc="masking", unit="img", disable=not progress)  # type: ignore[arg-type]
@@ -135,17 +160,29 @@ def masking(
             raise ValueError(f"{h}×{w} images have {blocks} blocks of {config.block} px; cannot mask k = {max(ks)}")
         fills = torch.stack([fill_image(img, config.fill, config.blur_sigma) for img in images])
         for rname, scorer in scorers.items():
+            orders: dict[str, Optional[Tensor]] = {}
             if scorer is None:
-                order = torch.stack([torch.randperm(blocks, generator=generator) for _ in range(n)])
+                shared = torch.stack([torch.randperm(blocks, generator=generator) for _ in range(n)])
+                orders = {m: shared for m in models}
+            elif isinstance(scorer, OwnAttribution):
+                for mname, model in models.items():
+                    pixel = scorer.scores(model, images, labels, model_device(model, config.device))
+                    if pixel is None:
+                        unavailable[f"{mname} / {rname}"] = f"{scorer.method} cannot handle {type(model).__name__}"
+                    orders[mname] = None if pixel is None else block_order(_check_map(pixel, rname, n, h, w),
+                                                                            config.block)
             else:
                 with torch.no_grad():
                     pixel = scorer(images, labels).detach().float().cpu()
-                if pixel.shape != (n, h, w):
-                    raise ValueError(f"ranking {rname!r} returned maps of shape {tuple(pixel.shape)}, expected {(n, h, w)}")
-                order = block_order(pixel, config.block)
+                shared = block_order(_check_map(pixel, rname, n, h, w), config.block)
+                orders = {m: shared for m in models}
             for i, k in enumerate(ks):
-                masked = mask_blocks(images, fills, order, k, config.block)
                 for mname, model in models.items():
+                    order = orders[mname]
+                    if order is None:
+                        hits[mname][rname][i] = float("nan")
+                        continue
+                    masked = mask_blocks(images, fills, order, k, config.block)
                     device = model_device(model, config.device)
                     pred = logits_of(model, masked.to(device), num_classes, mname).argmax(1).cpu()
                     hits[mname][rname][i] += int((pred == labels).sum())
@@ -159,5 +196,12 @@ def masking(
         fill=config.fill, images=total,
         accuracy={m: {r: [v / total for v in hits[m][r]] for r in rankings} for m in models},
         config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
-        skipped=dict(skips.paths),
+        skipped={**dict(skips.paths), **unavailable},
     )
+
+
+def _check_map(pixel: Tensor, name: str, n: int, h: int, w: int) -> Tensor:
+    pixel = pixel.detach().float().cpu()
+    if pixel.shape != (n, h, w):
+        raise ValueError(f"ranking {name!r} returned maps of shape {tuple(pixel.shape)}, expected {(n, h, w)}")
+    return pixel

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 from torchvision import transforms
 
@@ -24,6 +24,23 @@ def make_preprocess(
         steps.append(transforms.CenterCrop(crop))
     steps += [transforms.ToTensor(), transforms.Normalize(list(mean), list(std))]
     return transforms.Compose(steps)
+
+
+def preprocess_size(preprocess: Any) -> Optional[int]:
+    """The short side a preprocessing pipeline (from :func:`make_preprocess`) resizes to; None when it does not."""
+    for t in getattr(preprocess, "transforms", None) or []:
+        if isinstance(t, transforms.Resize):
+            size = t.size
+            return int(size if isinstance(size, int) else size[0])
+    return None
+
+
+def preprocess_normalisation(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std a preprocessing pipeline normalises with (ImageNet's when it has no ``Normalize``)."""
+    for t in getattr(preprocess, "transforms", None) or []:
+        if isinstance(t, transforms.Normalize):
+            return tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def _to_rgb(image):  # a named function (not a lambda) keeps the transform picklable for DataLoader workers
