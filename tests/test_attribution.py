@@ -340,3 +340,22 @@ def test_attribution_cli_end_to_end(tmp_path, capsys):
     assert "deeplift" in captured.out and "attribution on" in captured.out
     assert (tmp_path / "out" / "comparison.csv").is_file()
     assert (tmp_path / "out" / "bag" / "attributions.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_torchvision_resnet50_bottlenecks_get_every_method_and_lrp_conserves():
+    """torchvision's own ResNet-50 (Bottleneck blocks, one ReLU module called three times per block): DeepLIFT runs
+    on the separated copy, Zennit's Bottleneck canonizer routes the sums, and bias-free LRP-ε keeps the logit."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None, num_classes=5).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model = bias_free(model)
+    x = torch.randn(1, 3, 64, 64)
+    result = attribute(model, x, config=AttributionConfig(methods=("deeplift", "lrp_epsilon", "gradcam"),
+                                                          lrp_epsilon=1e-9))
+    assert result.unavailable == {} and result.notes["gradcam"] == "layer layer4"
+    assert result.maps["lrp_epsilon"].astype(np.float64).sum() == pytest.approx(result.target_logits[0], rel=1e-3)
