@@ -306,16 +306,41 @@ def test_dataset_diagnostic_separates_local_from_spatial_data(tmp_path):
 
     spatial = write(tmp_path / "spatial", separated_blocks_data(64, size=24))
     result = dataset_diagnostic(base.replace(data=str(spatial)), patch_sizes=(3, 17), cnn="resnet18",
-                                runs_dir=tmp_path / "runs", progress=False)
+                                runs_dir=tmp_path / "runs", scramble_grid=3, progress=False)
     by_q = dict(zip(result.patch_sizes, result.bagnet_top1))
     assert by_q[3] <= 0.7  # a 3-px patch cannot tell where the bright block is
     assert by_q[17] >= 0.9 and result.cnn_top1 >= 0.9
+    # 8-px tiles put the two blocks in different tiles: shuffling them hides which one is where
+    assert result.scramble_tile_px == 8
+    assert result.scrambling_gap is not None and result.scrambling_gap >= 0.2
+    assert result.scrambled_top1["resnet18"] <= 0.75 and result.scrambled_top1["bagnet17"] <= 0.75
     out = result.save(tmp_path / "diag")
     assert (out / "diagnostic.png").stat().st_size > 5000
+    rows = (out / "diagnostic.csv").read_text().splitlines()
+    assert rows[0] == "model,patch_size,top1,scrambled_top1" and len(rows) == 4
     # reusing finished runs: no retraining, same numbers
     again = dataset_diagnostic(base.replace(data=str(spatial)), patch_sizes=(3, 17), runs_dir=tmp_path / "runs",
                                progress=False)
     assert again.bagnet_top1 == result.bagnet_top1
+
+
+def test_diagnostic_from_a_scrambling_run_of_trained_models(tmp_path):
+    """The diagnostic for models trained already: accuracies and the scrambling gap are read off one scrambling run."""
+    from bagnet.experiments import DiagnosticResult
+
+    models = {"local": colour_model(), "spatial": TwoRegionModel()}
+    run = scrambling(models, two_region_data(), 2, ScramblingConfig(grids=(1, 2, 4), batch_size=16), progress=False)
+    result = DiagnosticResult.from_scrambling(run, {8: "local"}, cnn="spatial", grid=2, dataset="colours")
+    assert result.bagnet_top1 == [run.top1["local"][0]] and result.cnn_top1 == run.top1["spatial"][0]
+    assert result.scrambling_gap == pytest.approx(run.top1["spatial"][0] - run.top1["spatial"][1])
+    assert result.cnn_top1 == 1.0 and result.scrambling_gap >= 0.25  # shuffled quadrants lose their relation
+    assert result.scrambled_top1 == {"bagnet8": run.top1["local"][1], "spatial": run.top1["spatial"][1]}
+    assert result.scramble_tile_px == run.tile_sizes[1]
+    assert (result.save(tmp_path) / "diagnostic.png").is_file()
+    with pytest.raises(ValueError, match="not in the scrambling result"):
+        DiagnosticResult.from_scrambling(run, {8: "local"}, cnn="resnet", grid=2, dataset="colours")
+    with pytest.raises(ValueError, match="grids 1 and 8"):
+        DiagnosticResult.from_scrambling(run, {8: "local"}, cnn="spatial", grid=8, dataset="colours")
 
 
 def test_summary_cli_reads_saved_results(tmp_path, capsys):

@@ -313,10 +313,16 @@ def _experiment_diagnostic(args: argparse.Namespace) -> int:
 
     base = TrainConfig.load(args.config) if args.config else TrainConfig()
     base = base.replace(data=args.data)
-    result = dataset_diagnostic(base, tuple(args.patch_sizes), args.cnn, args.runs_dir, progress=not args.no_progress)
-    for q, a in zip(result.patch_sizes, result.bagnet_top1):
-        print(f"bagnet{q:<4} {100 * a:5.1f}%")
-    print(f"{result.cnn:<10} {100 * result.cnn_top1:5.1f}%")
+    grid = args.scramble_grid or None
+    result = dataset_diagnostic(base, tuple(args.patch_sizes), args.cnn, args.runs_dir, scramble_grid=grid,
+                                progress=not args.no_progress)
+    names = [f"bagnet{q}" for q in result.patch_sizes] + [result.cnn]
+    for name, a in zip(names, [*result.bagnet_top1, result.cnn_top1]):
+        scrambled = result.scrambled_top1.get(name)
+        extra = f"   {grid}×{grid} scrambled {100 * scrambled:5.1f}%" if scrambled is not None else ""
+        print(f"{name:<10} {100 * a:5.1f}%{extra}")
+    if result.scrambling_gap is not None:
+        print(f"scrambling gap of {result.cnn}: {100 * result.scrambling_gap:.1f} points")
     print(f"files in {result.save(args.out)}")
     return 0
 
@@ -418,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-sizes", nargs="+", type=int, default=[9, 17, 33], help="diagnostic: BagNet patch sizes")
     p.add_argument("--cnn", default="resnet18", help="diagnostic: the standard CNN to compare with")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/diagnostic"), help="diagnostic: training runs")
+    p.add_argument("--scramble-grid", type=int, default=4,
+                   help="diagnostic: also score every model on val images scrambled into N×N tiles (0: skip)")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("explain", help="the main job: predictions, exact evidence heatmaps and patches for your "

@@ -4,6 +4,10 @@ Train BagNets of growing patch size and a standard CNN with the same recipe (``b
 validation accuracy against patch size next to the CNN's. A curve that reaches the CNN at a small patch size means
 local features suffice on this dataset; a gap that stays open means the CNN uses relations between distant parts.
 Runs that exist already (a ``model.safetensors`` in their folder) are reused; interrupted ones are resumed.
+
+With ``scramble_grid`` set, every trained model is also evaluated on validation images scrambled into that many
+tiles per side (experiment 1): the CNN's drop is the dataset's *scrambling gap*, the share of its accuracy that
+depends on where parts are; the BagNets' drops show which patch sizes still fit inside a tile.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .common import out_dir, write_csv, write_json
+from .scrambling import ScramblingResult
 
 
 @dataclass(frozen=True)
@@ -25,11 +30,36 @@ class DiagnosticResult:
     cnn: str
     cnn_top1: float
     runs: dict[str, str]
-    scrambling_gap: Optional[float] = None  # CNN accuracy unscrambled minus scrambled at tiles ≥ the largest q
+    scrambling_gap: Optional[float] = None  # the CNN's top-1 unscrambled minus scrambled at ``scramble_grid``
+    scramble_grid: Optional[int] = None  # tiles per side of the scrambled images (None: not measured)
+    scramble_tile_px: Optional[int] = None
+    scrambled_top1: dict[str, float] = field(default_factory=dict)  # every model's top-1 on the scrambled images
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_scrambling(
+        cls, result: ScramblingResult, bagnets: Mapping[int, str], cnn: str, grid: int, dataset: str
+    ) -> "DiagnosticResult":
+        """The diagnostic for models trained already (the shipped ones), read off a scrambling run over them:
+        ``bagnets`` maps each patch size to its model's name in ``result``; accuracies are those at grid 1."""
+        missing = [m for m in [*bagnets.values(), cnn] if m not in result.models]
+        if missing:
+            raise ValueError(f"models {missing} are not in the scrambling result (it has {result.models})")
+        if 1 not in result.grids or grid not in result.grids:
+            raise ValueError(f"the scrambling result needs grids 1 and {grid}; it has {result.grids}")
+        i0, i = result.grids.index(1), result.grids.index(grid)
+        qs = sorted(bagnets)
+        names = {**{f"bagnet{q}": bagnets[q] for q in qs}, cnn: cnn}
+        return cls(
+            dataset=dataset, patch_sizes=qs, bagnet_top1=[result.top1[bagnets[q]][i0] for q in qs], cnn=cnn,
+            cnn_top1=result.top1[cnn][i0], runs=names,
+            scrambling_gap=result.top1[cnn][i0] - result.top1[cnn][i], scramble_grid=grid,
+            scramble_tile_px=result.tile_sizes[i], scrambled_top1={k: result.top1[v][i] for k, v in names.items()},
+            config={"source": "scrambling result", "images": result.images},
+        )
 
     def save(self, out: str | os.PathLike) -> Path:
         """diagnostic.json, diagnostic.csv and diagnostic.png (accuracy against patch size, the CNN as a line)."""
@@ -37,15 +67,20 @@ class DiagnosticResult:
 
         out = out_dir(out)
         write_json(out / "diagnostic.json", self.to_dict())
-        write_csv(out / "diagnostic.csv", [{"model": f"bagnet{q}", "patch_size": q, "top1": a}
-                                           for q, a in zip(self.patch_sizes, self.bagnet_top1)]
-                  + [{"model": self.cnn, "patch_size": "", "top1": self.cnn_top1}])
-        fig = line_figure({"BagNets": (self.patch_sizes, [100 * a for a in self.bagnet_top1])},
-                          xlabel="BagNet patch size q (px)", ylabel="validation top-1 (%)",
+        names = [f"bagnet{q}" for q in self.patch_sizes] + [self.cnn]
+        write_csv(out / "diagnostic.csv", [
+            {"model": name, "patch_size": q, "top1": a, "scrambled_top1": self.scrambled_top1.get(name, "")}
+            for name, q, a in zip(names, [*self.patch_sizes, ""], [*self.bagnet_top1, self.cnn_top1])])
+        curves = {"BagNets": (self.patch_sizes, [100 * a for a in self.bagnet_top1])}
+        if self.scrambled_top1:
+            curves[f"BagNets, {self.scramble_grid}×{self.scramble_grid} scrambled ({self.scramble_tile_px} px tiles)"] = (
+                self.patch_sizes, [100 * self.scrambled_top1[f"bagnet{q}"] for q in self.patch_sizes])
+        fig = line_figure(curves, xlabel="BagNet patch size q (px)", ylabel="validation top-1 (%)",
                           title=f"Does {self.dataset} reward spatial relations?", log_x=True)
         ax = fig.axes[0]
         ax.axhline(100 * self.cnn_top1, color="black", linestyle="--", label=f"{self.cnn}")
         if self.scrambling_gap is not None:
+            ax.axhline(100 * self.scrambled_top1[self.cnn], color="grey", linestyle=":", label=f"{self.cnn}, scrambled")
             ax.text(0.02, 0.02, f"{self.cnn} scrambling gap: {100 * self.scrambling_gap:.1f} points",
                     transform=ax.transAxes, fontsize=8)
         ax.legend(fontsize=8)
@@ -58,11 +93,15 @@ def dataset_diagnostic(
     patch_sizes: Sequence[int] = (9, 17, 33),
     cnn: str = "resnet18",
     runs_dir: str | os.PathLike = "runs/diagnostic",
-    scrambling_gap: Optional[float] = None,
+    scramble_grid: Optional[int] = None,
     progress: bool = True,
 ) -> DiagnosticResult:
-    """Train (or reuse) one BagNet per patch size and one CNN from the ``base`` TrainConfig; collect accuracies."""
-    from ..train import TrainConfig, train
+    """Train (or reuse) one BagNet per patch size and one CNN from the ``base`` TrainConfig; collect accuracies.
+
+    ``scramble_grid``: also score every model on the validation split (``base.limit_val`` applies) scrambled into
+    that many tiles per side, with the same shuffles for every model.
+    """
+    from ..train import TrainConfig, make_splits, train
 
     if not isinstance(base, TrainConfig):
         raise TypeError(f"base must be a bagnet.train.TrainConfig, got {type(base).__name__}")
@@ -82,8 +121,23 @@ def dataset_diagnostic(
         history = json.loads(summary.read_text())["history"]
         accuracy[name] = history[-1]["val_top1"]
         runs[name] = str(out)
+    scrambled: dict[str, float] = {}
+    gap = tile = None
+    if scramble_grid is not None:
+        from ..models import load
+        from .scrambling import ScramblingConfig, scrambling
+
+        splits = make_splits(base)
+        models = {name: load(path) for name, path in runs.items()}
+        result = scrambling(models, splits.val, len(splits.categories),
+                            ScramblingConfig(grids=(1, scramble_grid), seed=base.seed, device=base.device),
+                            progress=progress)
+        scrambled = {name: result.top1[name][-1] for name in models}
+        gap = result.top1[cnn][0] - result.top1[cnn][-1]
+        tile = result.tile_sizes[-1]
     return DiagnosticResult(
         dataset=base.data, patch_sizes=list(patch_sizes),
         bagnet_top1=[accuracy[f"bagnet{q}"] for q in patch_sizes], cnn=cnn, cnn_top1=accuracy[cnn], runs=runs,
-        scrambling_gap=scrambling_gap, config=base.to_dict(),
+        scrambling_gap=gap, scramble_grid=scramble_grid, scramble_tile_px=tile, scrambled_top1=scrambled,
+        config=base.to_dict(),
     )
