@@ -2,19 +2,20 @@
 # The Imagenette runs behind docs/ (experiments, attribution, robustness), with the shipped models.
 # Each step skips itself when its result file exists (delete the folder to redo it). Takes hours on a 2-core CPU.
 # Usage: bash scripts/imagenette_results.sh [STEP ...]   steps: scrambling interactions similarity masking summary
+#                                                                diagnostic diagnostic-fashion
 #                                                                attribution certify attack
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
 B="$VENV/bin/bagnet"
 R=docs/results
 MODELS="bagnet9:imagenette bagnet17:imagenette bagnet33:imagenette resnet18:imagenette vgg11:imagenette"
-steps="${*:-scrambling interactions similarity masking summary attribution certify attack}"
+steps="${*:-scrambling interactions similarity masking summary diagnostic diagnostic-fashion attribution certify attack}"
 run() { local step=$1 file=$2; shift 2
     if [[ " $steps " != *" $step "* ]]; then return; fi
     if [ -f "$file" ]; then echo "[results] $step: $file exists, skipped"; return; fi
     echo "[results] $step: $*"; "$@"; }
 run scrambling "$R/experiments/scrambling/scrambling.json" \
-    "$B" experiment scrambling --models $MODELS --data imagenette --limit 1000 --grids 1 2 4 8 16 --out "$R/experiments/scrambling"
+    "$B" experiment scrambling --models $MODELS --data imagenette --grids 1 2 4 8 16 --out "$R/experiments/scrambling"
 run interactions "$R/experiments/interactions/interactions.json" \
     "$B" experiment interactions --models $MODELS --data imagenette --limit 200 --region 16 --gaps 0 8 16 32 48 \
     --fill mean --out "$R/experiments/interactions"
@@ -28,6 +29,11 @@ run summary "$R/experiments/summary/summary.json" \
     "$B" experiment summary --results "$R/experiments/scrambling" "$R/experiments/interactions" \
     "$R/experiments/similarity" --reference bagnet33:imagenette --patch-size 33 --num-classes 10 \
     --out "$R/experiments/summary"
+run diagnostic "$R/experiments/diagnostic-imagenette/diagnostic.json" \
+    "$PY" scripts/imagenette_diagnostic.py "$R/experiments/scrambling" "$R/experiments/diagnostic-imagenette"
+run diagnostic-fashion "$R/experiments/diagnostic-fashion-mnist/diagnostic.json" \
+    "$B" experiment diagnostic --data fashion-mnist --config configs/fashion-mnist/diagnostic.yaml --patch-sizes 9 17 33 \
+    --cnn resnet18 --scramble-grid 4 --runs-dir runs/diagnostic-fashion-mnist --out "$R/experiments/diagnostic-fashion-mnist"
 run attribution "$R/attribution/comparison.csv" \
     "$B" attribution --models bagnet33:imagenette resnet18:imagenette vgg11:imagenette --data imagenette --limit 12 \
     --out out/attribution-imagenette
@@ -35,5 +41,5 @@ run certify "$R/robust/bagnet17/robustness.json" \
     "$B" certify --model bagnet17:imagenette --data imagenette --stickers 8 13 18 26 --attack-steps 0 \
     --out "$R/robust/bagnet17"
 run attack "$R/robust/attack/robustness.json" \
-    "$B" certify --model bagnet17:imagenette --data imagenette --stickers 8 18 --limit 40 --attack-steps 20 \
-    --attack-stride 4 --attack-top 32 --out "$R/robust/attack"
+    "$B" certify --model bagnet17:imagenette --data imagenette --stickers 8 18 --limit 100 --attack-steps 20 \
+    --attack-stride 4 --attack-top 16 --out "$R/robust/attack"

@@ -214,4 +214,5 @@ def test_robustness_over_a_dataset_and_cli(tmp_path, capsys):
     for row in result.rows:
         assert row["certified"] <= row["clean"] <= 1
         assert row["certified_attacked_subset"] <= row["attacked"] + 1e-9  # certified images survive the attack
+        assert row["certified_but_flipped"] == 0
     assert result.images == 6 and result.attacked_images == 2

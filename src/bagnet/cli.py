@@ -240,6 +240,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         print(f"{row['defence']:<34} window {row['window_cells']}×{row['window_cells']} cells  clean "
               f"{100 * row['clean']:5.1f} %  certified {100 * row['certified']:5.1f} %  attacked {attacked}  "
               f"(undefended attacked {und_text})")
+        if row.get("certified_but_flipped"):
+            print(f"  WARNING: the attack flipped {row['certified_but_flipped']} certified images: the certificate is wrong")
     print(f"files in {result.save(args.out)}")
     return _exit_code(result.skipped)
 

@@ -386,7 +386,7 @@ def robustness(
     check_dataset(dataset)
     device = model.fc.weight.device
     skips = SkipLog()
-    keys = ("clean", "certified", "attacked", "clean_sub", "certified_sub")
+    keys = ("clean", "certified", "attacked", "clean_sub", "certified_sub", "broken")
     counts: dict[int, dict[str, int]] = {i: dict.fromkeys(keys, 0) for i in range(len(defences))}
     stickers = sorted({d.sticker for d in defences})
     und_attacked = {p: 0 for p in stickers}
@@ -413,8 +413,9 @@ def robustness(
                 if attack is not None and sub.stop > 0:
                     counts[i]["clean_sub"] += int(ok[sub].sum())
                     counts[i]["certified_sub"] += int((ok & cert)[sub].sum())
-                    counts[i]["attacked"] += int(sticker_attack(model, x[sub], labels[sub], d.sticker, d, attack,
-                                                                mean, std).sum())
+                    held = sticker_attack(model, x[sub], labels[sub], d.sticker, d, attack, mean, std).cpu()
+                    counts[i]["attacked"] += int(held.sum())
+                    counts[i]["broken"] += int(((ok & cert)[sub] & ~held).sum())  # must stay 0
             if attack is not None and sub.stop > 0:
                 clean_und_sub += int(und_ok[sub].sum())
                 for p in stickers:
@@ -435,7 +436,8 @@ def robustness(
                      "clean": counts[i]["clean"] / total, "certified": counts[i]["certified"] / total,
                      "attacked": counts[i]["attacked"] / attacked_n if attacked_n else None,
                      "clean_attacked_subset": counts[i]["clean_sub"] / attacked_n if attacked_n else None,
-                     "certified_attacked_subset": counts[i]["certified_sub"] / attacked_n if attacked_n else None})
+                     "certified_attacked_subset": counts[i]["certified_sub"] / attacked_n if attacked_n else None,
+                     "certified_but_flipped": counts[i]["broken"] if attacked_n else None})
     return RobustnessResult(
         model=model.name, images=total, clean_undefended=clean_und / total, rows=rows,
         attacked_undefended={str(p): (und_attacked[p] / attacked_n if attacked_n else None) for p in stickers},

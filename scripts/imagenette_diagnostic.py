@@ -1,0 +1,21 @@
+"""The dataset diagnostic on Imagenette, from the shipped models (trained with one recipe, see configs/imagenette/)
+and a full-validation scrambling run over them: writes docs/results/experiments/diagnostic-imagenette/.
+
+Usage: python scripts/imagenette_diagnostic.py [SCRAMBLING_DIR] [OUT_DIR]
+"""
+
+import sys
+from pathlib import Path
+
+from bagnet.experiments import DiagnosticResult, ScramblingResult, read_result
+
+scrambling_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/experiments/scrambling")
+out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/results/experiments/diagnostic-imagenette")
+run = read_result(ScramblingResult, scrambling_dir / "scrambling.json")
+if run.images != 3925:
+    sys.exit(f"{scrambling_dir} scrambled {run.images} images; the diagnostic wants the full validation split (3925)")
+bagnets = {q: f"bagnet{q}:imagenette" for q in (9, 17, 33) if f"bagnet{q}:imagenette" in run.models}
+result = DiagnosticResult.from_scrambling(run, bagnets, cnn="resnet18:imagenette", grid=4, dataset="imagenette")
+for name, model in result.runs.items():
+    print(f"{name:<22} {100 * run.top1[model][run.grids.index(1)]:5.1f}%   4×4 scrambled {100 * result.scrambled_top1[name]:5.1f}%")
+print(f"scrambling gap of {result.cnn}: {100 * result.scrambling_gap:.1f} points; files in {result.save(out)}")
