@@ -1,0 +1,73 @@
+"""Print the Markdown tables of docs/experiments.md from the saved result files (so the docs quote the files).
+
+Usage: python scripts/results_tables.py [RESULTS_DIR]     (default docs/results/experiments)
+"""
+
+import json
+import sys
+from pathlib import Path
+
+root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/experiments")
+
+
+def load(name: str) -> dict | None:
+    path = root / name / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def short(model: str) -> str:
+    return model.replace(":imagenette", "")
+
+
+def pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("| " + " | ".join("---" for _ in header) + " |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()
+
+
+if (d := load("scrambling")):
+    print(f"Scrambling, top-1 % ({d['images']} images)")
+    table(["model"] + [("original" if g == 1 else f"{g}×{g} ({t} px)") for g, t in zip(d["grids"], d["tile_sizes"])],
+          [[short(m)] + [pct(v) for v in d["top1"][m]] for m in d["models"]])
+if (d := load("interactions")):
+    print(f"Interactions: mean |interaction| / (|effect A| + |effect B|), {d['images']} images, "
+          f"{d['region']}-px regions, fill {d['fill']}")
+    table(["model"] + [f"gap {g}" for g in d["gaps"]],
+          [[short(m)] + [f"{v:.3f}" for v in d["normalised_interaction"][m]] for m in d["models"]])
+    table(["model"] + [f"|effect| gap {g}" for g in d["gaps"]],
+          [[short(m)] + [f"{v:.3f}" for v in d["mean_abs_effect"][m]] for m in d["models"]])
+if (d := load("similarity")):
+    ms = [short(m) for m in d["models"]]
+    for key in ("error_consistency", "logit_correlation", "class_accuracy_correlation"):
+        print(f"{key} ({d['images']} images)")
+        table([""] + ms, [[a] + [f"{v:.2f}" for v in row] for a, row in zip(ms, d[key])])
+if (d := load("masking")):
+    print(f"Masking, top-1 % ({d['images']} images, {d['block']}-px blocks of {d['blocks_per_image']}, fill {d['fill']})")
+    rows = []
+    for m in d["models"]:
+        for r in d["rankings"]:
+            acc = d["accuracy"][m].get(r)
+            if acc:
+                rows.append([short(m), short(r)] + [pct(v) for v in acc])
+    table(["model", "ranked by"] + [f"k={k}" for k in d["ks"]], rows)
+if (d := load("summary")):
+    print("Summary")
+    table(["model", "scrambling retention", "locality", "decision similarity", "score"],
+          [[short(m)] + [("—" if d[k][m] is None else f"{d[k][m]:.2f}")
+                         for k in ("scrambling_retention", "locality", "decision_similarity", "score")]
+           for m in d["models"]])
+for name in ("diagnostic-imagenette", "diagnostic-fashion-mnist"):
+    path = root / name / "diagnostic.json"
+    if path.is_file():
+        d = json.loads(path.read_text())
+        print(f"{name}: scrambled at {d['scramble_grid']}×{d['scramble_grid']} ({d['scramble_tile_px']} px tiles)")
+        names = [f"bagnet{q}" for q in d["patch_sizes"]] + [d["cnn"]]
+        accs = d["bagnet_top1"] + [d["cnn_top1"]]
+        table(["model", "top-1 %", "scrambled top-1 %"],
+              [[short(n), pct(a), pct(d["scrambled_top1"].get(n))] for n, a in zip(names, accs)])
