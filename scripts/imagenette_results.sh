@@ -17,13 +17,13 @@ run() { local step=$1 file=$2; shift 2
 run scrambling "$R/experiments/scrambling/scrambling.json" \
     "$B" experiment scrambling --models $MODELS --data imagenette --grids 1 2 4 8 16 --out "$R/experiments/scrambling"
 run interactions "$R/experiments/interactions/interactions.json" \
-    "$B" experiment interactions --models $MODELS --data imagenette --limit 200 --region 16 --gaps 0 8 16 32 48 \
+    "$B" experiment interactions --models $MODELS --data imagenette --limit 100 --region 16 --gaps 0 8 16 32 48 \
     --fill mean --out "$R/experiments/interactions"
 run similarity "$R/experiments/similarity/similarity.json" \
     "$B" experiment similarity --models $MODELS --data imagenette --out "$R/experiments/similarity"
 run masking "$R/experiments/masking/masking.json" \
     "$B" experiment masking --models $MODELS --rankers bagnet33:imagenette bagnet17:imagenette \
-    --own-attribution integrated_gradients --data imagenette --limit 300 --block 8 --ks 0 1 2 4 8 16 32 64 \
+    --own-attribution integrated_gradients --data imagenette --limit 200 --block 8 --ks 0 1 2 4 8 16 32 64 \
     --fill mean --out "$R/experiments/masking"
 run summary "$R/experiments/summary/summary.json" \
     "$B" experiment summary --results "$R/experiments/scrambling" "$R/experiments/interactions" \
