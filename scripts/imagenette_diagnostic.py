@@ -1,5 +1,5 @@
 """The dataset diagnostic on Imagenette, from the shipped models (trained with one recipe, see configs/imagenette/)
-and a full-validation scrambling run over them: writes docs/results/experiments/diagnostic-imagenette/.
+and a scrambling run over them (a seeded sample of the validation split): writes docs/results/experiments/diagnostic-imagenette/.
 
 Usage: python scripts/imagenette_diagnostic.py [SCRAMBLING_DIR] [OUT_DIR]
 """
@@ -12,8 +12,7 @@ from bagnet.experiments import DiagnosticResult, ScramblingResult, read_result
 scrambling_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/experiments/scrambling")
 out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/results/experiments/diagnostic-imagenette")
 run = read_result(ScramblingResult, scrambling_dir / "scrambling.json")
-if run.images != 3925:
-    sys.exit(f"{scrambling_dir} scrambled {run.images} images; the diagnostic wants the full validation split (3925)")
+print(f"from {scrambling_dir}: {run.images} validation images (accuracies on this sample, not the full split)")
 bagnets = {q: f"bagnet{q}:imagenette" for q in (9, 17, 33) if f"bagnet{q}:imagenette" in run.models}
 result = DiagnosticResult.from_scrambling(run, bagnets, cnn="resnet18:imagenette", grid=4, dataset="imagenette")
 for name, model in result.runs.items():

@@ -15,7 +15,7 @@ run() { local step=$1 file=$2; shift 2
     if [ -f "$file" ]; then echo "[results] $step: $file exists, skipped"; return; fi
     echo "[results] $step: $*"; "$@"; }
 run scrambling "$R/experiments/scrambling/scrambling.json" \
-    "$B" experiment scrambling --models $MODELS --data imagenette --grids 1 2 4 8 16 --out "$R/experiments/scrambling"
+    "$B" experiment scrambling --models $MODELS --data imagenette --limit 1000 --grids 1 2 4 8 16 --out "$R/experiments/scrambling"
 run interactions "$R/experiments/interactions/interactions.json" \
     "$B" experiment interactions --models $MODELS --data imagenette --limit 100 --region 16 --gaps 0 8 16 32 48 \
     --fill mean --out "$R/experiments/interactions"
@@ -31,6 +31,12 @@ run summary "$R/experiments/summary/summary.json" \
     --out "$R/experiments/summary"
 run diagnostic "$R/experiments/diagnostic-imagenette/diagnostic.json" \
     "$PY" scripts/imagenette_diagnostic.py "$R/experiments/scrambling" "$R/experiments/diagnostic-imagenette"
+# finished runs of the Fashion-MNIST diagnostic carried over from an earlier session (see checkpoints/README.md)
+if [[ " $steps " == *" diagnostic-fashion "* ]] && [ -d checkpoints/diagnostic-fashion-mnist ]; then
+    for d in checkpoints/diagnostic-fashion-mnist/*/; do
+        [ -e "runs/diagnostic-fashion-mnist/$(basename "$d")" ] || { mkdir -p runs/diagnostic-fashion-mnist; cp -r "$d" runs/diagnostic-fashion-mnist/; }
+    done
+fi
 run diagnostic-fashion "$R/experiments/diagnostic-fashion-mnist/diagnostic.json" \
     "$B" experiment diagnostic --data fashion-mnist --config configs/fashion-mnist/diagnostic.yaml --patch-sizes 9 17 33 \
     --cnn resnet18 --scramble-grid 4 --runs-dir runs/diagnostic-fashion-mnist --out "$R/experiments/diagnostic-fashion-mnist"
