@@ -78,6 +78,8 @@ class DiagnosticResult:
         fig = line_figure(curves, xlabel="BagNet patch size q (px)", ylabel="validation top-1 (%)",
                           title=f"Does {self.dataset} reward spatial relations?", log_x=True)
         ax = fig.axes[0]
+        ax.set_xticks(self.patch_sizes, [str(q) for q in self.patch_sizes], minor=False)
+        ax.set_xticks([], minor=True)
         ax.axhline(100 * self.cnn_top1, color="black", linestyle="--", label=f"{self.cnn}")
         if self.scrambling_gap is not None:
             ax.axhline(100 * self.scrambled_top1[self.cnn], color="grey", linestyle=":", label=f"{self.cnn}, scrambled")
