@@ -318,11 +318,10 @@ def _experiment_diagnostic(args: argparse.Namespace) -> int:
     grid = args.scramble_grid or None
     result = dataset_diagnostic(base, tuple(args.patch_sizes), args.cnn, args.runs_dir, scramble_grid=grid,
                                 progress=not args.no_progress)
-    names = [f"bagnet{q}" for q in result.patch_sizes] + [result.cnn]
-    for name, a in zip(names, [*result.bagnet_top1, result.cnn_top1]):
-        scrambled = result.scrambled_top1.get(name)
-        extra = f"   {grid}×{grid} scrambled {100 * scrambled:5.1f}%" if scrambled is not None else ""
-        print(f"{name:<10} {100 * a:5.1f}%{extra}")
+    for row in result.rows():
+        scrambled = row["scrambled_top1"]
+        extra = f"   {grid}×{grid} scrambled {100 * scrambled:5.1f}%" if scrambled != "" else ""
+        print(f"{row['model']:<10} {100 * row['top1']:5.1f}%{extra}")
     if result.scrambling_gap is not None:
         print(f"scrambling gap of {result.cnn}: {100 * result.scrambling_gap:.1f} points")
     print(f"files in {result.save(args.out)}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -38,6 +38,12 @@ class DiagnosticResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per model: name, patch size ("" for the CNN), top-1 and scrambled top-1 ("" if not measured)."""
+        names = [f"bagnet{q}" for q in self.patch_sizes] + [self.cnn]
+        return [{"model": name, "patch_size": q, "top1": a, "scrambled_top1": self.scrambled_top1.get(name, "")}
+                for name, q, a in zip(names, [*self.patch_sizes, ""], [*self.bagnet_top1, self.cnn_top1])]
 
     @classmethod
     def from_scrambling(
@@ -67,10 +73,7 @@ class DiagnosticResult:
 
         out = out_dir(out)
         write_json(out / "diagnostic.json", self.to_dict())
-        names = [f"bagnet{q}" for q in self.patch_sizes] + [self.cnn]
-        write_csv(out / "diagnostic.csv", [
-            {"model": name, "patch_size": q, "top1": a, "scrambled_top1": self.scrambled_top1.get(name, "")}
-            for name, q, a in zip(names, [*self.patch_sizes, ""], [*self.bagnet_top1, self.cnn_top1])])
+        write_csv(out / "diagnostic.csv", self.rows())
         curves = {"BagNets": (self.patch_sizes, [100 * a for a in self.bagnet_top1])}
         if self.scrambled_top1:
             curves[f"BagNets, {self.scramble_grid}×{self.scramble_grid} scrambled ({self.scramble_tile_px} px tiles)"] = (
@@ -123,23 +126,22 @@ def dataset_diagnostic(
         history = json.loads(summary.read_text())["history"]
         accuracy[name] = history[-1]["val_top1"]
         runs[name] = str(out)
-    scrambled: dict[str, float] = {}
-    gap = tile = None
-    if scramble_grid is not None:
-        from ..models import load
-        from .scrambling import ScramblingConfig, scrambling
-
-        splits = make_splits(base)
-        models = {name: load(path) for name, path in runs.items()}
-        result = scrambling(models, splits.val, len(splits.categories),
-                            ScramblingConfig(grids=(1, scramble_grid), seed=base.seed, device=base.device),
-                            progress=progress)
-        scrambled = {name: result.top1[name][-1] for name in models}
-        gap = result.top1[cnn][0] - result.top1[cnn][-1]
-        tile = result.tile_sizes[-1]
-    return DiagnosticResult(
+    trained = DiagnosticResult(
         dataset=base.data, patch_sizes=list(patch_sizes),
         bagnet_top1=[accuracy[f"bagnet{q}"] for q in patch_sizes], cnn=cnn, cnn_top1=accuracy[cnn], runs=runs,
-        scrambling_gap=gap, scramble_grid=scramble_grid, scramble_tile_px=tile, scrambled_top1=scrambled,
         config=base.to_dict(),
     )
+    if scramble_grid is None:
+        return trained
+    from ..models import load
+    from .scrambling import ScramblingConfig, scrambling
+
+    splits = make_splits(base)
+    result = scrambling({name: load(path) for name, path in runs.items()}, splits.val, len(splits.categories),
+                        ScramblingConfig(grids=(1, scramble_grid), seed=base.seed, device=base.device),
+                        progress=progress)
+    measured = DiagnosticResult.from_scrambling(result, {q: f"bagnet{q}" for q in patch_sizes}, cnn,
+                                                scramble_grid, base.data)
+    # the accuracies stay those of the training runs; the scrambling figures come from the scrambling run
+    return replace(trained, scrambling_gap=measured.scrambling_gap, scramble_grid=scramble_grid,
+                   scramble_tile_px=measured.scramble_tile_px, scrambled_top1=measured.scrambled_top1)
