@@ -87,20 +87,52 @@ def test_interactions_zero_for_additive_model_and_large_for_a_product_of_distant
     assert (out / "interactions.png").stat().st_size > 5000
 
 
-@pytest.mark.parametrize("fill", ["mean", "zero", "blur"])
-def test_bagnet_interaction_is_exactly_zero_once_no_patch_covers_both_regions(fill):
-    """Property of BagNets, checked not assumed: zero interaction for gaps ≥ q, none at gap 0."""
+@pytest.mark.parametrize("fill,local", [("mean", True), ("zero", True), ("blur", True), ("mean", False)])
+def test_bagnet_interaction_is_exactly_zero_once_no_patch_covers_both_regions(fill, local):
+    """Property of BagNets, checked not assumed: zero interaction for gaps ≥ q, none at gap 0 — with the single
+    effects from forward passes and from the evidence-map shortcut (the joint effect is a forward pass in both)."""
     from bagnet import BagNet, BagNetConfig
     from test_heatmaps import randomised
 
     model = randomised(BagNet(BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=2))).double()
     data = TensorImages(torch.randn(3, 3, 48, 48, dtype=torch.float64), torch.tensor([0, 1, 0]))
-    config = InteractionConfig(region=6, gaps=(0, 3, 9, 12, 20), pairs_per_gap=8, fill=fill, limit=3)
+    config = InteractionConfig(region=6, gaps=(0, 3, 9, 12, 20), pairs_per_gap=8, fill=fill, limit=3,
+                               local_effects=local)
     result = interactions({"bagnet9": model}, data, 2, config, progress=False)
     norm = dict(zip(result.gaps, result.normalised_interaction["bagnet9"]))
     assert norm[0] > 1e-3
     assert norm[9] <= 1e-5 and norm[12] <= 1e-5 and norm[20] <= 1e-5, norm
     assert result.patch_sizes == {"bagnet9": 9}
+    assert result.effects_from == {"bagnet9": "evidence map + reached cells" if local else "forward passes"}
+
+
+@pytest.mark.parametrize("q,size,region,dtype,tol", [(9, 48, 6, torch.float64, 1e-10), (17, 61, 11, torch.float64, 1e-10),
+                                                     (17, 40, 5, torch.float32, 1e-5)])
+def test_bagnet_single_effects_from_the_evidence_map_equal_forward_passes(q, size, region, dtype, tol):
+    """The shortcut against the full computation, pair by pair, on odd sizes (regions at the image's border too)."""
+    from bagnet import BagNet, BagNetConfig
+    from bagnet.experiments.interactions import _forward_effects, _local_effects
+    from bagnet.masks import fill_image
+    from test_heatmaps import randomised
+
+    torch.manual_seed(0)
+    model = randomised(BagNet(BagNetConfig.for_patch_size(q, layers=(1, 1, 1, 1), width=8, num_classes=3))).to(dtype)
+    with torch.no_grad():
+        model.fc.weight.mul_(100)  # logits of a few units, so that a region's effect is far above rounding
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(3, size, size - 3, generator=g, dtype=dtype)
+    pairs = [(0, p) for gap in (0, 4, q) for p in region_pairs(size, size - 3, region, gap, 6, g)]
+    pairs.append((0, (0, 0, size - region, size - 3 - region)))  # the two corners
+    filler = fill_image(image, "blur", 2.0)
+    cpu = torch.device("cpu")
+    fast = _local_effects(model, image, filler, 2, pairs, region, cpu, 3, "m", 16)
+    slow = _forward_effects(model, image, filler, 2, pairs, region, cpu, 3, "m", 16)
+    scale = max(float(slow[0].abs().max()), float(slow[1].abs().max()))
+    logit = float(model(image[None]).detach().abs().max())  # differences of logits carry the logits' rounding
+    assert scale > 1e-3  # the regions do move the logit
+    for a, b in zip(fast, slow):
+        assert float((a - b).abs().max()) <= tol * max(scale, logit)
 
 
 def test_region_pairs_respect_gap_and_bounds():
@@ -360,3 +392,34 @@ def test_summary_cli_reads_saved_results(tmp_path, capsys):
     assert saved["decision_similarity"] == {"local": None, "spatial": 0.0}
     assert saved["locality"]["local"] is None  # no interaction results given
     assert "scrambling retention uses 4×4 tiles (8 px)" in capsys.readouterr().out
+
+
+def test_experiments_accept_image_label_pairs_and_name_bad_items():
+    """Datasets in torchvision's (image, label) form work as they are; anything else gets a clear error."""
+
+    class Pairs(torch.utils.data.Dataset):
+        def __init__(self, items):
+            self.items = items
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    data = two_region_data(6)
+    pairs = Pairs([(data.images[i], int(data.labels[i])) for i in range(6)])
+    a = scrambling({"m": TwoRegionModel()}, pairs, 2, ScramblingConfig(grids=(2,), limit=6), progress=False)
+    b = scrambling({"m": TwoRegionModel()}, data, 2, ScramblingConfig(grids=(2,), limit=6), progress=False)
+    assert a.top1 == b.top1
+    from PIL import Image
+
+    with pytest.raises(TypeError, match="dataset item 0: the image must be a tensor.*model.preprocess"):
+        scrambling({"m": TwoRegionModel()}, Pairs([(Image.new("RGB", (8, 8)), 0)]), 2, progress=False)
+    with pytest.raises(TypeError, match=r"dataset item 0 must be \(image, label\)"):
+        scrambling({"m": TwoRegionModel()}, Pairs([data.images[0]]), 2, progress=False)
+    with pytest.raises(TypeError, match="the label must be a class index"):
+        scrambling({"m": TwoRegionModel()}, Pairs([(data.images[0], "cat")]), 2, progress=False)
+    mixed = Pairs([(torch.zeros(3, 8, 8), 0), (torch.zeros(3, 9, 9), 1)])
+    with pytest.raises(ValueError, match=r"share a size, got \[\(3, 8, 8\), \(3, 9, 9\)\]"):
+        scrambling({"m": MeanColourModel(2)}, mixed, 2, ScramblingConfig(grids=(2,), batch_size=2), progress=False)

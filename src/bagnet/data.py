@@ -155,6 +155,10 @@ def collate(samples: Sequence[Union[tuple[Any, int, int], Skipped]]) -> Batch:
     skipped = [s for s in samples if isinstance(s, Skipped)]
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped)
+    shapes = {tuple(s[0].shape) for s in good}
+    if len(shapes) > 1:
+        raise ValueError(f"images of one batch must share a size, got {sorted(shapes)}: resize or crop them to one "
+                         "size in the dataset's transform")
     images = torch.stack([s[0] for s in good])
     labels = torch.tensor([s[1] for s in good], dtype=torch.long)
     indices = torch.tensor([s[2] for s in good], dtype=torch.long)

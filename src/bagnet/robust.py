@@ -22,7 +22,6 @@ real attack to check them with: projected sign-gradient ascent on the sticker's 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .models.bagnet import BagNet
+from .models.receptive import block_pixels, cell_block, cells_reached, reach_window
 
 SCHEMA_VERSION = 1
 DEFENCES = ("masking", "clipping")
@@ -40,20 +40,15 @@ DEFENCES = ("masking", "clipping")
 
 def sticker_window(patch_size: int, stride: int, sticker: int) -> int:
     """Side, in evidence cells, of the window that a ``sticker``-px square sticker can reach: ⌈(p + q − 1) / s⌉."""
-    if sticker < 1 or patch_size < 1 or stride < 1:
-        raise ValueError(f"sticker, patch size and stride must be >= 1, got {sticker}, {patch_size}, {stride}")
-    return math.ceil((sticker + patch_size - 1) / stride)
+    if sticker < 1:
+        raise ValueError(f"sticker must be >= 1 px, got {sticker}")
+    return reach_window(patch_size, stride, sticker)
 
 
 def affected_cells(patch_size: int, stride: int, sticker: int, y: int, x: int, cells: tuple[int, int]
                    ) -> tuple[range, range]:
     """The cell rows and columns whose patches overlap a ``sticker``-px square at pixel (y, x) (top-left)."""
-    def axis(pos: int, n: int) -> range:
-        lo = max(0, (pos - patch_size) // stride + 1)
-        hi = min(n - 1, (pos + sticker - 1) // stride)
-        return range(lo, hi + 1)
-
-    return axis(y, cells[0]), axis(x, cells[1])
+    return cells_reached(patch_size, stride, y, x, sticker, sticker, cells)
 
 
 @dataclass(frozen=True)
@@ -235,12 +230,7 @@ def _aggregate(evidence: Tensor, defence: Optional[DefenceConfig], model: BagNet
 
 def _block(model: BagNet, sticker: int, y: int, x: int, cells: tuple[int, int]) -> tuple[int, int, int, int]:
     """A fixed-size block of cells (top, left, rows, cols) that holds every cell a sticker at (y, x) reaches."""
-    win = sticker_window(model.patch_size, model.stride, sticker)
-    rows, cols = affected_cells(model.patch_size, model.stride, sticker, y, x, cells)
-    bh, bw = min(win, cells[0]), min(win, cells[1])
-    top = min(rows.start, cells[0] - bh)
-    left = min(cols.start, cells[1] - bw)
-    return top, left, bh, bw
+    return cell_block(model.patch_size, model.stride, y, x, sticker, sticker, cells)
 
 
 def _rank_positions(base: Tensor, y: int, positions: list[tuple[int, int]], sticker: int, model: BagNet,
@@ -263,13 +253,10 @@ def _rank_positions(base: Tensor, y: int, positions: list[tuple[int, int]], stic
 def _crops(model: BagNet, x0: Tensor, cells: tuple[int, int], positions: list[tuple[int, int]], sticker: int
            ) -> tuple[Tensor, Tensor, list[tuple[int, int, int, int]]]:
     """For each position: the image crop its reachable cells see, the sticker's mask in it, and the cell block."""
-    q, st = model.patch_size, model.stride
     blocks = [_block(model, sticker, py, px, cells) for py, px in positions]
-    _, _, bh, bw = blocks[0]
-    ch, cw = st * (bh - 1) + q, st * (bw - 1) + q
     crops, masks = [], []
-    for (py, px), (top, left, _, _) in zip(positions, blocks):
-        oy, ox = st * top, st * left
+    for (py, px), block in zip(positions, blocks):
+        oy, ox, ch, cw = block_pixels(model.patch_size, model.stride, block)
         crops.append(x0[0, :, oy : oy + ch, ox : ox + cw])
         mask = torch.zeros(1, ch, cw, device=x0.device, dtype=x0.dtype)
         mask[:, max(0, py - oy) : py - oy + sticker, max(0, px - ox) : px - ox + sticker] = 1

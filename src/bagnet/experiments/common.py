@@ -11,7 +11,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..data import Batch, SkipLog, collate
+from ..data import Batch, SkipLog, Skipped, collate
 
 SCHEMA_VERSION = 1
 
@@ -64,13 +64,43 @@ def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     if limit is not None:
         order = sorted(order[:limit])
-    subset = torch.utils.data.Subset(dataset, order)
+    subset = _Indexed(dataset, order)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
                                          generator=torch.Generator().manual_seed(seed))
     for batch in loader:
         skips.add(batch.skipped)
         if len(batch):
             yield batch
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """``dataset[order[k]]`` as an ``(image, label, index)`` item: accepts the ``(image, label)`` pairs of torchvision
+    and most user datasets as well as bagnet's own triples, and names what is wrong with any other item."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, order: Sequence[int]) -> None:
+        self.dataset, self.order = dataset, list(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> Any:
+        index = self.order[k]
+        item = self.dataset[index]
+        if isinstance(item, Skipped):
+            return item
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise TypeError(f"dataset item {index} must be (image, label) or (image, label, index), "
+                            f"got {type(item).__name__}{'' if not isinstance(item, (tuple, list)) else f' of {len(item)}'}")
+        image, label = item[0], item[1]
+        if not isinstance(image, Tensor) or image.dim() != 3:
+            what = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise TypeError(f"dataset item {index}: the image must be a tensor (channels, H, W), got {what}; give "
+                            "the dataset a transform such as model.preprocess")
+        try:
+            label = int(label)
+        except (TypeError, ValueError):
+            raise TypeError(f"dataset item {index}: the label must be a class index, got {label!r}") from None
+        return image, label, index
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 from .bagnet import BagNet, BagNetConfig, Bottleneck, strict_fp32
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, imagenet_categories, make_preprocess
-from .receptive import ReceptiveField, output_length, receptive_field
+from .receptive import (ReceptiveField, block_pixels, cell_block, cells_reached, output_length, reach_window,
+                        receptive_field)
 from .fuse import fuse_batchnorm
 from .summary import ModelSummary, summarize
 from .registry import bagnet9, bagnet17, bagnet33, list_models, load, load_file, model_entry
@@ -21,7 +22,8 @@ from .weights import (
 __all__ = [
     "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize", "fuse_batchnorm",
     "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_categories", "make_preprocess",
-    "ReceptiveField", "output_length", "receptive_field",
+    "ReceptiveField", "output_length", "receptive_field", "cells_reached", "reach_window", "cell_block",
+    "block_pixels",
     "bagnet9", "bagnet17", "bagnet33", "list_models", "load", "load_file", "model_entry",
     "OFFICIAL_WEIGHTS", "WeightsError", "WeightsUnavailableError", "infer_config", "load_into",
     "load_official_state_dict", "official_cache_path", "read_checkpoint", "save_weights",

@@ -39,3 +39,43 @@ def output_length(length: int, layers: Sequence[tuple[int, int]]) -> int:
             return 0
         length = (length - kernel) // stride + 1
     return length
+
+
+def cells_reached(patch_size: int, stride: int, top: int, left: int, height: int, width: int,
+                  cells: tuple[int, int]) -> tuple[range, range]:
+    """Rows and columns of the evidence cells whose ``patch_size`` patches (cell i sees pixels
+    ``[stride*i, stride*i + patch_size)``) overlap the pixel rectangle ``[top, top+height) × [left, left+width)``;
+    ``cells`` is the evidence map's size."""
+    if min(patch_size, stride, height, width) < 1:
+        raise ValueError(f"patch size, stride and the rectangle's sides must be >= 1, got "
+                         f"{patch_size}, {stride}, {height}×{width}")
+
+    def axis(pos: int, extent: int, n: int) -> range:
+        lo = max(0, (pos - patch_size) // stride + 1)
+        hi = min(n - 1, (pos + extent - 1) // stride)
+        return range(lo, hi + 1)
+
+    return axis(top, height, cells[0]), axis(left, width, cells[1])
+
+
+def reach_window(patch_size: int, stride: int, extent: int) -> int:
+    """The most cells per axis whose patches can overlap ``extent`` consecutive pixels: ⌈(extent + q − 1) / s⌉."""
+    if extent < 1 or patch_size < 1 or stride < 1:
+        raise ValueError(f"extent, patch size and stride must be >= 1, got {extent}, {patch_size}, {stride}")
+    return -(-(extent + patch_size - 1) // stride)
+
+
+def cell_block(patch_size: int, stride: int, top: int, left: int, height: int, width: int,
+               cells: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A block of cells ``(row, col, rows, cols)`` of fixed size for a given rectangle size, wherever the rectangle
+    lies, that holds every cell :func:`cells_reached` names (so that the blocks of many positions stack)."""
+    rows, cols = cells_reached(patch_size, stride, top, left, height, width, cells)
+    bh = min(reach_window(patch_size, stride, height), cells[0])
+    bw = min(reach_window(patch_size, stride, width), cells[1])
+    return min(rows.start, cells[0] - bh), min(cols.start, cells[1] - bw), bh, bw
+
+
+def block_pixels(patch_size: int, stride: int, block: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The pixels ``(top, left, height, width)`` that a block of cells sees together."""
+    row, col, rows, cols = block
+    return stride * row, stride * col, stride * (rows - 1) + patch_size, stride * (cols - 1) + patch_size
