@@ -229,3 +229,21 @@ def test_subsample_conv_equals_strided_pointwise_conv_and_survives_channels_last
     model = bagnet.bagnet9()
     strided = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1) and m.kernel_size == (1, 1)]
     assert strided and all(isinstance(m, SubsampleConv2d) for m in strided)
+
+
+def test_precision_context_turns_tf32_off_on_cuda_only_and_restores_the_callers_settings():
+    """Checked through the backend flags (settable without a GPU): the released weights need strict fp32."""
+    model = bagnet.BagNet(bagnet.BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=2))
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with model.precision_context("cuda"):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with model.precision_context("cpu"):
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        model.allow_tf32 = True
+        with model.precision_context(torch.device("cuda", 0)):
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags

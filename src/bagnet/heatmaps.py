@@ -200,7 +200,7 @@ def heatmap(
     tiles = [(i0, j0) for i0 in range(0, out_h, tile_size) for j0 in range(0, out_w, tile_size)]
     result = torch.empty(n, classes.shape[1], out_h, out_w, dtype=folded.dtype, device=folded.device)
     bar = _progress(len(tiles) * n, progress)
-    with torch.inference_mode(), _precision(model, folded.device):
+    with torch.inference_mode(), model.precision_context(folded.device):
         for b in range(n):
             padded = F.pad(images[b : b + 1], (pad, pad, pad, pad)).contiguous(memory_format=torch.channels_last)
             for i0, j0 in tiles:
@@ -401,12 +401,3 @@ def _progress(total: int, enabled: bool):
 
     return tqdm(total=total, desc="heatmap", unit="tile")
 
-
-def _precision(model: BagNet, device: torch.device):
-    import contextlib
-
-    from .models.bagnet import strict_fp32
-
-    if device.type == "cuda" and not model.allow_tf32:
-        return strict_fp32()
-    return contextlib.nullcontext()

@@ -302,10 +302,14 @@ class BagNet(nn.Module):
         with self._precision_guard(x):
             return self.fc(feats.mean(dim=(2, 3)))
 
-    def _precision_guard(self, x: Tensor) -> contextlib.AbstractContextManager:
-        if x.is_cuda and not self.allow_tf32:
+    def precision_context(self, device: torch.device | str) -> contextlib.AbstractContextManager:
+        """Strict fp32 (TF32 off) for computing on a CUDA ``device`` unless ``allow_tf32``; nothing elsewhere."""
+        if torch.device(device).type == "cuda" and not self.allow_tf32:
             return strict_fp32()
         return contextlib.nullcontext()
+
+    def _precision_guard(self, x: Tensor) -> contextlib.AbstractContextManager:
+        return self.precision_context(x.device)
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, stride={self.stride}"
