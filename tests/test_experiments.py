@@ -423,3 +423,31 @@ def test_experiments_accept_image_label_pairs_and_name_bad_items():
     mixed = Pairs([(torch.zeros(3, 8, 8), 0), (torch.zeros(3, 9, 9), 1)])
     with pytest.raises(ValueError, match=r"share a size, got \[\(3, 8, 8\), \(3, 9, 9\)\]"):
         scrambling({"m": MeanColourModel(2)}, mixed, 2, ScramblingConfig(grids=(2,), batch_size=2), progress=False)
+
+
+def test_a_dataset_of_only_unreadable_files_is_an_error_not_an_empty_result(capsys):
+    from bagnet.data import Skipped
+    from bagnet.robust import DefenceConfig, robustness
+    from bagnet import BagNet, BagNetConfig
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return Skipped(f"img{i}.jpg", "truncated")
+
+    runs = {
+        "scrambling": lambda: scrambling({"m": MeanColourModel(2)}, Broken(), 2, progress=False),
+        "interactions": lambda: interactions({"m": MeanColourModel(2)}, Broken(), 2, progress=False),
+        "similarity": lambda: similarity({"a": MeanColourModel(2), "b": MeanColourModel(2)}, Broken(), 2,
+                                         progress=False),
+        "masking": lambda: masking({"m": MeanColourModel(2)}, {"random": "random"}, Broken(), 2, progress=False),
+        "certify": lambda: robustness(
+            BagNet(BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=2)), Broken(),
+            [DefenceConfig(sticker=4)], progress=False),
+    }
+    for name, run in runs.items():
+        with pytest.raises(ValueError, match=r"no readable images in the dataset \(3 unreadable\)"):
+            run()
+    assert capsys.readouterr().err.count("skipped unreadable image img0.jpg: truncated") == len(runs)

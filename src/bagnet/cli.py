@@ -250,8 +250,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 def _cmd_attribution(args: argparse.Namespace) -> int:
     from . import load
     from .attribution import AttributionConfig, FaithfulnessConfig, compare
-    from .data import SkipLog, evaluation_dataset
-    from .experiments.common import batches
+    from .data import SkipLog, batches, evaluation_dataset
 
     labels = [_label(spec) for spec in args.models]
     if len(set(labels)) < len(labels):

@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -297,3 +297,77 @@ def evaluation_dataset(
         root = root / "val"
     ds = ImageFolderDataset(root, transform)
     return ds, ds.categories, str(root)
+
+
+# ---------------------------------------------------------------------------------- iterating a dataset
+def check_dataset(dataset: torch.utils.data.Dataset, name: str = "dataset") -> int:
+    """Length of ``dataset``; a clear error when it is empty."""
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be a map-style dataset with a length, got {type(dataset).__name__}") from None
+    if n == 0:
+        raise ValueError(f"{name} is empty: nothing to run on")
+    return n
+
+
+def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
+            skips: SkipLog, workers: int = 0) -> Iterator[Batch]:
+    """Batches of the first ``limit`` samples of a seeded permutation (all samples when ``limit`` is None)."""
+    n = check_dataset(dataset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    if limit is not None:
+        order = sorted(order[:limit])
+    subset = _Indexed(dataset, order)
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
+                                         generator=torch.Generator().manual_seed(seed))
+    for batch in loader:
+        skips.add(batch.skipped)
+        if len(batch):
+            yield batch
+
+
+def tracked_batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
+                    skips: SkipLog, desc: str, progress: bool = True, workers: int = 0) -> Iterator[Batch]:
+    """:func:`batches` with a progress bar counted in images; raises when no image of the dataset could be read."""
+    from tqdm.auto import tqdm
+
+    n = check_dataset(dataset)
+    seen = 0
+    with tqdm(total=min(limit, n) if limit is not None else n, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in batches(dataset, batch_size, limit, seed, skips, workers):
+            yield batch
+            seen += len(batch)
+            bar.update(len(batch))
+    if seen == 0:
+        raise ValueError(f"no readable images in the dataset ({len(skips.paths)} unreadable)")
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """``dataset[order[k]]`` as an ``(image, label, index)`` item: accepts the ``(image, label)`` pairs of torchvision
+    and most user datasets as well as bagnet's own triples, and names what is wrong with any other item."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, order: Sequence[int]) -> None:
+        self.dataset, self.order = dataset, list(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> Any:
+        index = self.order[k]
+        item = self.dataset[index]
+        if isinstance(item, Skipped):
+            return item
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise TypeError(f"dataset item {index} must be (image, label) or (image, label, index), "
+                            f"got {type(item).__name__}{'' if not isinstance(item, (tuple, list)) else f' of {len(item)}'}")
+        image, label = item[0], item[1]
+        if not isinstance(image, Tensor) or image.dim() != 3:
+            what = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise TypeError(f"dataset item {index}: the image must be a tensor (channels, H, W), got {what}; give "
+                            "the dataset a transform such as model.preprocess")
+        try:
+            label = int(label)
+        except (TypeError, ValueError):
+            raise TypeError(f"dataset item {index}: the label must be a class index, got {label!r}") from None
+        return image, label, index

@@ -357,10 +357,7 @@ def class_patches(
 ) -> PatchGallery:
     """Scan ``dataset`` (items ``(normalised image, label, index)``, e.g. ``bagnet.data.evaluation_dataset``) for
     each class's most and least supportive patches. Memory stays bounded: ``per_class`` crops per class."""
-    from tqdm.auto import tqdm
-
-    from .data import SkipLog
-    from .experiments.common import batches, check_dataset
+    from .data import SkipLog, check_dataset, tracked_batches
     from .train import sample_path
 
     model = _as_bagnet(model, device)
@@ -378,9 +375,8 @@ def class_patches(
     total = 0
     was_training = model.training
     model.eval()
-    bar = tqdm(total=limit or len(dataset), desc="patches", unit="img", disable=not progress)  # type: ignore[arg-type]
     try:
-        for batch in batches(dataset, batch_size, limit, seed, skips, workers):
+        for batch in tracked_batches(dataset, batch_size, limit, seed, skips, "patches", progress, workers):
             with torch.no_grad():
                 ev = model.evidence(batch.images.to(dev, model.fc.weight.dtype)).float().cpu()  # (B, C, h, w)
             B, _, h, w = ev.shape
@@ -411,12 +407,8 @@ def class_patches(
                     crops.append(torch.stack(crop_c))
                 best[kind] = (cand_v.gather(1, keep), new_src, new_box, torch.stack(crops))
             total += B
-            bar.update(B)
     finally:
-        bar.close()
         model.train(was_training)
-    if total == 0:
-        raise ValueError("no readable images in the dataset")
     categories = model.categories or [str(c) for c in range(C)]
     top, bottom = best["top"], best["bottom"]
     return PatchGallery(

@@ -361,10 +361,7 @@ def robustness(
 ) -> RobustnessResult:
     """Certify every image of ``dataset`` (the first ``limit`` of a seeded order) under each defence; optionally
     attack the undefended and defended model on the first ``attack_limit`` of them (attacks cost far more)."""
-    from tqdm.auto import tqdm
-
-    from .data import SkipLog
-    from .experiments.common import batches, check_dataset
+    from .data import SkipLog, check_dataset, tracked_batches
 
     if not isinstance(model, BagNet):
         raise ValueError(f"certification needs a BagNet, got {type(model).__name__}")
@@ -381,9 +378,8 @@ def robustness(
     mean, std = _normalisation(model)
     was_training = model.training
     model.eval()
-    bar = tqdm(total=limit or len(dataset), desc="certify", unit="img", disable=not progress)  # type: ignore[arg-type]
     try:
-        for batch in batches(dataset, batch_size, limit, seed, skips):
+        for batch in tracked_batches(dataset, batch_size, limit, seed, skips, "certify", progress):
             x, labels = batch.images.to(device, model.fc.weight.dtype), batch.labels
             with torch.no_grad():
                 ev = model.evidence(x)
@@ -410,12 +406,8 @@ def robustness(
                                                           std).sum())
                 attacked_n += sub.stop
             total += len(labels)
-            bar.update(len(labels))
     finally:
-        bar.close()
         model.train(was_training)
-    if total == 0:
-        raise ValueError("no readable images in the dataset")
     rows = []
     for i, d in enumerate(defences):
         rows.append({"defence": d.label(), "method": d.method, "sticker": d.sticker, "low": d.low, "high": d.high,

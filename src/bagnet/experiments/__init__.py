@@ -3,7 +3,8 @@
 from .common import read_result
 from .diagnostic import DiagnosticResult, dataset_diagnostic
 from .interactions import InteractionConfig, InteractionResult, interactions, region_pairs
-from .masking import MaskingConfig, MaskingResult, OwnAttribution, bagnet_scores, block_scores, mask_blocks, masking
+from ..masks import block_scores, mask_blocks
+from .masking import MaskingConfig, MaskingResult, OwnAttribution, bagnet_scores, masking
 from .scrambling import ScramblingConfig, ScramblingResult, scramble, scrambling
 from .summary import SummaryResult, summarize
 from .similarity import SimilarityConfig, SimilarityResult, error_consistency, mean_logit_correlation, similarity

@@ -6,12 +6,12 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..data import Batch, SkipLog, Skipped, collate
+from ..data import batches, check_dataset, tracked_batches  # noqa: F401  (re-exported for the experiments)
 
 SCHEMA_VERSION = 1
 
@@ -24,17 +24,6 @@ def model_device(model: nn.Module, device: Any = None) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
-
-
-def check_dataset(dataset: torch.utils.data.Dataset, name: str = "dataset") -> int:
-    """Length of ``dataset``; a clear error when it is empty."""
-    try:
-        n = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be a map-style dataset with a length, got {type(dataset).__name__}") from None
-    if n == 0:
-        raise ValueError(f"{name} is empty: nothing to run the experiment on")
-    return n
 
 
 @torch.no_grad()
@@ -55,52 +44,6 @@ def logits_of(model: nn.Module, images: Tensor, num_classes: int, name: str = "m
     if out.shape[1] != num_classes:
         raise ValueError(f"{name} has {out.shape[1]} outputs but the dataset has {num_classes} classes")
     return out.double()  # differences of logits are taken later: keep every bit the model produced
-
-
-def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
-            skips: SkipLog, workers: int = 0) -> Iterator[Batch]:
-    """Batches of the first ``limit`` samples of a seeded permutation (all samples when ``limit`` is None)."""
-    n = check_dataset(dataset)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    if limit is not None:
-        order = sorted(order[:limit])
-    subset = _Indexed(dataset, order)
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(seed))
-    for batch in loader:
-        skips.add(batch.skipped)
-        if len(batch):
-            yield batch
-
-
-class _Indexed(torch.utils.data.Dataset):
-    """``dataset[order[k]]`` as an ``(image, label, index)`` item: accepts the ``(image, label)`` pairs of torchvision
-    and most user datasets as well as bagnet's own triples, and names what is wrong with any other item."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, order: Sequence[int]) -> None:
-        self.dataset, self.order = dataset, list(order)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, k: int) -> Any:
-        index = self.order[k]
-        item = self.dataset[index]
-        if isinstance(item, Skipped):
-            return item
-        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-            raise TypeError(f"dataset item {index} must be (image, label) or (image, label, index), "
-                            f"got {type(item).__name__}{'' if not isinstance(item, (tuple, list)) else f' of {len(item)}'}")
-        image, label = item[0], item[1]
-        if not isinstance(image, Tensor) or image.dim() != 3:
-            what = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise TypeError(f"dataset item {index}: the image must be a tensor (channels, H, W), got {what}; give "
-                            "the dataset a transform such as model.preprocess")
-        try:
-            label = int(label)
-        except (TypeError, ValueError):
-            raise TypeError(f"dataset item {index}: the label must be a class index, got {label!r}") from None
-        return image, label, index
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

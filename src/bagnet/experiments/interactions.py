@@ -33,7 +33,7 @@ from ..data import SkipLog
 from ..masks import FILLS, fill_image
 from ..models.bagnet import BagNet
 from ..models.receptive import block_pixels, cell_block, cells_reached
-from .common import batches, check_dataset, logits_of, model_device, out_dir, write_csv, write_json
+from .common import check_dataset, logits_of, model_device, out_dir, tracked_batches, write_csv, write_json
 
 
 
@@ -134,10 +134,7 @@ def interactions(
     sums = {m: {k: [0.0] * len(config.gaps) for k in ("abs", "norm", "effect", "count", "excluded")} for m in models}
     skips = SkipLog()
     total = 0
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.limit or len(dataset), desc="interactions", unit="img", disable=not progress)  # type: ignore[arg-type]
-    for batch in batches(dataset, 1, config.limit, config.seed, skips):
+    for batch in tracked_batches(dataset, 1, config.limit, config.seed, skips, "interactions", progress):
         image, label = batch.images[0], int(batch.labels[0])
         _, h, w = image.shape
         filler = fill_image(image, config.fill, config.blur_sigma)
@@ -163,10 +160,6 @@ def interactions(
                 else:
                     s["excluded"][i] += 1
         total += 1
-        bar.update(1)
-    bar.close()
-    if total == 0:
-        raise ValueError("no readable images in the dataset")
 
     def mean(values: list[float], counts: list[float]) -> list[float]:
         return [v / c if c else float("nan") for v, c in zip(values, counts)]

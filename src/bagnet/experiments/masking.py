@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data import SkipLog
-from ..masks import FILLS, block_order, block_scores, fill_image, mask_blocks
+from ..masks import FILLS, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
-from .common import batches, check_dataset, logits_of, model_device, out_dir, write_csv, write_json
+from .common import check_dataset, logits_of, model_device, out_dir, tracked_batches, write_csv, write_json
 
 #: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
 PixelScores = Callable[[Tensor, Tensor], Tensor]
@@ -149,10 +149,7 @@ def masking(
     total, blocks = 0, 0
     skips = SkipLog()
     unavailable: dict[str, str] = {}
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.limit or len(dataset), desc="masking", unit="img", disable=not progress)  # type: ignore[arg-type]
-    for batch in batches(dataset, config.batch_size, config.limit, config.seed, skips):
+    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "masking", progress):
         images, labels = batch.images, batch.labels
         n, _, h, w = images.shape
         blocks = (h // config.block) * (w // config.block)
@@ -187,10 +184,6 @@ def masking(
                     pred = logits_of(model, masked.to(device), num_classes, mname).argmax(1).cpu()
                     hits[mname][rname][i] += int((pred == labels).sum())
         total += n
-        bar.update(n)
-    bar.close()
-    if total == 0:
-        raise ValueError("no readable images in the dataset")
     return MaskingResult(
         models=list(models), rankings=list(rankings), ks=ks, block=config.block, blocks_per_image=blocks,
         fill=config.fill, images=total,

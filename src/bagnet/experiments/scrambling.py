@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..data import SkipLog
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from .common import batches, check_dataset, logits_of, model_device, out_dir, write_csv, write_json
+from .common import check_dataset, logits_of, model_device, out_dir, tracked_batches, write_csv, write_json
 
 
 def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -111,10 +111,7 @@ def scrambling(
     hits5 = {m: [0] * len(grids) for m in models}
     total, size, examples = 0, None, None
     skips = SkipLog()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.limit or len(dataset), desc="scrambling", unit="img", disable=not progress)  # type: ignore[arg-type]
-    for batch in batches(dataset, config.batch_size, config.limit, config.seed, skips):
+    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "scrambling", progress):
         size = size or tuple(batch.images.shape[-2:])
         if tuple(batch.images.shape[-2:]) != size:
             raise ValueError(f"all images must have the same size for scrambling: {size} vs {tuple(batch.images.shape[-2:])}")
@@ -130,10 +127,6 @@ def scrambling(
                 hits1[name][i] += int((top[:, 0] == labels).sum())
                 hits5[name][i] += int((top == labels[:, None]).any(1).sum())
         total += len(batch)
-        bar.update(len(batch))
-    bar.close()
-    if total == 0:
-        raise ValueError("no readable images in the dataset")
     assert size is not None
     return ScramblingResult(
         models=list(models), grids=grids, tile_sizes=[min(size) // g for g in grids], images=total,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import SkipLog
-from .common import batches, check_dataset, logits_of, model_device, out_dir, write_csv, write_json
+from .common import check_dataset, logits_of, model_device, out_dir, tracked_batches, write_csv, write_json
 
 
 @dataclass(frozen=True)
@@ -122,18 +122,11 @@ def similarity(
     logits: dict[str, list[Tensor]] = {m: [] for m in models}
     labels: list[Tensor] = []
     skips = SkipLog()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.limit or len(dataset), desc="similarity", unit="img", disable=not progress)  # type: ignore[arg-type]
-    for batch in batches(dataset, config.batch_size, config.limit, config.seed, skips):
+    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "similarity", progress):
         for name, model in models.items():
             logits[name].append(logits_of(model, batch.images.to(model_device(model, config.device)), num_classes,
                                           name).cpu())
         labels.append(batch.labels)
-        bar.update(len(batch))
-    bar.close()
-    if not labels:
-        raise ValueError("no readable images in the dataset")
     y = torch.cat(labels)
     all_logits = {m: torch.cat(v) for m, v in logits.items()}
     preds = {m: v.argmax(1) for m, v in all_logits.items()}
