@@ -253,6 +253,7 @@ def test_masking_with_a_bagnet_ranking_runs_and_checks_inputs():
 
 @pytest.mark.parametrize("name, extra", [("scrambling", ["--grids", "1", "2"]),
                                          ("interactions", ["--region", "4", "--gaps", "0", "9"]),
+                                         ("interactions", ["--region", "4", "--gaps", "0", "9", "--forward-effects"]),
                                          ("similarity", []),
                                          ("masking", ["--block", "8", "--ks", "0", "2", "--rankers", "RUN"])])
 def test_experiment_cli_end_to_end(tmp_path, name, extra, capsys):
@@ -275,7 +276,11 @@ def test_experiment_cli_end_to_end(tmp_path, name, extra, capsys):
     code = main(["experiment", name, "--models", *paths, "--data", str(tmp_path / "data"), "--out",
                  str(tmp_path / "out"), "--no-progress", *extra])
     assert code == 0
-    assert f"{name} on" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{name} on" in out
+    if name == "interactions":  # BagNets' single effects: the exact shortcut unless told otherwise
+        how = "forward passes" if "--forward-effects" in extra else "evidence map + reached cells"
+        assert out.count(f"(single effects: {how})") == 2
     assert (tmp_path / "out" / f"{name}.json").is_file() and (tmp_path / "out" / f"{name}.png").is_file()
 
 

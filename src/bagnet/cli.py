@@ -141,7 +141,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
                                       local_effects=not args.forward_effects, **common)
         result = ex.interactions(models, dataset, n, config, progress)
         for m in result.models:
-            print(f"{m:<28} " + "  ".join(f"gap {g}: {v:.3f}" for g, v in zip(result.gaps, result.normalised_interaction[m])))
+            print(f"{m:<28} " + "  ".join(f"gap {g}: {v:.3f}" for g, v in zip(result.gaps, result.normalised_interaction[m]))
+                  + f"  (single effects: {result.effects_from[m]})")
     elif args.name == "similarity":
         result = ex.similarity(models, dataset, n, ex.SimilarityConfig(**common), progress)
         for row in result.rows():
