@@ -228,11 +228,6 @@ def _aggregate(evidence: Tensor, defence: Optional[DefenceConfig], model: BagNet
     return defended_logits(evidence, defence, model)
 
 
-def _block(model: BagNet, sticker: int, y: int, x: int, cells: tuple[int, int]) -> tuple[int, int, int, int]:
-    """A fixed-size block of cells (top, left, rows, cols) that holds every cell a sticker at (y, x) reaches."""
-    return cell_block(model.patch_size, model.stride, y, x, sticker, sticker, cells)
-
-
 def _rank_positions(base: Tensor, y: int, positions: list[tuple[int, int]], sticker: int, model: BagNet,
                     top: Optional[int]) -> list[tuple[int, int]]:
     """All positions, or the ``top`` whose reachable cells hold the largest lead of class y over the runner-up."""
@@ -253,7 +248,7 @@ def _rank_positions(base: Tensor, y: int, positions: list[tuple[int, int]], stic
 def _crops(model: BagNet, x0: Tensor, cells: tuple[int, int], positions: list[tuple[int, int]], sticker: int
            ) -> tuple[Tensor, Tensor, list[tuple[int, int, int, int]]]:
     """For each position: the image crop its reachable cells see, the sticker's mask in it, and the cell block."""
-    blocks = [_block(model, sticker, py, px, cells) for py, px in positions]
+    blocks = [cell_block(model.patch_size, model.stride, py, px, sticker, sticker, cells) for py, px in positions]
     crops, masks = [], []
     for (py, px), block in zip(positions, blocks):
         oy, ox, ch, cw = block_pixels(model.patch_size, model.stride, block)
