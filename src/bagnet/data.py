@@ -359,8 +359,8 @@ class _Indexed(torch.utils.data.Dataset):
         if isinstance(item, Skipped):
             return item
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-            raise TypeError(f"dataset item {index} must be (image, label) or (image, label, index), "
-                            f"got {type(item).__name__}{'' if not isinstance(item, (tuple, list)) else f' of {len(item)}'}")
+            got = f"a {type(item).__name__} of {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
+            raise TypeError(f"dataset item {index} must be (image, label) or (image, label, index), got {got}")
         image, label = item[0], item[1]
         if not isinstance(image, Tensor) or image.dim() != 3:
             what = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__

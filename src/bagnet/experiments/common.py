@@ -1,4 +1,4 @@
-"""What every experiment shares: checking a classifier and a dataset, batched iteration, result files."""
+"""What every experiment shares: the model's device, checked logits, result files (dataset iteration: bagnet.data)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-
-from ..data import batches, check_dataset, tracked_batches  # noqa: F401  (re-exported for the experiments)
 
 SCHEMA_VERSION = 1
 

@@ -29,11 +29,11 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ..data import SkipLog
+from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, fill_image
 from ..models.bagnet import BagNet
 from ..models.receptive import block_pixels, cell_block, cells_reached
-from .common import check_dataset, logits_of, model_device, out_dir, tracked_batches, write_csv, write_json
+from .common import logits_of, model_device, out_dir, write_csv, write_json
 
 
 

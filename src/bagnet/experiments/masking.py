@@ -16,10 +16,10 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..data import SkipLog
+from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
-from .common import check_dataset, logits_of, model_device, out_dir, tracked_batches, write_csv, write_json
+from .common import logits_of, model_device, out_dir, write_csv, write_json
 
 #: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
 PixelScores = Callable[[Tensor, Tensor], Tensor]

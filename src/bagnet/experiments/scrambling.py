@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data import SkipLog
+from ..data import SkipLog, check_dataset, tracked_batches
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from .common import check_dataset, logits_of, model_device, out_dir, tracked_batches, write_csv, write_json
+from .common import logits_of, model_device, out_dir, write_csv, write_json
 
 
 def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = None) -> Tensor:

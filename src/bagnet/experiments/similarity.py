@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data import SkipLog
-from .common import check_dataset, logits_of, model_device, out_dir, tracked_batches, write_csv, write_json
+from ..data import SkipLog, check_dataset, tracked_batches
+from .common import logits_of, model_device, out_dir, write_csv, write_json
 
 
 @dataclass(frozen=True)
