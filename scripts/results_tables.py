@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from bagnet.experiments import DiagnosticResult, read_result
+
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/experiments")
 
 
@@ -65,9 +67,8 @@ if (d := load("summary")):
 for name in ("diagnostic-imagenette", "diagnostic-fashion-mnist"):
     path = root / name / "diagnostic.json"
     if path.is_file():
-        d = json.loads(path.read_text())
-        print(f"{name}: scrambled at {d['scramble_grid']}×{d['scramble_grid']} ({d['scramble_tile_px']} px tiles)")
-        names = [f"bagnet{q}" for q in d["patch_sizes"]] + [d["cnn"]]
-        accs = d["bagnet_top1"] + [d["cnn_top1"]]
+        result = read_result(DiagnosticResult, path)
+        print(f"{name}: scrambled at {result.scramble_grid}×{result.scramble_grid} ({result.scramble_tile_px} px tiles)")
         table(["model", "top-1 %", "scrambled top-1 %"],
-              [[short(n), pct(a), pct(d["scrambled_top1"].get(n))] for n, a in zip(names, accs)])
+              [[short(r["model"]), pct(r["top1"]), pct(r["scrambled_top1"] if r["scrambled_top1"] != "" else None)]
+               for r in result.rows()])
