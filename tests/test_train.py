@@ -124,6 +124,45 @@ def test_standard_cnns_train_and_reload(tmp_path, arch):
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
+def test_vit_with_strong_augmentation_trains_resumes_exactly_and_reloads(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=6)
+    cfg = tiny_config(data, tmp_path / "a", arch="vit", patch_size=8, width=32, layers=(2,), image_size=32,
+                      epochs=2, batch_size=6, augment="trivialaugment", random_erasing=0.5, mixup=0.8, cutmix=1.0,
+                      drop_path=0.1)
+    straight = train(cfg, progress=False)
+    cut = cfg.replace(out=str(tmp_path / "b"))
+    assert not train(cut, progress=False, stop_after_steps=3).completed  # mid-epoch (3 steps per epoch: boundary+)
+    resumed = train(cut, resume=True, progress=False)
+    a, b = bagnet.load(straight.weights), bagnet.load(resumed.weights)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert type(a).__name__ == "VisionTransformer" and a.categories == ["blue", "green", "red"]
+    assert a.patch_embed.patch_size == (8, 8) and len(a.blocks) == 2
+    # position embeddings are resampled for other input sizes
+    assert a(torch.randn(1, 3, 32, 32)).shape == (1, 3) and a(torch.randn(1, 3, 48, 40)).shape == (1, 3)
+
+
+def test_mix_batch_mixup_and_cutmix():
+    from bagnet.train import mix_batch
+
+    images = torch.arange(4.0)[:, None, None, None].expand(4, 3, 10, 10).contiguous()
+    same, perm, lam = mix_batch(images, 0.0, 0.0, np.random.default_rng(0))
+    assert same is images and perm is None and lam == 1.0
+    for seed in range(20):
+        mixed, perm, lam = mix_batch(images, 0.0, 1.0, np.random.default_rng(seed))  # CutMix only
+        # lam is exactly the share of each image's own pixels, and the pasted box is the partner's
+        own = mixed == images
+        for i in range(4):
+            if perm[i] != i:
+                assert float(own[i].float().mean()) == pytest.approx(lam)
+            assert torch.equal(mixed[i][~own[i]], images[perm[i]][~own[i]])
+        mixed, perm, lam = mix_batch(images, 0.8, 0.0, np.random.default_rng(seed))  # MixUp only
+        assert torch.allclose(mixed, lam * images + (1 - lam) * images[perm])
+    assert 0 < lam < 1
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment="autoaugment-v9")
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path):
     """torchrun with 2 CPU processes (Gloo), global batch 8, against one process with batch 8, in fp32.

@@ -34,6 +34,8 @@ from .models.cnn import CNN_BUILDERS, build_cnn
 from .models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 CHECKPOINT = "checkpoint.pt"
+#: Per-image augmentation policies of ``TrainConfig.augment`` (torchvision's, after the random crop and flip).
+AUGMENTS = ("none", "trivialaugment", "randaugment")
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -41,10 +43,10 @@ CHECKPOINT = "checkpoint.pt"
 class TrainConfig:
     """Everything that defines a training run (saved as config.yaml; every field is a ``bagnet train`` flag)."""
 
-    arch: str = "bagnet"  # bagnet | resnet18 | resnet50 | vgg11_bn | vgg16_bn | densenet121
-    patch_size: int = 17  # BagNets only
-    width: int = 64  # base width (BagNet, ResNet-18, VGG)
-    layers: tuple[int, ...] = (3, 4, 6, 3)  # BagNet blocks per stage
+    arch: str = "bagnet"  # bagnet | resnet18 | resnet50 | vgg11_bn | vgg16_bn | densenet121 | vit
+    patch_size: int = 17  # BagNets: patch size q; ViT: token size in pixels
+    width: int = 64  # base width (BagNet, ResNet-18, VGG); ViT: embedding dimension
+    layers: tuple[int, ...] = (3, 4, 6, 3)  # BagNet blocks per stage; ViT: (depth,)
     init: Optional[str] = None  # weights file to start from
     data: str = "imagenette"  # imagenette | fashion-mnist | a folder with train/ and val/ sub-folders
     train_subset: Optional[str] = None  # a list file of training images (Imagenette's train_subset300.txt)
@@ -54,6 +56,11 @@ class TrainConfig:
     image_size: int = 128
     resize: Optional[int] = None  # evaluation: resize the short side to this before the centre crop
     min_scale: float = 0.35  # RandomResizedCrop scale range lower bound
+    augment: str = "none"  # none | trivialaugment | randaugment (after the crop and flip)
+    random_erasing: float = 0.0  # probability of erasing one random rectangle of each training image
+    mixup: float = 0.0  # Beta(a, a) mixing of image pairs in every batch (0: off)
+    cutmix: float = 0.0  # Beta(a, a) CutMix of image pairs (0: off; with mixup too, each batch picks one, 50/50)
+    drop_path: float = 0.0  # ViT: stochastic depth rate
     epochs: int = 30
     batch_size: int = 64  # global batch (split across ranks)
     optimizer: str = "adamw"  # adamw | sgd
@@ -81,6 +88,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.min_scale <= 1:
             raise ValueError(f"min_scale must lie in (0, 1], got {self.min_scale}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -123,6 +132,8 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         bag_config = BagNetConfig.for_patch_size(config.patch_size, layers=config.layers, width=config.width,
                                                  num_classes=num_classes)
         model: nn.Module = BagNet(bag_config)
+    elif config.arch == "vit":
+        model = build_cnn("vit", num_classes=num_classes, **_vit_kwargs(config), drop_path=config.drop_path)
     else:
         model = build_cnn(config.arch, num_classes=num_classes, width=config.width)
     if config.init:
@@ -134,22 +145,63 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
 
 def model_metadata(config: TrainConfig, categories: Sequence[str]) -> dict[str, Any]:
     """What a saved model needs to be loaded and used: architecture, class names and preprocessing."""
+    if config.arch == "vit":
+        arch_kwargs: dict[str, Any] = _vit_kwargs(config)
+    else:
+        arch_kwargs = {"width": config.width} if config.arch != "bagnet" else {}
     return {
         "arch": config.arch,
-        "arch_kwargs": {"width": config.width} if config.arch != "bagnet" else {},
+        "arch_kwargs": arch_kwargs,
         "categories": list(categories),
         "preprocess": {"resize": config.resize or config.image_size, "crop": config.image_size},
     }
 
 
+def _vit_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """The ViT's architecture in the config's fields: token size, embedding width, depth."""
+    if len(config.layers) != 1:
+        raise ValueError(f"a ViT's layers is its depth, one number (e.g. [8]), got {list(config.layers)}")
+    return {"image_size": config.image_size, "patch_size": config.patch_size, "width": config.width,
+            "depth": config.layers[0], "heads": max(1, config.width // 64), "mlp_ratio": 4}
+
+
 # ---------------------------------------------------------------------------------------------------- data
 def train_transform(config: TrainConfig) -> Callable:
-    return transforms.Compose([
+    steps: list[Callable] = [
         transforms.RandomResizedCrop(config.image_size, scale=(config.min_scale, 1.0), antialias=True),
         transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    ]
+    if config.augment == "trivialaugment":
+        steps.append(transforms.TrivialAugmentWide())
+    elif config.augment == "randaugment":
+        steps.append(transforms.RandAugment())
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if config.random_erasing > 0:
+        steps.append(transforms.RandomErasing(p=config.random_erasing, value=0))
+    return transforms.Compose(steps)
+
+
+def mix_batch(images: Tensor, mixup: float, cutmix: float, rng: np.random.Generator
+              ) -> tuple[Tensor, Optional[Tensor], float]:
+    """MixUp or CutMix of a batch with a permutation of itself: ``(mixed, permutation, lam)``; the loss is
+    ``lam · loss(labels) + (1 − lam) · loss(labels[permutation])``. ``(images, None, 1.0)`` when both are off."""
+    n = images.shape[0]
+    if n < 2 or (mixup <= 0 and cutmix <= 0):
+        return images, None, 1.0
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    perm = torch.from_numpy(rng.permutation(n)).to(images.device)
+    if not use_cutmix:
+        return images * lam + images[perm] * (1 - lam), perm, lam
+    h, w = images.shape[-2:]
+    cut = math.sqrt(1 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    top, bottom = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    left, right = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    mixed = images.clone()
+    mixed[..., top:bottom, left:right] = images[perm][..., top:bottom, left:right]
+    return mixed, perm, 1 - (bottom - top) * (right - left) / (h * w)
 
 
 def eval_transform(config: TrainConfig) -> Callable:
@@ -494,8 +546,9 @@ def train(
                 lr = lr_at(config, global_step, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                mix_rng = np.random.default_rng([config.seed, global_step, rank])
                 loss, n_correct, n = _train_step(net, batch, loss_fn, optimizer, scaler, device, amp_dtype,
-                                                 config.channels_last)
+                                                 config.channels_last, config, mix_rng)
                 seen += n
                 loss_sum += loss * n
                 correct += n_correct
@@ -563,16 +616,22 @@ def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
 
 def _train_step(net: nn.Module, batch: Batch, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, device: torch.device, amp_dtype: Optional[torch.dtype],
-                channels_last: bool) -> tuple[float, int, int]:
+                channels_last: bool, config: Optional[TrainConfig] = None,
+                mix_rng: Optional[np.random.Generator] = None) -> tuple[float, int, int]:
     if len(batch) == 0:
         return 0.0, 0, 0
     images = batch.images.to(device, non_blocking=True)
+    labels = batch.labels.to(device, non_blocking=True)
+    perm, lam = None, 1.0
+    if config is not None and mix_rng is not None:
+        images, perm, lam = mix_batch(images, config.mixup, config.cutmix, mix_rng)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    labels = batch.labels.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = net(images)
         loss = loss_fn(logits, labels)
+        if perm is not None:
+            loss = lam * loss + (1 - lam) * loss_fn(logits, labels[perm])
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

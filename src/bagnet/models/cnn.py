@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 from .bagnet import use_subsample_convs
+from .vit import build_vit
 
 VGG_CFGS: dict[str, list[Any]] = {
     "vgg11_bn": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -96,13 +97,15 @@ CNN_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "vgg11_bn": lambda num_classes=1000, width=64, **_: ScaledVGG("vgg11_bn", width, num_classes),
     "vgg16_bn": lambda num_classes=1000, width=64, **_: ScaledVGG("vgg16_bn", width, num_classes),
     "densenet121": _torchvision("densenet121"),
+    "vit": lambda num_classes=1000, width=192, **kwargs: build_vit(num_classes=num_classes, width=width, **kwargs),
 }
 
 
-def build_cnn(arch: str, num_classes: int = 1000, width: int = 64) -> nn.Module:
-    """A standard CNN by name (see ``CNN_BUILDERS``); ``width`` scales ResNet-18 and the VGGs."""
+def build_cnn(arch: str, num_classes: int = 1000, width: int = 64, **kwargs: Any) -> nn.Module:
+    """A standard network by name (see ``CNN_BUILDERS``); ``width`` scales ResNet-18 and the VGGs (the ViT's
+    embedding dimension); other keyword arguments go to the ViT (:func:`bagnet.models.vit.build_vit`)."""
     try:
         builder = CNN_BUILDERS[arch]
     except KeyError:
         raise KeyError(f"unknown architecture {arch!r}; known: bagnet, {', '.join(CNN_BUILDERS)}") from None
-    return use_subsample_convs(builder(num_classes=num_classes, width=width))
+    return use_subsample_convs(builder(num_classes=num_classes, width=width, **kwargs))
