@@ -110,7 +110,7 @@ def test_config_file_and_cli_overrides(tmp_path):
         TrainConfig.load(tmp_path / "bad.yaml")
     args = build_parser().parse_args(["train", "--lr", "0.5", "--layers", "1", "1", "1", "1", "--no-amp"])
     assert (args.cfg_lr, args.cfg_layers, args.cfg_amp) == (0.5, [1, 1, 1, 1], False)
-    with pytest.raises(ValueError, match="unknown arch"):
+    with pytest.raises(ValueError, match="arch .--arch. must be one of bagnet"):
         TrainConfig(arch="alexnet")
 
 

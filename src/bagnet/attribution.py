@@ -39,12 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import ConfigError
 from .heatmaps import heatmap
 from .masks import block_mask, block_order, check_fill, fill_images
 from .models.bagnet import BagNet, Bottleneck
 from .models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-SCHEMA_VERSION = 1
+from .outputs import SCHEMA_VERSION, out_dir as _out_dir, write_result_json as _write_json, write_rows_csv as _write_csv
 METHODS = ("evidence", "saliency", "integrated_gradients", "deeplift", "lrp_epsilon", "gradcam")
 #: Methods whose maps are signed (the others are non-negative).
 SIGNED = ("evidence", "integrated_gradients", "deeplift", "lrp_epsilon")
@@ -69,11 +70,11 @@ class AttributionConfig:
         object.__setattr__(self, "methods", tuple(self.methods))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise ValueError(f"unknown attribution methods {unknown}; choose from {', '.join(METHODS)}")
+            raise ConfigError(f"unknown attribution methods {unknown}; choose from {', '.join(METHODS)}")
         if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+            raise ConfigError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
         if self.ig_steps < 2 or self.batch_size < 1:
-            raise ValueError(f"ig_steps must be >= 2 and batch_size >= 1, got {self.ig_steps}, {self.batch_size}")
+            raise ConfigError(f"ig_steps must be >= 2 and batch_size >= 1, got {self.ig_steps}, {self.batch_size}")
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -141,7 +142,7 @@ class FaithfulnessConfig:
     def __post_init__(self) -> None:
         check_fill(self.fill)
         if self.patch < 1 or self.steps < 1 or self.random_orders < 0:
-            raise ValueError(f"patch and steps must be >= 1 and random_orders >= 0, got {self.patch}, {self.steps}, "
+            raise ConfigError(f"patch and steps must be >= 1 and random_orders >= 0, got {self.patch}, {self.steps}, "
                              f"{self.random_orders}")
 
 
@@ -699,26 +700,6 @@ def _baselines(images: Tensor, config: AttributionConfig) -> Tensor:
     return fill_images(images.cpu(), config.baseline, config.blur_sigma).to(images)
 
 
-def _out_dir(path: str | os.PathLike) -> Path:
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    import json
-
-    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=2))
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
 
 
 def _safe(name: str) -> str:

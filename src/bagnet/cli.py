@@ -13,6 +13,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from .errors import ConfigError
+from .outputs import output_lock
+
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
     from . import models
@@ -120,7 +123,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.name == "diagnostic":
         return _experiment_diagnostic(args)
     if not args.models:
-        raise ValueError(f"experiment {args.name} needs --models")
+        raise ConfigError(f"experiment {args.name} needs --models")
 
     labels = [_label(spec) for spec in args.models]
     if len(set(labels)) < len(labels):
@@ -165,15 +168,22 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .data import sample_image
-    from .explanation import SAMPLE_PHOTOS, ExplainConfig, explain
+    from .explanation import SAMPLE_PHOTOS, ExplainConfig
 
     inputs: list = list(args.inputs)
     if args.samples:
         inputs += [sample_image(name) for name in SAMPLE_PHOTOS]
     if not inputs:
-        raise ValueError("give image files or folders to explain (or --samples for scikit-image's sample photos)")
+        raise ConfigError("give image files or folders to explain (or --samples for scikit-image's sample photos)")
     config = ExplainConfig(top=args.top, stride=args.stride, size=args.size, max_side=args.max_side,
                            upscale_small=args.upscale_small, patches=args.patches, background=args.background)
+    with output_lock(args.out):
+        return _explain_locked(args, inputs, config)
+
+
+def _explain_locked(args: argparse.Namespace, inputs: list, config) -> int:
+    from .explanation import SAMPLE_PHOTOS, explain
+
     result = explain(inputs, args.model, config, device=args.device, progress=not args.no_progress)
     if args.samples:  # name the sample photos in the report
         names = iter(SAMPLE_PHOTOS)
@@ -188,6 +198,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         print(f"{e.source}: {preds}")
     out = result.save(args.out)
     print(f"{len(result.images)} explained by {result.model}; report: {out / 'report.html'}")
+    for source, reason in result.skipped.items():
+        print(f"skipped: {source}: {reason}", file=sys.stderr)
     if result.failures:
         for source, reason in result.failures.items():
             print(f"failed: {reason if source in reason else f'{source}: {reason}'}", file=sys.stderr)
@@ -224,7 +236,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             defences.append(DefenceConfig(sticker=p, method="masking", low=0.0, high=args.clip_high))
         if "clipping" in args.defences:
             if args.clip_high is None:
-                raise ValueError("--defences clipping needs --clip-high (the upper bound on a cell's evidence)")
+                raise ConfigError("--defences clipping needs --clip-high (the upper bound on a cell's evidence)")
             defences.append(DefenceConfig(sticker=p, method="clipping", low=args.clip_low, high=args.clip_high))
     attack = None if args.attack_steps == 0 else AttackConfig(steps=args.attack_steps, step_size=args.attack_step_size,
                                                               position_stride=args.attack_stride, top_positions=args.attack_top,
@@ -295,7 +307,7 @@ def _experiment_summary(args: argparse.Namespace) -> int:
     from .experiments.common import read_result
 
     if not args.reference or not args.patch_size or not args.num_classes:
-        raise ValueError("summary needs --reference NAME, --patch-size Q and --num-classes C")
+        raise ConfigError("summary needs --reference NAME, --patch-size Q and --num-classes C")
     found = {}
     for cls, name in ((ScramblingResult, "scrambling"), (InteractionResult, "interactions"),
                       (SimilarityResult, "similarity")):
@@ -502,14 +514,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands whose whole run holds the lock of their --out folder (explain takes it itself, after checking its flags;
+#: train locks its run folder).
+LOCKED_COMMANDS = ("evaluate", "experiment", "patches", "certify", "attribution")
+#: Exit codes: all good; some inputs or the run failed (named on stderr); a usage error (bad flag or config value).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; errors are one line on stderr (set BAGNET_DEBUG=1 for the traceback), never a traceback."""
+    import os
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # argparse's own usage errors exit 2
     try:
+        if args.command in LOCKED_COMMANDS:  # a second process writing the same --out fails at once
+            with output_lock(args.out):
+                return int(args.func(args))
         return int(args.func(args))
-    except (ValueError, KeyError, OSError, ImportError) as err:
-        print(f"bagnet {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"bagnet {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # every failure is reported as one line naming the problem
+        if os.environ.get("BAGNET_DEBUG"):
+            raise
+        code = EXIT_USAGE if isinstance(err, ConfigError) or _unknown_name(err) else EXIT_FAILED
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        if isinstance(err, MemoryError):
+            message = "out of memory (try smaller inputs, --batch-size or --limit)"
+        elif not isinstance(err, (ValueError, KeyError, OSError, ImportError, RuntimeError)) or not message:
+            message = f"{type(err).__name__}: {message}"
+        print(f"bagnet {args.command}: error: {message}", file=sys.stderr)
+        if code == EXIT_USAGE:
+            print(f"(usage: bagnet {args.command} --help)", file=sys.stderr)
+        return code
+
+
+def _unknown_name(err: Exception) -> bool:
+    """An unknown model or architecture name given on the command line (a usage error)."""
+    return isinstance(err, KeyError) and bool(err.args) and str(err.args[0]).startswith("unknown ")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,11 @@ from torchvision import datasets
 #: Colour photos that ship inside the scikit-image wheel (usable offline).
 SAMPLE_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "cat")
 #: Image file endings that ImageFolder-style datasets read.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+                                     ".gif")
+#: Largest image (width × height from the file's header) that is decoded: about 360 MB as 8-bit RGB. Larger ones
+#: are refused before any pixel is decoded (a few-KB PNG can declare 10⁶ × 10⁶ pixels).
+MAX_IMAGE_PIXELS = 120_000_000
 #: Where Debian's dataset-fashion-mnist package puts its files.
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
@@ -38,18 +42,52 @@ class ImageReadError(ValueError):
     """An image file could not be decoded; the message names the file."""
 
 
-def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Decode any image file PIL reads into an upright 8-bit RGB image.
+class ImageTooLarge(ImageReadError):
+    """An image file declares more pixels than bagnet decodes (``MAX_IMAGE_PIXELS``)."""
+
+
+#: EXIF orientations that swap width and height.
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def image_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of an image file, upright (EXIF orientation applied), read from its header only."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+            orientation = image.getexif().get(0x0112) if hasattr(image, "getexif") else None
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # PIL raises many types for a broken or non-image file
+        raise ImageReadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+    _check_pixels(path, w, h, max_pixels)
+    return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)
+
+
+def _check_pixels(path: Path, w: int, h: int, max_pixels: int) -> None:
+    if w < 1 or h < 1:
+        raise ImageReadError(f"cannot read image {path}: its header declares {w}×{h} pixels")
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"image {path} declares {w}×{h} px ({w * h / 1e6:.0f} Mpx) in its header, more than the "
+                            f"{max_pixels / 1e6:.0f} Mpx bagnet decodes; scale it down first")
+
+
+def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255),
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode any image file PIL reads into an upright 8-bit RGB image (the first frame of an animation).
 
     EXIF orientation is applied; transparency (RGBA, LA, palette) is composited on ``background``; 16- and 32-bit
-    grayscale is scaled to 8 bits; CMYK, palette and grayscale images are converted to RGB.
+    grayscale is scaled to 8 bits; CMYK, palette and grayscale images are converted to RGB. Images whose header
+    declares more than ``max_pixels`` pixels are refused (:class:`ImageTooLarge`) before decoding.
     """
     path = Path(path)
     try:
         with Image.open(path) as image:
+            _check_pixels(path, *image.size, max_pixels)
             image.load()
             return to_rgb(ImageOps.exif_transpose(image), background)
-    except FileNotFoundError:
+    except (FileNotFoundError, ImageReadError):
         raise
     except Exception as err:  # PIL raises many types for a broken or non-image file
         raise ImageReadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
@@ -138,10 +176,10 @@ class ImageFolderDataset(datasets.ImageFolder):
         path, label = self.samples[index]
         try:
             image = self.loader(path)
-            if self.transform is not None:
-                image = self.transform(image)
-        except Exception as err:  # a bad file must not end a long run: hand it to the caller instead
+        except (ImageReadError, OSError) as err:  # a bad file must not end a long run: hand it to the caller
             return Skipped(path, str(err))
+        if self.transform is not None:  # transform errors are programming errors: they propagate
+            image = self.transform(image)
         return image, label, index
 
 

@@ -17,9 +17,10 @@ be read are reported by name in ``Explanation.failures``; the others are still e
 
 from __future__ import annotations
 
-import csv
-import json
+import io
+import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -30,15 +31,18 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
-from .data import IMAGE_EXTENSIONS, ImageReadError, load_image
+from .data import IMAGE_EXTENSIONS, ImageReadError, image_size, load_image
+from .errors import ConfigError
 from .heatmaps import heatmap
 from .models.bagnet import BagNet
 from .models.preprocess import preprocess_normalisation, preprocess_size
 
-SCHEMA_VERSION = 1
+from .outputs import SCHEMA_VERSION, output_lock, write_bytes, write_csv, write_json, write_text
 #: The distinct scikit-image sample photos `bagnet explain --samples` uses (skimage's ``cat`` is ``chelsea``).
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 ImageInput = Union[str, os.PathLike, Image.Image]
+#: Largest long side (px) an image is explained at: bounds the time and memory one image can take.
+MAX_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -55,15 +59,19 @@ class ExplainConfig:
     background: str = "faded"  # overlays show the image faded | by its edges
 
     def __post_init__(self) -> None:
-        if self.top < 1 or self.patches < 0 or self.max_side < 16:
-            raise ValueError(f"top must be >= 1, patches >= 0 and max_side >= 16; got {self.top}, {self.patches}, "
-                             f"{self.max_side}")
-        if self.size is not None and self.size < 0:
-            raise ValueError(f"size must be None, 0 (native) or a positive number of pixels, got {self.size}")
+        if self.top < 1 or self.patches < 0:
+            raise ConfigError(f"top must be >= 1 and patches >= 0; got top={self.top}, patches={self.patches}")
+        if not 16 <= self.max_side <= MAX_SIDE:
+            raise ConfigError(f"max_side (--max-side) must lie in [16, {MAX_SIDE}] px, got {self.max_side}")
+        if self.size is not None and not 0 <= self.size <= MAX_SIDE:
+            raise ConfigError(f"size (--size) must be None, 0 (native) or a number of pixels up to {MAX_SIDE}, got "
+                              f"{self.size}")
+        if self.stride not in (1, 2, 4, 8):
+            raise ConfigError(f"stride (--stride) must be 1, 2, 4 or 8, got {self.stride}")
         if self.background not in ("faded", "edges"):
-            raise ValueError(f"background must be 'faded' or 'edges', got {self.background!r}")
+            raise ConfigError(f"background must be 'faded' or 'edges', got {self.background!r}")
         if not 50 <= self.percentile <= 100:
-            raise ValueError(f"percentile must lie in [50, 100], got {self.percentile}")
+            raise ConfigError(f"percentile must lie in [50, 100], got {self.percentile}")
 
 
 @dataclass(frozen=True)
@@ -114,11 +122,12 @@ class Explanation:
     images: list[ImageExplanation]
     failures: dict[str, str]
     config: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # files in the given folders that are not images
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "model": self.model, "patch_size": self.patch_size,
                 "stride": self.stride, "config": self.config, "images": [e.to_dict() for e in self.images],
-                "failures": self.failures}
+                "failures": self.failures, "skipped": self.skipped}
 
     def save(self, out: str | os.PathLike) -> Path:
         """Per image a folder of PNGs (evidence overlay per class, supportive/opposing patches), plus
@@ -127,19 +136,30 @@ class Explanation:
         from .viz import figure_png, overlay_figure, patch_gallery_figure
 
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        with output_lock(out):
+            return self._save(out)
+
+    def _save(self, out: Path) -> Path:
+        from .report import explanation_report
+        from .viz import figure_png, overlay_figure, patch_gallery_figure
+
+        # the per-image folders are written into a fresh folder that then replaces images/ as a whole, so images/
+        # never mixes this run's files with an earlier run's
+        staging = out / f".images.{os.getpid()}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
         figures: list[dict[str, Any]] = []
         for i, e in enumerate(self.images):
-            folder = out / "images" / f"{i:03d}_{_stem(e.source)}"
+            name = f"{i:03d}_{_stem(e.source)}"
+            folder = staging / name
             folder.mkdir(parents=True, exist_ok=True)
             files: dict[str, Any] = {"folder": folder, "overlays": [], "patches": None}
             for k, (name, prob) in enumerate(zip(e.names, e.probabilities)):
                 png = figure_png(overlay_figure(e.image, e.heatmaps[k], title=f"{name} ({100 * prob:.1f} %)",
                                                 percentile=self.config.get("percentile", 99.0),
                                                 background=self.config.get("background", "faded")))
-                path = folder / f"evidence_{k + 1}_{_stem(name)}.png"
-                path.write_bytes(png)
-                files["overlays"].append((path, png))
+                file = f"evidence_{k + 1}_{_stem(name)}.png"
+                (folder / file).write_bytes(png)
+                files["overlays"].append((out / "images" / folder.name / file, png))
             rows = []
             for k, name in enumerate(e.names):
                 for label, patches in ((f"{name}: for", e.support[k]), (f"{name}: against", e.oppose[k])):
@@ -148,27 +168,40 @@ class Explanation:
                                      [f"{p.evidence:+.2f}" for p in patches]))
             if rows:
                 png = figure_png(patch_gallery_figure(rows, title=f"patches ({self.patch_size}×{self.patch_size} px)"))
-                path = folder / "patches.png"
-                path.write_bytes(png)
-                files["patches"] = (path, png)
-            Image.fromarray(e.image).save(folder / "input.png")
-            files["input"] = (folder / "input.png", (folder / "input.png").read_bytes())
+                (folder / "patches.png").write_bytes(png)
+                files["patches"] = (out / "images" / folder.name / "patches.png", png)
+            buf = io.BytesIO()
+            Image.fromarray(e.image).save(buf, format="PNG")
+            (folder / "input.png").write_bytes(buf.getvalue())
+            files["input"] = (out / "images" / folder.name / "input.png", buf.getvalue())
+            files["folder"] = out / "images" / folder.name
             figures.append(files)
-        (out / "explanations.json").write_text(json.dumps(self.to_dict(), indent=2))
-        with open(out / "predictions.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["source", "rank", "class", "name", "probability", "logit"])
-            for e in self.images:
-                for r, (c, n, p, lg) in enumerate(zip(e.classes, e.names, e.probabilities, e.logits), start=1):
-                    writer.writerow([e.source, r, c, n, f"{p:.6f}", f"{lg:.6f}"])
-            for source, reason in self.failures.items():
-                writer.writerow([source, "", "", f"FAILED: {reason}", "", ""])
-        (out / "report.html").write_text(explanation_report(self, figures), encoding="utf-8")
+        staging.mkdir(parents=True, exist_ok=True)
+        old = out / f".images.{os.getpid()}.old"
+        if (out / "images").exists():
+            os.replace(out / "images", old)
+        os.replace(staging, out / "images")
+        shutil.rmtree(old, ignore_errors=True)
+        write_json(out / "explanations.json", self.to_dict())
+        rows_csv: list[list[Any]] = []
+        for e in self.images:
+            for r, (c, n, p, lg) in enumerate(zip(e.classes, e.names, e.probabilities, e.logits), start=1):
+                rows_csv.append([e.source, r, c, n, f"{p:.6f}", f"{lg:.6f}"])
+        for source, reason in self.failures.items():
+            rows_csv.append([source, "", "", f"FAILED: {reason}", "", ""])
+        for source, reason in self.skipped.items():
+            rows_csv.append([source, "", "", f"SKIPPED: {reason}", "", ""])
+        write_csv(out / "predictions.csv", rows_csv, header=["source", "rank", "class", "name", "probability", "logit"])
+        write_text(out / "report.html", explanation_report(self, figures))
         return out
 
 
 class ImageTooSmall(ValueError):
     """An image is smaller than the model's patch size (and ``upscale_small`` is off)."""
+
+
+class ImageShapeRefused(ValueError):
+    """An image is so elongated that it cannot be shown within ``max_side`` without stretching it."""
 
 
 # ---------------------------------------------------------------------------------------------------- explain
@@ -183,19 +216,34 @@ def explain(
     from tqdm.auto import tqdm
 
     model = _as_bagnet(model, device)
-    sources, failures = collect_inputs(inputs)
+    sources, failures, skipped = collect_inputs(inputs)
     if not sources and not failures:
-        raise ValueError("no images given")
+        raise ValueError("no images given" + (f" (skipped, not image files: {', '.join(skipped)})" if skipped else ""))
     explained = []
-    for source in tqdm(sources, desc="explain", unit="img", disable=not progress):
-        label = source if isinstance(source, str) else f"image {len(explained) + len(failures)}"
+    for n, source in enumerate(tqdm(sources, desc="explain", unit="img", disable=not progress)):
+        label = source if isinstance(source, str) else f"image {n}"
         try:
-            image = load_image(source) if isinstance(source, str) else source
+            if isinstance(source, str):
+                fit_size(*image_size(source), model, config, label)  # refuse from the header, before decoding
+                image = load_image(source)
+            else:
+                image = source
             explained.append(explain_image(model, image, label, config, device))
-        except (ImageReadError, ImageTooSmall, OSError) as err:
-            failures[label] = str(err)
+        except Exception as err:  # one image's failure (MemoryError included) must not lose the others
+            failures[label] = _reason(err, label)
     return Explanation(model=model.name, patch_size=model.patch_size, stride=model.stride, images=explained,
-                       failures=failures, config=asdict(config))
+                       failures=failures, config=asdict(config), skipped=skipped)
+
+
+def _reason(err: Exception, label: str) -> str:
+    """A one-line reason for a failed image that names it."""
+    if isinstance(err, MemoryError):
+        text = "out of memory while explaining it (try a smaller --max-side or --size)"
+    elif isinstance(err, (ImageReadError, ImageTooSmall, ImageShapeRefused, OSError, ValueError)):
+        text = str(err)
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return text if label in text else f"{label}: {text}"
 
 
 def explain_image(model: BagNet, image: Image.Image, source: str = "image", config: ExplainConfig = ExplainConfig(),
@@ -238,27 +286,45 @@ def fit_image(image: Image.Image, model: BagNet, config: ExplainConfig, source: 
               ) -> tuple[Image.Image, list[str]]:
     """The image at the scale the model sees: short side ``config.size`` (default: the model's own), long side at
     most ``config.max_side``; refuses (or, with ``upscale_small``, enlarges) images smaller than the patch size."""
+    (new_w, new_h), notes = fit_size(*image.size, model, config, source)
+    if (new_w, new_h) != image.size:
+        scale = new_w / image.size[0]
+        image = image.resize((new_w, new_h), Image.BILINEAR, reducing_gap=3.0 if scale < 0.5 else None)
+    return image, notes
+
+
+def fit_size(w: int, h: int, model: BagNet, config: ExplainConfig, source: str = "image"
+             ) -> tuple[tuple[int, int], list[str]]:
+    """The size (width, height) at which :func:`fit_image` shows a ``w``×``h`` image to the model, and notes saying
+    why; decided from the size alone (a file's header), so nothing large is ever decoded or allocated.
+
+    One uniform scale: the short side becomes ``config.size`` (default: the model's own), unless the long side would
+    exceed ``config.max_side``. Images smaller than the patch are refused (or enlarged with ``upscale_small``); images
+    so elongated that the short side would fall below the patch at the long-side limit are refused, never stretched.
+    """
     q = model.patch_size
-    w, h = image.size
-    notes: list[str] = []
     if min(w, h) < q and not config.upscale_small:
         raise ImageTooSmall(f"{source}: {w}×{h} px is smaller than {model.name}'s {q}×{q} px patch; "
                             f"use --upscale-small (upscale_small=True) to enlarge it")
     size = model_input_size(model) if config.size is None else config.size
     if not size and min(w, h) < q:
         size = q
-    if size and min(w, h) != size:
-        scale = size / min(w, h)
-        new = (max(1, round(w * scale)), max(1, round(h * scale)))
-        notes.append(f"resized from {w}×{h} to {new[0]}×{new[1]} px (short side {size} px, the model's scale)")
-        image = image.resize(new, Image.BILINEAR, reducing_gap=3.0 if scale < 0.5 else None)
-        w, h = new
-    if max(w, h) > config.max_side:
+    scale = size / min(w, h) if size else 1.0
+    notes: list[str] = []
+    limited = max(w, h) * scale > config.max_side
+    if limited:
         scale = config.max_side / max(w, h)
-        new = (max(q, round(w * scale)), max(q, round(h * scale)))
-        notes.append(f"scaled down from {w}×{h} to {new[0]}×{new[1]} px (long side limit {config.max_side} px)")
-        image = image.resize(new, Image.BILINEAR, reducing_gap=3.0)
-    return image, notes
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if min(new) < q:
+        need = math.ceil(q * max(w, h) / min(w, h))
+        raise ImageShapeRefused(
+            f"{source}: {w}×{h} px (aspect ratio {max(w, h) / min(w, h):.0f}:1) does not fit a {config.max_side} px "
+            f"long side with a short side of at least the {q} px patch without stretching it; crop it, or raise "
+            f"--max-side (max_side) to {need} px" + (" or more" if need <= MAX_SIDE else f" (at most {MAX_SIDE})"))
+    if new != (w, h):
+        why = (f"long side limit {config.max_side} px" if limited else f"short side {size} px, the model's scale")
+        notes.append(f"resized from {w}×{h} to {new[0]}×{new[1]} px ({why})")
+    return new, notes
 
 
 def distinct_patches(model: BagNet, evidence: Tensor, n: int, highest: bool = True) -> list[Patch]:
@@ -325,22 +391,28 @@ class PatchGallery:
         from .viz import figure_png, patch_gallery_figure
 
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "patches.json").write_text(json.dumps(self.to_dict(), indent=2))
+        with output_lock(out):
+            return self._save(out)
+
+    def _save(self, out: Path) -> Path:
+        from .report import gallery_report
+        from .viz import figure_png, patch_gallery_figure
+
+        write_json(out / "patches.json", self.to_dict())
         rows = [(name, list(self.top_crops[c]), [f"{v:+.2f}" for v in self.top_values[c]])
                 for c, name in enumerate(self.categories)]
         overview = figure_png(patch_gallery_figure(rows, title=f"{self.model}: most supportive patches per class "
                                                                f"({self.images} images)"))
-        (out / "gallery.png").write_bytes(overview)
+        write_bytes(out / "gallery.png", overview)
         per_class = []
         for c, name in enumerate(self.categories):
             png = figure_png(patch_gallery_figure([
                 (f"{name}: highest", list(self.top_crops[c]), [f"{v:+.2f}" for v in self.top_values[c]]),
                 (f"{name}: lowest", list(self.bottom_crops[c]), [f"{v:+.2f}" for v in self.bottom_values[c]])]))
             path = out / f"class_{c:03d}_{_stem(name)}.png"
-            path.write_bytes(png)
+            write_bytes(path, png)
             per_class.append((name, path, png))
-        (out / "report.html").write_text(gallery_report(self, overview, per_class), encoding="utf-8")
+        write_text(out / "report.html", gallery_report(self, overview, per_class))
         return out
 
 
@@ -421,21 +493,27 @@ def class_patches(
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def collect_inputs(inputs: Union[ImageInput, Sequence[ImageInput]]) -> tuple[list[Union[str, Image.Image]],
-                                                                           dict[str, str]]:
-    """Files, folders (their image files, recursively, sorted) and PIL images, with the inputs that do not exist."""
+def collect_inputs(inputs: Union[ImageInput, Sequence[ImageInput]]
+                   ) -> tuple[list[Union[str, Image.Image]], dict[str, str], dict[str, str]]:
+    """Files, folders (their image files, recursively, sorted) and PIL images; the inputs that do not exist
+    (failures); and the files inside the folders that are not images by their ending (skipped, named)."""
     if isinstance(inputs, (str, os.PathLike, Image.Image)):
         inputs = [inputs]
     sources: list[Union[str, Image.Image]] = []
     failures: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     for item in inputs:
         if isinstance(item, Image.Image):
             sources.append(item)
             continue
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            files = sorted(p for p in path.rglob("*") if p.is_file()
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+            for p in files:
+                if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped[str(p)] = f"not an image file by its ending ({p.suffix or 'none'})"
             if not found:
                 failures[str(path)] = f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
             sources.extend(str(p) for p in found)
@@ -443,7 +521,7 @@ def collect_inputs(inputs: Union[ImageInput, Sequence[ImageInput]]) -> tuple[lis
             sources.append(str(path))
         else:
             failures[str(path)] = f"no such file or folder: {path}"
-    return sources, failures
+    return sources, failures, skipped
 
 
 def model_input_size(model: BagNet) -> Optional[int]:

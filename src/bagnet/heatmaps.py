@@ -12,6 +12,8 @@ Large images are split into overlapping tiles so that peak memory stays under a 
 
 from __future__ import annotations
 
+import numbers
+
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -311,6 +313,11 @@ def _check_images(images: Tensor, model: BagNet) -> Tensor:
         raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"images must be normalised floating-point tensors, got dtype {images.dtype}")
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"images hold {bad} non-finite values (NaN or inf) of {images.numel()}: an evidence map of "
+                         "them would be NaN; check the input's preprocessing")
     return images
 
 
@@ -327,6 +334,8 @@ def _resolve_target(model: BagNet, images: Tensor, target: Target, device: torch
             model.train(was_training)
         classes = logits.argmax(1, keepdim=True)
     elif isinstance(target, Tensor):
+        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+            raise ValueError(f"a target tensor must hold integer class indices, got dtype {target.dtype}")
         classes = target.long()
         if classes.dim() == 0:
             classes = classes.expand(n)[:, None]
@@ -337,14 +346,21 @@ def _resolve_target(model: BagNet, images: Tensor, target: Target, device: torch
         elif classes.dim() != 2 or classes.shape[0] != n:
             raise ValueError(f"a target tensor must be shaped (N,) or (N, K) with N = {n}, got {tuple(classes.shape)}")
     else:
-        indices = [target] if isinstance(target, int) else list(target)
-        if not indices or not all(isinstance(c, int) for c in indices):
+        if isinstance(target, (str, bytes)) or not isinstance(target, (numbers.Integral, list, tuple)):
+            raise ValueError(f"target must be None, an int, a non-empty list of ints or a tensor, got {target!r}")
+        indices = [target] if isinstance(target, numbers.Integral) else list(target)
+        if not indices or not all(_is_class_index(c) for c in indices):
             raise ValueError(f"target must be None, an int, a non-empty list of ints or a tensor, got {target!r}")
         classes = torch.tensor(indices, dtype=torch.long)[None].expand(n, -1)
     if classes.numel() and (classes.min() < 0 or classes.max() >= num_classes):
         bad = classes[(classes < 0) | (classes >= num_classes)][0].item()
         raise ValueError(f"target class {bad} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
     return classes.to(device)
+
+
+def _is_class_index(value: object) -> bool:
+    """An integer that is not a bool (True/False as a class would be silently 1/0)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 
 def tile_side(model: BagNet, height: int, width: int, stride: int = 1, max_memory: Optional[int] = DEFAULT_MAX_MEMORY) -> int:

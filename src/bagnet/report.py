@@ -72,6 +72,11 @@ def explanation_report(explanation: "Explanation", figures: Sequence[dict[str, A
         items = "".join(f"<li><code>{html.escape(src)}</code>: {html.escape(reason)}</li>"
                         for src, reason in e.failures.items())
         parts.append(f"<h2 id=\"failures\" class=\"fail\">Not explained</h2><ul>{items}</ul>")
+    skipped = getattr(e, "skipped", {})
+    if skipped:
+        items = "".join(f"<li><code>{html.escape(src)}</code>: {html.escape(reason)}</li>"
+                        for src, reason in skipped.items())
+        parts.append(f"<h2 id=\"skipped\">Skipped (not image files)</h2><ul class=\"muted\">{items}</ul>")
     for i, (img, figs) in enumerate(zip(e.images, figures)):
         rows = "".join(f"<tr><td class=\"num\">{r}</td><td>{html.escape(nm)}</td><td class=\"num\">{100 * p:.2f} %</td>"
                        f"<td class=\"num\">{lg:.3f}</td></tr>"

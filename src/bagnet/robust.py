@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import ConfigError
 from .models.bagnet import BagNet
 from .models.receptive import block_pixels, cell_block, cells_reached, reach_window
 
-SCHEMA_VERSION = 1
+from .outputs import SCHEMA_VERSION, output_lock, write_csv, write_json
 DEFENCES = ("masking", "clipping")
 
 
@@ -62,15 +63,15 @@ class DefenceConfig:
 
     def __post_init__(self) -> None:
         if self.method not in DEFENCES:
-            raise ValueError(f"method must be one of {DEFENCES}, got {self.method!r}")
+            raise ConfigError(f"method must be one of {DEFENCES}, got {self.method!r}")
         if self.method == "clipping" and self.high is None:
-            raise ValueError("clipping needs a finite upper bound `high`: it limits what a sticker can add")
+            raise ConfigError("clipping needs a finite upper bound `high`: it limits what a sticker can add")
         if self.high is not None and self.high <= self.low:
-            raise ValueError(f"high must exceed low, got low={self.low}, high={self.high}")
+            raise ConfigError(f"high must exceed low, got low={self.low}, high={self.high}")
         if self.method == "masking" and self.low < 0:
-            raise ValueError("masking needs evidence clipped at low >= 0 (PatchGuard clips at 0)")
+            raise ConfigError("masking needs evidence clipped at low >= 0 (PatchGuard clips at 0)")
         if self.sticker < 1:
-            raise ValueError(f"sticker must be >= 1 px, got {self.sticker}")
+            raise ConfigError(f"sticker must be >= 1 px, got {self.sticker}")
 
     def label(self) -> str:
         rng = f"[{self.low:g}, {'∞' if self.high is None else f'{self.high:g}'}]"
@@ -315,18 +316,12 @@ class RobustnessResult:
 
     def save(self, out: str | os.PathLike) -> Path:
         """robustness.json, robustness.csv and robustness.png (accuracies against sticker size)."""
-        import csv
-        import json
-
         from .viz import line_figure, save_figure
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "robustness.json").write_text(json.dumps(self.to_dict(), indent=2))
-        with open(out / "robustness.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]) if self.rows else ["defence"])
-            writer.writeheader()
-            writer.writerows(self.rows)
+        write_json(out / "robustness.json", self.to_dict())
+        write_csv(out / "robustness.csv", self.rows, header=list(self.rows[0]) if self.rows else ["defence"])
         series: dict[str, tuple[list, list]] = {}
         for row in self.rows:
             for key in ("clean", "certified", "attacked"):

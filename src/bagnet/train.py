@@ -10,9 +10,8 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
+import re
 import os
 import random
 import signal
@@ -31,7 +30,9 @@ from torchvision import transforms
 from .data import Batch, SkipLog, collate, fashion_mnist, imagenette, ImageFolderDataset
 from .models import BagNet, BagNetConfig, save_weights
 from .models.cnn import CNN_BUILDERS, build_cnn
+from .errors import ConfigError, RunFolderError, TrainingDiverged
 from .models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from .outputs import SCHEMA_VERSION, output_lock, write_csv, write_json, write_text
 
 CHECKPOINT = "checkpoint.pt"
 #: Per-image augmentation policies of ``TrainConfig.augment`` (torchvision's, after the random crop and flip).
@@ -78,18 +79,8 @@ class TrainConfig:
     out: str = "runs/run"
 
     def __post_init__(self) -> None:
-        self.layers = tuple(int(v) for v in self.layers)
-        if self.arch != "bagnet" and self.arch not in CNN_BUILDERS:
-            raise ValueError(f"unknown arch {self.arch!r}; choose bagnet or one of {', '.join(CNN_BUILDERS)}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        for name in ("epochs", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.min_scale <= 1:
-            raise ValueError(f"min_scale must lie in (0, 1], got {self.min_scale}")
-        if self.augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        _check_types(self)
+        _check_ranges(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -99,30 +90,164 @@ class TrainConfig:
     def save(self, path: Path) -> None:
         import yaml
 
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
-        """Read a YAML (or TOML, by its suffix) config file; unknown keys are an error naming them."""
+        """Read a YAML (or TOML, by its suffix) config file. Syntax errors, unknown keys, wrong types and values out
+        of range raise :class:`ConfigError` naming the file, the line and the field."""
         path = Path(path)
-        if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(path.read_text())
-        else:
-            import yaml
-
-            data = yaml.safe_load(path.read_text()) or {}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read the config file {path}: {err}") from err
+        data, lines = _parse_config(text, path)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+            where = f", line {lines[unknown[0]]}" if unknown[0] in lines else ""
+            raise ConfigError(f"{path}{where}: unknown config keys {unknown}; known keys: {sorted(known)}", unknown[0])
+        try:
+            return cls(**data)
+        except ConfigError as err:
+            where = f", line {lines[err.field]}" if err.field in lines else ""
+            raise ConfigError(f"{path}{where}: {err}", err.field) from None
 
     def replace(self, **overrides: Any) -> "TrainConfig":
         data = self.to_dict()
         data.update({k: v for k, v in overrides.items()})
         return TrainConfig(**data)
+
+
+def _parse_config(text: str, path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A config file's mapping and the line of each top-level key; syntax errors name the file and line."""
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: TOML syntax error: {err}") from None
+        lines = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            key = line.split("=", 1)[0].strip()
+            if "=" in line and key in data and key not in lines:
+                lines[key] = number
+        return data, lines
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: YAML syntax error: {err.problem or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: YAML error: {err}") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of field: value, got a {type(data).__name__}")
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            lines.setdefault(str(key_node.value), key_node.start_mark.line + 1)
+    return data, lines
+
+
+def _flag(name: str) -> str:
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Every field has the type its annotation says (ints are accepted for floats; YAML lists for tuples)."""
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if optional else hint
+        if value is None:
+            if optional:
+                continue
+            raise ConfigError(f"{_flag(f.name)} must be set (got nothing)", f.name)
+        if typing.get_origin(base) is tuple:
+            if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) for v in value):
+                raise ConfigError(f"{_flag(f.name)} must be a list of integers, got {value!r}", f.name)
+            setattr(config, f.name, tuple(int(v) for v in value))
+        elif base is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{_flag(f.name)} must be true or false, got {value!r}", f.name)
+        elif base is int:
+            if not _is_int(value):
+                raise ConfigError(f"{_flag(f.name)} must be an integer, got {value!r}", f.name)
+        elif base is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{_flag(f.name)} must be a finite number, got {value!r}", f.name)
+            setattr(config, f.name, float(value))
+        elif base is str:
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{_flag(f.name)} must be a non-empty string, got {value!r}", f.name)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Allowed ranges of the numeric fields: (low, high, whether low itself is allowed); None: unbounded.
+_RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
+    "patch_size": (1, 512, True), "width": (1, 4096, True), "holdout_per_class": (0, None, True),
+    "limit_train": (1, None, True), "limit_val": (1, None, True), "image_size": (8, 4096, True),
+    "resize": (8, 8192, True), "min_scale": (0, 1, False), "random_erasing": (0, 1, True), "mixup": (0, 100, True),
+    "cutmix": (0, 100, True), "drop_path": (0, 0.99, True), "epochs": (1, 1_000_000, True),
+    "batch_size": (1, 1 << 20, True), "lr": (0, None, False), "weight_decay": (0, None, True),
+    "momentum": (0, 0.999, True), "warmup_epochs": (0, None, True), "label_smoothing": (0, 0.99, True),
+    "workers": (0, 256, True), "seed": (0, 2**31 - 1, True),
+}
+ARCHES = ("bagnet",) + tuple(CNN_BUILDERS)
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    for name, (low, high, low_ok) in _RANGES.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        too_low = low is not None and (value < low if low_ok else value <= low)
+        if too_low or (high is not None and value > high):
+            lo = "-inf" if low is None else f"{low:g}"
+            span = f"{'[' if low_ok else '('}{lo}, {'inf' if high is None else f'{high:g}'}{']' if high is not None else ')'}"
+            raise ConfigError(f"{_flag(name)} must lie in {span}, got {value!r}", name)
+    choices = {"arch": ARCHES, "optimizer": ("adamw", "sgd"), "augment": AUGMENTS}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}", name)
+    if any(not 1 <= b <= 64 for b in config.layers) or len(config.layers) > 8:
+        raise ConfigError(f"{_flag('layers')} must be 1 to 8 numbers in [1, 64], got {list(config.layers)}", "layers")
+    if config.arch == "bagnet":
+        try:
+            BagNetConfig.for_patch_size(config.patch_size, layers=config.layers, width=config.width, num_classes=2)
+        except ValueError as err:
+            raise ConfigError(f"{_flag('patch_size')}: {err}", "patch_size") from None
+    if config.arch == "vit":
+        if len(config.layers) != 1:
+            raise ConfigError(f"{_flag('layers')}: a ViT's layers is its depth, one number (e.g. [8]), got "
+                              f"{list(config.layers)}", "layers")
+        if config.image_size % config.patch_size:
+            raise ConfigError(f"{_flag('image_size')} must be a multiple of the ViT's token size patch_size="
+                              f"{config.patch_size}, got {config.image_size}", "image_size")
+        if config.width % max(1, config.width // 64):
+            raise ConfigError(f"{_flag('width')}: the ViT's width must be divisible by its width // 64 heads, got "
+                              f"{config.width}", "width")
+    if config.device is not None:
+        try:
+            torch.device(config.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"{_flag('device')} must be a torch device such as cpu, cuda or cuda:1, got "
+                              f"{config.device!r}", "device") from None
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -334,7 +459,7 @@ class TrainResult:
     commands: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": 1, "out": str(self.out), "config": self.config.to_dict(),
+        return {"schema_version": SCHEMA_VERSION, "out": str(self.out), "config": self.config.to_dict(),
                 "history": [asdict(h) for h in self.history], "weights": str(self.weights) if self.weights else None,
                 "skipped": self.skipped, "wall_seconds": self.wall_seconds, "completed": self.completed,
                 "commands": self.commands}
@@ -430,8 +555,19 @@ def train(
     """Train the model ``config`` describes; resume from ``out/checkpoint.pt`` when ``resume`` is set.
 
     ``stop_after_steps`` interrupts the run after that many optimiser steps as Ctrl-C would (for tests);
-    ``command`` (the command line that started it) is recorded in summary.json.
+    ``command`` (the command line that started it) is recorded in summary.json. A second process training into the
+    same folder fails at once (:class:`bagnet.outputs.OutputBusyError`); a run whose loss or weights become
+    non-finite stops with :class:`bagnet.errors.TrainingDiverged`, keeping its last checkpoint and saving no model.
     """
+    rank = _dist_info()[0]
+    if rank != 0:
+        return _train(config, resume, progress, log, stop_after_steps, command)
+    with output_lock(config.out):
+        return _train(config, resume, progress, log, stop_after_steps, command)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, log: Optional[Callable[[str], None]],
+           stop_after_steps: Optional[int], command: Optional[str]) -> TrainResult:
     rank, world, local_rank = _dist_info()
     distributed = world > 1
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -446,11 +582,16 @@ def train(
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT
+    state: Optional[dict[str, Any]] = None
+    # everything about the run folder is checked before anything in it is written
+    if resume:
+        state = read_run_checkpoint(ckpt_path, config)
+    elif rank == 0 and ckpt_path.exists():
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        if ckpt_path.exists() and not resume:
-            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
-        config.save(out / "config.yaml")
+        if not resume:
+            config.save(out / "config.yaml")
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -470,19 +611,16 @@ def train(
     start_epoch, start_step, wall_before, skipped_paths = 0, 0, 0.0, {}
     resume_stats: Optional[tuple] = None
     commands: list[str] = []
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        defaults = TrainConfig().to_dict()  # fields added since the checkpoint was written count as defaults
-        saved = {k: state["config"].get(k, defaults[k]) for k in defaults}
-        if saved != config.to_dict():
-            diff = {k: (saved[k], v) for k, v in config.to_dict().items() if saved[k] != v}
-            raise ValueError(f"--resume: the config differs from the checkpoint's (checkpoint, now): {diff}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as err:
+            raise RunFolderError(f"{ckpt_path} does not fit the model and optimiser of {out / 'config.yaml'} "
+                                 f"({type(err).__name__}: {str(err)[:300]}); restore the run's own checkpoint, or "
+                                 f"start over in another --out") from None
         start_epoch, start_step = state["epoch"], state["step_in_epoch"]
         history = [EpochMetrics(**h) for h in state["history"]]
         wall_before = state["wall_seconds"]
@@ -517,6 +655,16 @@ def train(
         torch.save(state, tmp)
         os.replace(tmp, ckpt_path)
 
+    def check_finite(loss: float, epoch: int, step: int) -> None:
+        bad = not math.isfinite(loss)
+        if _any_rank(bad, distributed, device):
+            last = (f"the last checkpoint, {ckpt_path}, written before the loss broke, is kept"
+                    if ckpt_path.exists() else "no checkpoint had been written yet")
+            raise TrainingDiverged(
+                f"training diverged: the loss became {loss} at epoch {epoch + 1}, step {step + 1}; {last}; no model "
+                f"was saved. Lower the learning rate (--lr, now {config.lr:g}) or the warm-up (--warmup-epochs), "
+                f"then start a new run (--out)")
+
     interrupted = {"flag": False}
     previous_handler = None
     if rank == 0 and _in_main_thread():
@@ -526,6 +674,7 @@ def train(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     steps_done = 0
     completed = False
+    diverged: Optional[TrainingDiverged] = None
     try:
         for epoch in range(start_epoch, config.epochs):
             skip = start_step if epoch == start_epoch else 0
@@ -549,6 +698,7 @@ def train(
                 mix_rng = np.random.default_rng([config.seed, global_step, rank])
                 loss, n_correct, n = _train_step(net, batch, loss_fn, optimizer, scaler, device, amp_dtype,
                                                  config.channels_last, config, mix_rng)
+                check_finite(loss, epoch, step)
                 seen += n
                 loss_sum += loss * n
                 correct += n_correct
@@ -566,6 +716,11 @@ def train(
             if distributed:
                 dist.all_reduce(stats)
             seconds = time.time() - epoch_start
+            broken = [n for n, p in model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+            if _any_rank(bool(broken), distributed, device):
+                raise TrainingDiverged(f"training diverged: non-finite weights ({', '.join(broken[:3])}) after epoch "
+                                       f"{epoch + 1}; the checkpoint {ckpt_path} of the last finite epoch is kept and "
+                                       f"no model was saved. Lower the learning rate (--lr, now {config.lr:g})")
             val = evaluate_accuracy(model, splits.val, config, device) if rank == 0 else (0.0, 0.0)
             held = evaluate_accuracy(model, splits.holdout, config, device)[0] if splits.holdout and rank == 0 else None
             history.append(EpochMetrics(
@@ -586,6 +741,8 @@ def train(
         completed = True
     except (_Interrupted, KeyboardInterrupt):
         say(f"interrupted: checkpoint saved to {ckpt_path}; continue with --resume")
+    except TrainingDiverged as err:
+        diverged = err
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
@@ -596,11 +753,54 @@ def train(
     result = TrainResult(out, config, history, weights, len(skips), wall_before + time.time() - started, completed,
                          commands)
     if rank == 0:
-        (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+        summary = result.to_dict()
+        if diverged is not None:
+            summary["stopped"] = str(diverged)
+        write_json(out / "summary.json", summary)
         if skips.paths:
             say(f"{len(skips)} unreadable images were skipped (listed in {out / 'summary.json'})")
-            (out / "skipped.txt").write_text("".join(f"{p}\t{r}\n" for p, r in skips.paths.items()))
+            write_text(out / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in skips.paths.items()))
+    if diverged is not None:
+        raise diverged
     return result
+
+
+#: What a training checkpoint holds (all plain data and tensors: it is read with ``weights_only=True``).
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "torch_rng", "epoch", "step_in_epoch", "history",
+                   "wall_seconds")
+
+
+def read_run_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+    """A run's checkpoint for ``--resume``, read without executing anything (``weights_only``) and checked: that it
+    is a bagnet training checkpoint and that it was written with the same settings as ``config``."""
+    if not path.is_file():
+        raise RunFolderError(f"--resume: there is no checkpoint {path}; start the run without --resume (or point "
+                             f"--out at the run's folder)")
+    fix = (f"it cannot be resumed: restore an intact copy of {path.name}, or start over in another --out (or delete "
+           f"{path.parent})")
+    if path.stat().st_size == 0:
+        raise RunFolderError(f"{path} is empty (0 bytes; an interrupted copy?); {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a broken or hostile file (pickle, zip, EOF, runtime)
+        kind = ("holds objects other than plain data and tensors, which are never unpickled"
+                if "weights_only" in str(err) or "Unsupported global" in str(err) else "cannot be read")
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise RunFolderError(f"{path} {kind} ({type(err).__name__}: {first}); {fix}") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        raise RunFolderError(f"{path} is not a bagnet training checkpoint (missing {missing}); {fix}")
+    if not isinstance(state["config"], dict):
+        raise RunFolderError(f"{path} holds no training config; {fix}")
+    defaults = TrainConfig().to_dict()  # fields added since the checkpoint was written count as defaults
+    saved = {k: state["config"].get(k, defaults[k]) for k in defaults}
+    now = config.to_dict()
+    if saved != now:
+        diff = {k: (saved[k], v) for k, v in now.items() if saved[k] != v}
+        raise ConfigError(f"--resume: the settings differ from those of the checkpoint {path} (checkpoint, now): "
+                             f"{diff}; resume with the run's own settings (its config.yaml), or start a new run in "
+                             f"another --out")
+    return state
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
@@ -655,13 +855,8 @@ def _in_main_thread() -> bool:
 
 def _write_metrics(out: Path, history: list[EpochMetrics]) -> None:
     rows = [asdict(h) for h in history]
-    (out / "metrics.json").write_text(json.dumps(rows, indent=2))
-    tmp = out / "metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / "metrics.csv")
+    write_json(out / "metrics.json", rows)
+    write_csv(out / "metrics.csv", rows)
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # TensorBoard is optional
@@ -747,7 +942,7 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("predictions")
-        return {"schema_version": 1, **d, "images": len(self.predictions)}
+        return {"schema_version": SCHEMA_VERSION, **d, "images": len(self.predictions)}
 
     def save(self, out: str | os.PathLike) -> Path:
         """Write evaluation.json, predictions.csv and confusion.png into ``out``."""
@@ -755,11 +950,8 @@ class EvaluationResult:
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "evaluation.json").write_text(json.dumps(self.to_dict(), indent=2))
-        with open(out / "predictions.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.predictions[0]))
-            writer.writeheader()
-            writer.writerows(self.predictions)
+        write_json(out / "evaluation.json", self.to_dict())
+        write_csv(out / "predictions.csv", self.predictions)
         fig = confusion_matrix_figure(np.array(self.confusion), self.categories,
                                       f"{self.model} on {self.dataset}: top-1 {100 * self.top1:.1f}%")
         save_figure(fig, out / "confusion.png")
@@ -774,11 +966,46 @@ def sample_path(dataset: torch.utils.data.Dataset, index: int) -> str:
     return samples[index][0] if samples is not None else f"#{index}"
 
 
+def model_outputs(model: nn.Module) -> Optional[int]:
+    """The number of classes a classifier predicts, read from its last linear layer (None when it has none)."""
+    if isinstance(model, BagNet):
+        return model.num_classes
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return int(linears[-1].out_features) if linears else None
+
+
+def check_categories(model: nn.Module, categories: Sequence[str], model_name: str = "the model",
+                     dataset_name: str = "the dataset") -> None:
+    """Refuse, before any image is predicted, a model whose classes are not the dataset's: a different count, or
+    the same count under different names (which would score near 0 % without a word)."""
+    outputs = model_outputs(model)
+    if outputs is not None and outputs != len(categories):
+        raise ValueError(f"{model_name} predicts {outputs} classes but {dataset_name} has {len(categories)}: they "
+                         f"cannot be scored against each other")
+    own = getattr(model, "categories", None)
+    if own is not None and all(re.fullmatch(r"n\d{8}", str(c)) for c in categories) and len(categories) == len(own):
+        return  # class folders named by WordNet id: a naming scheme, not other classes (issue: map ids to names)
+    if own is not None and list(map(str, own)) != list(map(str, categories)):
+        if sorted(map(str, own)) == sorted(map(str, categories)):
+            raise ValueError(f"{model_name} and {dataset_name} have the same classes in a different order (model: "
+                             f"{_abbrev_list(own)}; data: {_abbrev_list(categories)}); class indices would not match")
+        differ = [f"{a!r} vs {b!r}" for a, b in zip(own, categories) if str(a) != str(b)]
+        raise ValueError(f"{model_name}'s classes are not {dataset_name}'s ({len(differ)} of {len(categories)} "
+                         f"differ, e.g. {', '.join(differ[:3])} (model vs data)); evaluate it on the data it was "
+                         f"trained for")
+
+
+def _abbrev_list(items: Sequence[Any], n: int = 4) -> str:
+    items = [str(i) for i in items]
+    return ", ".join(items[:n]) + (f", … ({len(items)})" if len(items) > n else "")
+
+
 def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, categories: Sequence[str],
              model_name: str = "model", dataset_name: str = "dataset", batch_size: int = 64, device: Any = None,
              workers: int = 2, progress: bool = True) -> EvaluationResult:
     """Top-1/top-5, per-class accuracy, confusion matrix and per-image predictions; unreadable images are skipped
     and listed in the result."""
+    check_categories(model, categories, model_name, dataset_name)
     skips = SkipLog()
     logits, labels, indices = predict(model, dataset, batch_size, device, workers, progress, skips)
     if logits.shape[1] != len(categories):

@@ -47,9 +47,15 @@ def confusion_matrix_figure(matrix: np.ndarray, categories: Sequence[str], title
 
 def save_figure(fig, path) -> None:
     """Write a figure to ``path`` (PNG at 120 dpi) and free it."""
+    import io
+
+    from .outputs import write_bytes
+
     plt = _plt()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    write_bytes(path, buf.getvalue())  # atomic: a reader never sees half a PNG
 
 
 def line_figure(series: dict, xlabel: str, ylabel: str, title: Optional[str] = None, log_x: bool = False):

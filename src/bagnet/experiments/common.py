@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-SCHEMA_VERSION = 1
+from ..outputs import SCHEMA_VERSION, out_dir, write_result_json as write_json, write_rows_csv as write_csv  # noqa: F401
 
 
 def model_device(model: nn.Module, device: Any = None) -> torch.device:
@@ -44,24 +43,6 @@ def logits_of(model: nn.Module, images: Tensor, num_classes: int, name: str = "m
     return out.double()  # differences of logits are taken later: keep every bit the model produced
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=2))
-
-
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    if not rows:
-        path.write_text("")
-        return
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def out_dir(path: str | os.PathLike) -> Path:
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def read_result(cls: type, path: str | os.PathLike) -> Any:

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, fill_image
 from ..models.bagnet import BagNet
@@ -52,9 +53,9 @@ class InteractionConfig:
 
     def __post_init__(self) -> None:
         if self.fill not in FILLS:
-            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
+            raise ConfigError(f"fill must be one of {FILLS}, got {self.fill!r}")
         if self.region < 1 or any(g < 0 for g in self.gaps) or not self.gaps:
-            raise ValueError(f"region must be >= 1 and gaps non-negative, got region={self.region}, gaps={self.gaps}")
+            raise ConfigError(f"region must be >= 1 and gaps non-negative, got region={self.region}, gaps={self.gaps}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
@@ -39,9 +40,9 @@ class MaskingConfig:
 
     def __post_init__(self) -> None:
         if self.fill not in FILLS:
-            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
+            raise ConfigError(f"fill must be one of {FILLS}, got {self.fill!r}")
         if self.block < 1 or any(k < 0 for k in self.ks):
-            raise ValueError(f"block must be >= 1 and ks non-negative, got block={self.block}, ks={self.ks}")
+            raise ConfigError(f"block must be >= 1 and ks non-negative, got block={self.block}, ks={self.ks}")
 
 
 def bagnet_scores(model: BagNet, stride: int = 2) -> PixelScores:

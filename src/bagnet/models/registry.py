@@ -7,6 +7,7 @@ from the file).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,11 @@ from typing import Any, Callable, Optional
 
 from .bagnet import BagNet, BagNetConfig
 from .preprocess import imagenet_categories, make_preprocess
+import torch
+
 from .weights import (
     WeightsError,
+    check_fits,
     infer_config,
     load_into,
     load_official_state_dict,
@@ -50,7 +54,7 @@ def _paper_bagnet(patch_size: int, weights: Weights, num_classes: int, progress:
     path = Path(weights)
     checkpoint = read_checkpoint(path)
     load_into(model, checkpoint.state_dict, str(path))
-    _apply_metadata(model, checkpoint.metadata)
+    _apply_metadata(model, validate_metadata(checkpoint.metadata, str(path)))
     return model
 
 
@@ -167,24 +171,110 @@ def load_file(path: str | os.PathLike) -> Any:
             raise WeightsError(f"{path} is a folder without a model.safetensors (a finished training run has one)")
         path = path / "model.safetensors"
     checkpoint = read_checkpoint(path)
-    arch = checkpoint.metadata.get("arch", "bagnet")
+    source = os.fspath(path)
+    metadata = validate_metadata(checkpoint.metadata, source)
+    arch = metadata.get("arch", "bagnet")
     if arch == "bagnet":
-        config = checkpoint.config or infer_config(checkpoint.state_dict)
-        model = BagNet(config)
+        inferred = infer_config(checkpoint.state_dict)
+        config = checkpoint.config or inferred
+        differ = {k: (getattr(config, k), getattr(inferred, k)) for k in ("layers", "kernel3", "width", "num_classes")
+                  if getattr(config, k) != getattr(inferred, k)}
+        if differ:
+            raise WeightsError(f"{source}: the BagNet config in its metadata does not match its tensors "
+                               f"(metadata, tensors): {differ}")
+
+        def build() -> Any:
+            return BagNet(config)
+
         num_classes = config.num_classes
     else:
         from .cnn import build_cnn
 
         num_classes = int(checkpoint.state_dict[_classifier_key(checkpoint.state_dict)].shape[0])
-        model = build_cnn(arch, num_classes=num_classes, **checkpoint.metadata.get("arch_kwargs", {}))
+        kwargs = metadata.get("arch_kwargs", {})
+
+        def build() -> Any:
+            return build_cnn(arch, num_classes=num_classes, **kwargs)
+
+    # build on the meta device first (nothing allocated) so that a file whose metadata asks for a huge model fails
+    # on the shapes of the tensors it actually holds
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{source}: its metadata describes no buildable {arch} ({err})") from err
+    check_fits(skeleton, checkpoint.state_dict, source)
+    del skeleton
+    model = build()
+    if arch != "bagnet":
         model.name = arch
         model.categories = None
-    load_into(model, checkpoint.state_dict, os.fspath(path))
+    load_into(model, checkpoint.state_dict, source)
     model.preprocess = make_preprocess()
     if num_classes == 1000:
         model.categories = imagenet_categories()
-    _apply_metadata(model, checkpoint.metadata)
+    _apply_metadata(model, metadata)
     return model
+
+
+#: Metadata entries a weights file may carry that change how it is loaded, and the keys each allows.
+PREPROCESS_KEYS = ("resize", "crop", "mean", "std")
+
+
+def validate_metadata(metadata: dict[str, Any], source: str) -> dict[str, Any]:
+    """The metadata entries that act on loading (``arch``, ``arch_kwargs``, ``categories``, ``preprocess``,
+    ``name``), checked for type, known keys and bounds before anything is built; other entries are kept as they are.
+    """
+    from .cnn import CNN_BUILDERS
+    from .vit import VIT_KWARGS
+
+    meta = dict(metadata)
+    arch = meta.get("arch", "bagnet")
+    if not isinstance(arch, str):
+        raise WeightsError(f"{source}: metadata arch must be a string, got {arch!r}")
+    if arch.startswith("bagnet"):
+        arch = "bagnet"
+    if arch != "bagnet" and arch not in CNN_BUILDERS:
+        raise WeightsError(f"{source}: metadata names an unknown architecture {arch!r}; known: bagnet, "
+                           f"{', '.join(CNN_BUILDERS)}")
+    meta["arch"] = arch
+    kwargs = meta.get("arch_kwargs", {}) or {}
+    if not isinstance(kwargs, dict):
+        raise WeightsError(f"{source}: metadata arch_kwargs must be a mapping, got {type(kwargs).__name__}")
+    allowed = VIT_KWARGS if arch == "vit" else ({"width": (1, 4096)} if arch != "bagnet" else {})
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise WeightsError(f"{source}: metadata arch_kwargs has keys {unknown} that {arch} does not take; "
+                           f"allowed: {sorted(allowed) or 'none'}")
+    for key, value in kwargs.items():
+        low, high = allowed[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise WeightsError(f"{source}: metadata arch_kwargs {key}={value!r} must be an integer in [{low}, {high}]")
+    meta["arch_kwargs"] = kwargs
+    categories = meta.get("categories")
+    if categories is not None and (not isinstance(categories, list)
+                                   or not all(isinstance(c, (str, int)) for c in categories)):
+        raise WeightsError(f"{source}: metadata categories must be a list of class names")
+    prep = meta.get("preprocess")
+    if prep is not None:
+        if not isinstance(prep, dict) or set(prep) - set(PREPROCESS_KEYS):
+            raise WeightsError(f"{source}: metadata preprocess must be a mapping with keys among {PREPROCESS_KEYS}, "
+                               f"got {prep!r}")
+        for key in ("resize", "crop"):
+            value = prep.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 8192):
+                raise WeightsError(f"{source}: metadata preprocess {key}={value!r} must be None or pixels in [1, 8192]")
+        for key in ("mean", "std"):
+            value = prep.get(key)
+            if value is not None and (not isinstance(value, list) or len(value) != 3
+                                      or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                                                 math.isfinite(v) for v in value)
+                                      or (key == "std" and min(value) <= 0)):
+                raise WeightsError(f"{source}: metadata preprocess {key}={value!r} must be 3 finite numbers"
+                                   + (" > 0" if key == "std" else ""))
+    if "name" in meta and not isinstance(meta["name"], str):
+        raise WeightsError(f"{source}: metadata name must be a string, got {meta['name']!r}")
+    return meta
 
 
 def _classifier_key(state_dict: dict) -> str:

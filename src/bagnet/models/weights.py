@@ -136,7 +136,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise WeightsError(f"could not read weights file {path}: {err}") from err
         metadata = {k: _maybe_json(v) for k, v in raw_meta.items()}
         config = metadata.pop("config", None)
-        return Checkpoint(state, BagNetConfig.from_dict(config) if config else None, metadata)
+        return Checkpoint(state, _bagnet_config(config, path) if config else None, metadata)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a broken file (pickle, zip, EOF, runtime)
@@ -149,7 +149,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if key in obj and isinstance(obj[key], Mapping):
             metadata = {k: v for k, v in obj.items() if k != key and not isinstance(v, (Mapping, Tensor))}
             if isinstance(obj.get("config"), Mapping):
-                config = BagNetConfig.from_dict(dict(obj["config"]))
+                config = _bagnet_config(dict(obj["config"]), path)
             if isinstance(obj.get("metadata"), Mapping):
                 metadata.update(obj["metadata"])
             obj = obj[key]
@@ -159,6 +159,33 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if bad:
         raise WeightsError(f"{path}: entries {bad[:5]} are not tensors; expected a state dict")
     return Checkpoint(state, config, metadata)
+
+
+#: Bounds on the numbers a BagNet config in a file's metadata may hold (checked before anything is built).
+_CONFIG_BOUNDS: dict[str, tuple[int, int]] = {"width": (1, 4096), "num_classes": (1, 100_000), "in_channels": (1, 64)}
+
+
+def _bagnet_config(data: Any, path: Path) -> BagNetConfig:
+    """The BagNet config stored in a file's metadata, validated (known keys, integer values, bounds)."""
+    if not isinstance(data, Mapping):
+        raise WeightsError(f"{path}: its metadata 'config' must be a mapping, got {type(data).__name__}")
+    known = set(BagNetConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise WeightsError(f"{path}: its metadata 'config' has unknown keys {unknown}; known: {sorted(known)}")
+    for key, value in data.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if key in ("layers", "kernel3", "strides") and (not isinstance(value, (list, tuple)) or len(value) > 16):
+            raise WeightsError(f"{path}: metadata config {key} must be a list of at most 16 integers, got {value!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise WeightsError(f"{path}: metadata config {key} must hold integers, got {value!r}")
+        low, high = _CONFIG_BOUNDS.get(key, (0, 64))
+        if not all(low <= v <= high for v in values):
+            raise WeightsError(f"{path}: metadata config {key}={value!r} is out of range [{low}, {high}]")
+    try:
+        return BagNetConfig.from_dict(dict(data))
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{path}: its metadata 'config' is invalid: {err}") from err
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -239,6 +266,18 @@ def infer_config(state_dict: Mapping[str, Tensor], strides: tuple[int, ...] | No
 
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the checkpoint") -> None:
     """``model.load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys."""
+    state_dict = check_fits(model, state_dict, source)
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(f"{source} holds non-finite values (NaN or inf) in {_abbrev(bad)}: the weights are "
+                           f"broken (a diverged training run?)")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def check_fits(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "the checkpoint"
+               ) -> dict[str, Tensor]:
+    """The state dict completed with BatchNorm step counters, or a :class:`WeightsError` listing missing, unexpected
+    and mis-shaped keys. Works on a model built on the ``meta`` device (nothing allocated)."""
     expected = model.state_dict()
     state_dict = dict(state_dict)
     for key, value in expected.items():
@@ -269,7 +308,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = 
                 f"pass num_classes={fc[0][1][0]}"
             )
         raise WeightsError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
+    return state_dict
 
 
 def _abbrev(keys: list[str], n: int = 8) -> str:

@@ -1,0 +1,24 @@
+"""Errors the package raises on purpose, each with a message that names the problem (stdlib only)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A setting is invalid: wrong type, out of range, unknown, or missing (the command line's exit code 2).
+
+    The message names the setting (and the file and line when it came from a file) and the allowed values;
+    ``field`` is the setting's name when there is one.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RunFolderError(ValueError):
+    """A training run's folder cannot be used as asked (a damaged or foreign checkpoint, a changed setting on
+    ``--resume``); the message names the file and says what to do. Nothing in the folder was changed."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss or non-finite weights; the run's last finite checkpoint is kept."""

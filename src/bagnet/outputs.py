@@ -1,0 +1,147 @@
+"""Result files: atomic writers, strict JSON and one lock per output folder (the lowest floor; stdlib only).
+
+- Every file is written to a temporary file in the same folder and renamed over the target, so a reader (or a kill
+  during the write) never sees half a file.
+- JSON is strict: NaN and ±inf become ``null`` (``json.loads`` of other languages rejects bare ``NaN``).
+- :func:`output_lock` makes a second process that writes the same folder fail at once with a clear message, instead of
+  interleaving its files with the first one's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+#: Version of every JSON result the package writes.
+SCHEMA_VERSION = 1
+LOCK_NAME = ".bagnet.lock"
+
+
+class OutputBusyError(RuntimeError):
+    """Another process is writing results into the same folder."""
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (tuples become lists), ready for strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
+        return json_safe(obj.item())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def dumps_json(obj: Any, indent: Optional[int] = 2) -> str:
+    """Strict JSON text of ``obj`` (non-finite floats as null)."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _ignore_os_errors():
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as strict, indented JSON to ``path`` atomically."""
+    return write_text(path, dumps_json(obj) + "\n")
+
+
+def write_result_json(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+    """A result's JSON file: ``data`` after the package's ``schema_version``, strict and atomic."""
+    return write_json(path, {"schema_version": SCHEMA_VERSION, **data})
+
+
+def write_rows_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """A result's rows as CSV (atomic; an empty file when there are none)."""
+    return write_csv(path, rows) if rows else write_text(path, "")
+
+
+def out_dir(path: str | os.PathLike) -> Path:
+    """The output folder ``path``, created when missing."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]] | Iterable[Sequence[Any]],
+              header: Optional[Sequence[str]] = None) -> Path:
+    """Write rows (dicts, or sequences after ``header``) as CSV to ``path`` atomically; NaN/inf cells are empty."""
+    buffer = io.StringIO()
+    rows = list(rows)
+    if rows and isinstance(rows[0], Mapping):
+        fieldnames = list(header) if header is not None else list(rows[0])
+        writer: Any = csv.DictWriter(buffer, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows({k: _csv_cell(v) for k, v in r.items()} for r in rows)  # type: ignore[union-attr]
+    else:
+        writer = csv.writer(buffer)
+        if header is not None:
+            writer.writerow(header)
+        writer.writerows([_csv_cell(v) for v in r] for r in rows)
+    return write_text(path, buffer.getvalue())
+
+
+def _csv_cell(value: Any) -> Any:
+    return "" if isinstance(value, float) and not math.isfinite(value) else value
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold the folder's lock file while writing results into it; a second process fails at once.
+
+    Re-entrant within one process (a command that locks its ``--out`` can call ``save()``, which locks it too).
+    """
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_NAME), timeout=0, is_singleton=True, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputBusyError(
+            f"another bagnet process is writing results into {folder} (it holds {folder / LOCK_NAME}); wait for it "
+            f"to finish or choose another output folder"
+        ) from None
+    try:
+        yield folder
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _ignore_os_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError:
+        pass
