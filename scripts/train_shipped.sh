@@ -9,7 +9,9 @@ for name in "${@:-vgg11 bagnet17 bagnet9}"; do
     for n in $name; do
         config="configs/imagenette/$n.yaml"
         out=$("$PY" -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['out'])" "$config")
-        if [ -f "$out/summary.json" ]; then echo "[train_shipped] $n: finished ($out/summary.json)"; continue; fi
+        if [ -f "$out/summary.json" ] && "$PY" -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))['completed'] else 1)" "$out/summary.json"; then
+            echo "[train_shipped] $n: finished ($out/summary.json)"; continue
+        fi
         if [ -f "src/bagnet/weights/$n.imagenette.safetensors" ]; then echo "[train_shipped] $n: shipped already"; continue; fi
         # a run carried over from an earlier session (runs/ is not in git): continue from its committed checkpoint
         carried="checkpoints/$(basename "$out")"

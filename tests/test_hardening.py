@@ -338,3 +338,82 @@ def test_transform_errors_propagate_and_gifs_are_explained(tmp_path):
         ImageFolderDataset(tmp_path / "d", broken)[0]
     result = bagnet.explain(tmp_path / "d", config=bagnet.explanation.ExplainConfig(stride=8), progress=False)
     assert len(result.images) == 1 and result.images[0].image[0, 0].tolist() == [255, 0, 0]
+
+
+# ------------------------------------------------------------------------------------------ property-based
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_REAL = None
+
+
+def _real_jpeg() -> bytes:
+    global _REAL
+    if _REAL is None:
+        import io
+
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 120, 3), dtype=np.uint8)).save(buf, "JPEG")
+        _REAL = buf.getvalue()
+    return _REAL
+
+
+def _png_header(width: int, height: int, payload: bytes) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(payload)) + chunk(b"IEND", b"")
+
+
+hostile_files = st.one_of(
+    st.binary(max_size=2048),
+    st.integers(0, 4000).map(lambda n: _real_jpeg()[:n]),
+    st.tuples(st.integers(1, 10**6), st.integers(1, 10**6), st.binary(max_size=256)).map(lambda a: _png_header(*a)),
+    st.tuples(st.integers(1, 10**6), st.integers(1, 10**6)).map(
+        lambda a: b"GIF89a" + struct.pack("<HH", a[0] % 65536, a[1] % 65536) + b"\x00\x00\x00;"),
+)
+
+#: The loader's stated bound: it decodes at most MAX_IMAGE_PIXELS pixels (≈360 MB as RGB); the check allows 2×.
+MEMORY_BOUND_BYTES = 2 * 3 * 120_000_000
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=hostile_files)
+def test_image_loader_never_crashes_on_hostile_bytes(tmp_path, data):
+    import resource
+
+    from bagnet.data import ImageReadError, image_size, load_image
+
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for read in (image_size, load_image):
+        try:
+            result = read(path)
+        except ImageReadError as err:
+            assert "x.png" in str(err)
+        else:
+            size = result if isinstance(result, tuple) else result.size
+            assert size[0] * size[1] <= 120_000_000
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    assert grown <= MEMORY_BOUND_BYTES
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.lists(hostile_files, min_size=3, max_size=6))
+def test_explain_cli_survives_a_folder_of_hostile_files(tmp_path_factory, files):
+    import resource
+
+    folder = tmp_path_factory.mktemp("hostile")
+    for i, data in enumerate(files):
+        (folder / f"{i}.png").write_bytes(data)
+    photo(folder / "zz_fine.png", (64, 48))
+    out = folder / "out"
+    done = run("explain", str(folder), "--out", str(out), "--stride", "8", "--top", "1", "--no-progress")
+    assert done.returncode in (0, 1), done.stderr
+    result = strict_json(out / "explanations.json")
+    assert len(result["images"]) + len(result["failures"]) == len(files) + 1
+    assert any(Path(e["source"]).name == "zz_fine.png" for e in result["images"])
+    for name in result["failures"]:
+        assert Path(name).name in done.stderr
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 < 3 * 2**30  # peak of any explain run
