@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .heatmaps import heatmap
+from .heatmaps import class_indices, heatmap
 from .masks import block_mask, block_order, check_fill, fill_images
 from .models.bagnet import BagNet, Bottleneck
 from .models.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -684,7 +684,7 @@ def _targets(target: Any, logits: Tensor) -> Tensor:
     if target is None:
         t = logits.argmax(1)
     else:
-        t = torch.as_tensor(target, dtype=torch.long).reshape(-1).to(logits.device)
+        t = class_indices(target, "targets").reshape(-1).to(logits.device)
         if t.numel() == 1:
             t = t.expand(n)
         if t.numel() != n:

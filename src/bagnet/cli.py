@@ -376,9 +376,48 @@ def _add_run_flags(parser: argparse.ArgumentParser, out: str, seed: bool = True)
     """The flags every command that writes results shares: --out, --seed, --device, --no-progress."""
     parser.add_argument("--out", type=Path, default=Path(out), help="folder for the result files")
     if seed:
-        parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
+        parser.add_argument("--seed", type=_non_negative_int, default=0)
+    parser.add_argument("--device", default=None, type=_device_arg)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (anything else is a usage error, exit 2)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _device_arg(text: str) -> str:
+    """argparse type: a torch device that exists on this machine (cpu, cuda, cuda:1, mps)."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU that PyTorch can use")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("selfcheck", help="build each BagNet and print its size and geometry on a sample photo")
     p.add_argument("--image", default="chelsea", help="scikit-image sample photo (default: chelsea)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the random weights")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed for the random weights")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_selfcheck)
 
@@ -403,11 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a registered name, a weights file or a training run folder")
     p.add_argument("--data", default="imagenette", help="imagenette | fashion-mnist | an ImageFolder folder")
     p.add_argument("--out", type=Path, default=Path("out/evaluate"), help="folder for the result files")
-    p.add_argument("--limit", type=int, help="evaluate a random sample of this many images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default=None)
+    p.add_argument("--limit", type=_positive_int, help="evaluate a random sample of this many images")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--workers", type=_non_negative_int, default=2)
+    p.add_argument("--device", default=None, type=_device_arg)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -417,13 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=[], help="registered names, weights files or run folders")
     p.add_argument("--data", default="imagenette", help="imagenette | fashion-mnist | an ImageFolder folder")
     p.add_argument("--out", type=Path, default=Path("out/experiment"))
-    p.add_argument("--limit", type=int, default=None, help="use a seeded random sample of this many images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--limit", type=_positive_int, default=None, help="use a seeded random sample of this many images")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--device", default=None, type=_device_arg)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--grids", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="scrambling: n of the n×n grids")
-    p.add_argument("--region", type=int, default=16, help="interactions: region side (px)")
-    p.add_argument("--gaps", nargs="+", type=int, default=[0, 8, 16, 32, 48, 64], help="interactions: gaps (px)")
+    p.add_argument("--grids", nargs="+", type=_positive_int, default=[1, 2, 4, 8, 16], help="scrambling: n of the n×n grids")
+    p.add_argument("--region", type=_positive_int, default=16, help="interactions: region side (px)")
+    p.add_argument("--gaps", nargs="+", type=_non_negative_int, default=[0, 8, 16, 32, 48, 64], help="interactions: gaps (px)")
     p.add_argument("--fill", choices=["mean", "zero", "blur"], default="mean", help="interactions, masking")
     p.add_argument("--forward-effects", action="store_true",
                    help="interactions: a BagNet's single-region effects from forward passes too (default: from one "
@@ -431,17 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rankers", nargs="*", default=[], help="masking: BagNets whose evidence ranks the blocks")
     p.add_argument("--own-attribution", nargs="*", default=[], metavar="METHOD",
                    help="masking: also rank each model's blocks by its own attribution map (e.g. integrated_gradients)")
-    p.add_argument("--block", type=int, default=8, help="masking: block side (px)")
-    p.add_argument("--ks", nargs="+", type=int, default=[0, 1, 2, 4, 8, 16, 32], help="masking: blocks masked")
+    p.add_argument("--block", type=_positive_int, default=8, help="masking: block side (px)")
+    p.add_argument("--ks", nargs="+", type=_non_negative_int, default=[0, 1, 2, 4, 8, 16, 32], help="masking: blocks masked")
     p.add_argument("--results", nargs="+", type=Path, default=[], help="summary: folders of saved results")
     p.add_argument("--reference", help="summary: the reference BagNet's name in those results")
-    p.add_argument("--patch-size", type=int, help="summary: the reference BagNet's patch size q")
-    p.add_argument("--num-classes", type=int, help="summary: number of classes (for chance level)")
+    p.add_argument("--patch-size", type=_positive_int, help="summary: the reference BagNet's patch size q")
+    p.add_argument("--num-classes", type=_positive_int, help="summary: number of classes (for chance level)")
     p.add_argument("--config", type=Path, help="diagnostic: base training config (YAML/TOML)")
-    p.add_argument("--patch-sizes", nargs="+", type=int, default=[9, 17, 33], help="diagnostic: BagNet patch sizes")
+    p.add_argument("--patch-sizes", nargs="+", type=_positive_int, default=[9, 17, 33], help="diagnostic: BagNet patch sizes")
     p.add_argument("--cnn", default="resnet18", help="diagnostic: the standard CNN to compare with")
     p.add_argument("--runs-dir", type=Path, default=Path("runs/diagnostic"), help="diagnostic: training runs")
-    p.add_argument("--scramble-grid", type=int, default=4,
+    p.add_argument("--scramble-grid", type=_non_negative_int, default=4,
                    help="diagnostic: also score every model on val images scrambled into N×N tiles (0: skip)")
     p.set_defaults(func=_cmd_experiment)
 
@@ -456,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="short side the model sees (default: its own; 0: native)")
     p.add_argument("--max-side", type=int, default=1024, help="long side limit in px (larger images are scaled down)")
     p.add_argument("--upscale-small", action="store_true", help="enlarge images smaller than the patch size")
-    p.add_argument("--patches", type=int, default=5, help="most and least supportive patches per class")
+    p.add_argument("--patches", type=_non_negative_int, default=5, help="most and least supportive patches per class")
     p.add_argument("--background", choices=["faded", "edges"], default="faded", help="how overlays show the image")
     _add_run_flags(p, "out/explain", seed=False)
     p.set_defaults(func=_cmd_explain)
@@ -464,10 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("patches", help="for each class, the dataset's patches with the highest and lowest evidence")
     p.add_argument("data", help="imagenette | fashion-mnist | an ImageFolder folder")
     p.add_argument("--model", default="default", help="a BagNet: registered name, weights file or run folder")
-    p.add_argument("--per-class", type=int, default=8)
-    p.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--per-class", type=_positive_int, default=8)
+    p.add_argument("--limit", type=_positive_int, default=None, help="a seeded random sample of this many images")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--workers", type=_non_negative_int, default=0)
     _add_run_flags(p, "out/patches")
     p.set_defaults(func=_cmd_patches)
 
@@ -476,17 +515,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "sizes; attack the undefended and defended BagNet with a sticker PGD attack.")
     p.add_argument("--model", default="default", help="a BagNet: registered name, weights file or run folder")
     p.add_argument("--data", default="imagenette", help="imagenette | fashion-mnist | an ImageFolder folder")
-    p.add_argument("--stickers", nargs="+", type=int, default=[16, 24, 32], help="sticker sides in px")
+    p.add_argument("--stickers", nargs="+", type=_positive_int, default=[16, 24, 32], help="sticker sides in px")
     p.add_argument("--defences", nargs="+", choices=["masking", "clipping"], default=["masking"])
     p.add_argument("--clip-low", type=float, default=0.0, help="clipping: lower bound of a cell's evidence")
     p.add_argument("--clip-high", type=float, default=None, help="upper bound of a cell's evidence")
-    p.add_argument("--attack-steps", type=int, default=10, help="sticker attack steps per position (0: no attack)")
+    p.add_argument("--attack-steps", type=_non_negative_int, default=10, help="sticker attack steps per position (0: no attack)")
     p.add_argument("--attack-step-size", type=float, default=0.1)
-    p.add_argument("--attack-stride", type=int, default=None, help="attack grid step in px (default: sticker/2)")
-    p.add_argument("--attack-limit", type=int, default=None, help="attack only the first N of the certified images")
-    p.add_argument("--attack-top", type=int, default=None,
+    p.add_argument("--attack-stride", type=_positive_int, default=None, help="attack grid step in px (default: sticker/2)")
+    p.add_argument("--attack-limit", type=_positive_int, default=None, help="attack only the first N of the certified images")
+    p.add_argument("--attack-top", type=_positive_int, default=None,
                    help="attack only the N grid positions whose cells hold the most evidence for the label")
-    p.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many images")
+    p.add_argument("--limit", type=_positive_int, default=None, help="a seeded random sample of this many images")
     _add_run_flags(p, "out/certify")
     p.set_defaults(func=_cmd_certify)
 
@@ -495,16 +534,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "targets; maps, a comparison figure per model and a table of deletion/insertion AUCs.")
     p.add_argument("--models", nargs="+", required=True, help="registered names, weights files or run folders")
     p.add_argument("--data", default="imagenette", help="imagenette | fashion-mnist | an ImageFolder folder")
-    p.add_argument("--limit", type=int, default=8, help="a seeded random sample of this many images")
+    p.add_argument("--limit", type=_positive_int, default=8, help="a seeded random sample of this many images")
     p.add_argument("--methods", nargs="+", default=["evidence", "saliency", "integrated_gradients", "deeplift",
                                                      "lrp_epsilon", "gradcam"])
     p.add_argument("--target", choices=["true", "predicted"], default="true", help="class to explain")
     p.add_argument("--baseline", choices=["zero", "mean", "blur"], default="zero", help="IG/DeepLIFT baseline")
-    p.add_argument("--ig-steps", type=int, default=32)
-    p.add_argument("--evidence-stride", type=int, default=1, help="BagNet evidence at every s-th pixel")
-    p.add_argument("--patch", type=int, default=8, help="deletion/insertion: patch side (px)")
+    p.add_argument("--ig-steps", type=_positive_int, default=32)
+    p.add_argument("--evidence-stride", type=_positive_int, default=1, help="BagNet evidence at every s-th pixel")
+    p.add_argument("--patch", type=_positive_int, default=8, help="deletion/insertion: patch side (px)")
     p.add_argument("--fill", choices=["mean", "zero", "blur"], default="blur", help="deletion/insertion fill")
-    p.add_argument("--steps", type=int, default=16, help="deletion/insertion: points on each curve")
+    p.add_argument("--steps", type=_positive_int, default=16, help="deletion/insertion: points on each curve")
     _add_run_flags(p, "out/attribution")
     p.set_defaults(func=_cmd_attribution)
 

@@ -30,6 +30,9 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".
 #: Largest image (width × height from the file's header) that is decoded: about 360 MB as 8-bit RGB. Larger ones
 #: are refused before any pixel is decoded (a few-KB PNG can declare 10⁶ × 10⁶ pixels).
 MAX_IMAGE_PIXELS = 120_000_000
+#: Longest-to-shortest side ratio dataset images may have: a resize of the short side to a model's input size
+#: would blow a 2,000,000×33 px strip up to gigapixels, so such files are skipped (named) before decoding.
+MAX_DATASET_ASPECT = 20.0
 #: Where Debian's dataset-fashion-mnist package puts its files.
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
@@ -76,17 +79,23 @@ def _check_pixels(path: Path, w: int, h: int, max_pixels: int) -> None:
 
 
 def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255),
-               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+               max_pixels: int = MAX_IMAGE_PIXELS, max_aspect: Optional[float] = None) -> Image.Image:
     """Decode any image file PIL reads into an upright 8-bit RGB image (the first frame of an animation).
 
     EXIF orientation is applied; transparency (RGBA, LA, palette) is composited on ``background``; 16- and 32-bit
     grayscale is scaled to 8 bits; CMYK, palette and grayscale images are converted to RGB. Images whose header
-    declares more than ``max_pixels`` pixels are refused (:class:`ImageTooLarge`) before decoding.
+    declares more than ``max_pixels`` pixels, or (when given) a long side more than ``max_aspect`` times the short
+    one, are refused (:class:`ImageTooLarge`) before decoding.
     """
     path = Path(path)
     try:
         with Image.open(path) as image:
             _check_pixels(path, *image.size, max_pixels)
+            w, h = image.size
+            if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
+                raise ImageTooLarge(f"image {path} is {w}×{h} px, an aspect ratio of {max(w, h) / min(w, h):.0f}:1; "
+                                    f"datasets accept at most {max_aspect:.0f}:1 (resizing its short side to a "
+                                    f"model's input would make it enormous)")
             image.load()
             return to_rgb(ImageOps.exif_transpose(image), background)
     except (FileNotFoundError, ImageReadError):
@@ -162,7 +171,7 @@ class ImageFolderDataset(datasets.ImageFolder):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"dataset folder {root} does not exist")
-        super().__init__(str(root), transform=transform, loader=load_image, is_valid_file=_is_image_file)
+        super().__init__(str(root), transform=transform, loader=_dataset_loader, is_valid_file=_is_image_file)
         if samples is not None:
             keep = {str(root / s) for s in samples}
             self.samples = [s for s in self.samples if s[0] in keep]
@@ -183,6 +192,11 @@ class ImageFolderDataset(datasets.ImageFolder):
         if self.transform is not None:  # transform errors are programming errors: they propagate
             image = self.transform(image)
         return image, label, index
+
+
+def _dataset_loader(path: str) -> Image.Image:
+    """How datasets read a file: :func:`load_image` with the dataset aspect-ratio bound (picklable for workers)."""
+    return load_image(path, max_aspect=MAX_DATASET_ASPECT)
 
 
 def _is_image_file(path: str) -> bool:

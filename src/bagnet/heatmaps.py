@@ -358,6 +358,21 @@ def _resolve_target(model: BagNet, images: Tensor, target: Target, device: torch
     return classes.to(device)
 
 
+def class_indices(target: object, name: str = "target") -> Tensor:
+    """``target`` (an int, a list of ints or an integer tensor) as a long tensor; bools and floats are refused
+    rather than silently truncated to a class."""
+    if not isinstance(target, (Tensor, list, tuple, numbers.Number)) and hasattr(target, "__array__"):
+        target = torch.as_tensor(target)  # numpy arrays and scalars
+    if isinstance(target, Tensor):
+        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+            raise ValueError(f"{name} must hold integer class indices, got a tensor of dtype {target.dtype}")
+        return target.long()
+    values = list(target) if isinstance(target, (list, tuple)) else [target]
+    if not values or not all(_is_class_index(v) for v in values):
+        raise ValueError(f"{name} must be an int, a non-empty list of ints or an integer tensor, got {target!r}")
+    return torch.tensor([int(v) for v in values], dtype=torch.long)
+
+
 def _is_class_index(value: object) -> bool:
     """An integer that is not a bool (True/False as a class would be silently 1/0)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"

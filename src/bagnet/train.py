@@ -244,10 +244,13 @@ def _check_ranges(config: TrainConfig) -> None:
                               f"{config.width}", "width")
     if config.device is not None:
         try:
-            torch.device(config.device)
+            device = torch.device(config.device)
         except (RuntimeError, ValueError):
             raise ConfigError(f"{_flag('device')} must be a torch device such as cpu, cuda or cuda:1, got "
                               f"{config.device!r}", "device") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"{_flag('device')} is {config.device!r} but this machine has no CUDA GPU that PyTorch "
+                              f"can use (leave it unset: training picks the GPU when there is one)", "device")
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -783,10 +786,9 @@ def read_run_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a broken or hostile file (pickle, zip, EOF, runtime)
-        kind = ("holds objects other than plain data and tensors, which are never unpickled"
-                if "weights_only" in str(err) or "Unsupported global" in str(err) else "cannot be read")
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise RunFolderError(f"{path} {kind} ({type(err).__name__}: {first}); {fix}") from None
+        from .models.weights import describe_load_error
+
+        raise RunFolderError(f"{path} {describe_load_error(err)}; {fix}") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
         raise RunFolderError(f"{path} is not a bagnet training checkpoint (missing {missing}); {fix}")

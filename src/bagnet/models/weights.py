@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,10 +138,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         metadata = {k: _maybe_json(v) for k, v in raw_meta.items()}
         config = metadata.pop("config", None)
         return Checkpoint(state, _bagnet_config(config, path) if config else None, metadata)
+    if path.stat().st_size == 0:
+        raise WeightsError(f"could not read weights file {path}: it is empty (0 bytes)")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a broken file (pickle, zip, EOF, runtime)
-        raise WeightsError(f"could not read weights file {path}: {type(err).__name__}: {err}") from err
+        raise WeightsError(f"could not read weights file {path}: it {describe_load_error(err)}") from None
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path} holds a {type(obj).__name__}, expected a state dict (a mapping of tensors)")
     metadata: dict[str, Any] = {}
@@ -186,6 +189,18 @@ def _bagnet_config(data: Any, path: Path) -> BagNetConfig:
         return BagNetConfig.from_dict(dict(data))
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{path}: its metadata 'config' is invalid: {err}") from err
+
+
+def describe_load_error(err: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in one line, without torch's advice to turn the
+    safety off (``weights_only=False`` would execute whatever the file holds)."""
+    text = str(err)
+    if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        found = re.search(r"(Unsupported global: GLOBAL [\w.]+|unsupported [\w ]+ [\w.]+)", text, re.IGNORECASE)
+        detail = f" ({found.group(0)})" if found else ""
+        return f"holds objects other than tensors and plain data{detail}; bagnet never unpickles those"
+    first = text.strip().splitlines()[0][:200] if text.strip() else ""
+    return f"cannot be read ({type(err).__name__}{': ' + first if first else ''}); it is damaged or not a PyTorch file"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
