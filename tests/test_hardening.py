@@ -4,7 +4,6 @@ that the message names the file or field, that no traceback is printed, and that
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 import subprocess
@@ -18,7 +17,7 @@ import torch
 from PIL import Image
 
 import bagnet
-from bagnet.train import TrainConfig, train
+from bagnet.train import train
 
 from test_train import make_folder, tiny_config
 
@@ -423,3 +422,14 @@ def test_explain_cli_survives_a_folder_of_hostile_files(tmp_path_factory, files)
     for name in result["failures"]:
         assert Path(name).name in done.stderr
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 < 3 * 2**30  # peak of any explain run
+
+
+def test_save_weights_refuses_nan_weights_and_non_json_metadata(tmp_path):
+    model = bagnet.BagNet(bagnet.BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=3))
+    with pytest.raises(ValueError, match="'categories' cannot be stored as JSON"):
+        bagnet.save_weights(model, tmp_path / "a.safetensors", {"categories": [...]})
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    with pytest.raises(bagnet.WeightsError, match="fc.weight hold NaN"):
+        bagnet.save_weights(model, tmp_path / "a.safetensors", {"categories": ["a", "b", "c"]})
+    assert not list(tmp_path.iterdir())

@@ -45,7 +45,7 @@ from .masks import block_mask, block_order, check_fill, fill_images
 from .models.bagnet import BagNet, Bottleneck
 from .models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-from .outputs import SCHEMA_VERSION, out_dir as _out_dir, write_result_json as _write_json, write_rows_csv as _write_csv
+from .outputs import out_dir as _out_dir, write_result_json as _write_json, write_rows_csv as _write_csv
 METHODS = ("evidence", "saliency", "integrated_gradients", "deeplift", "lrp_epsilon", "gradcam")
 #: Methods whose maps are signed (the others are non-negative).
 SIGNED = ("evidence", "integrated_gradients", "deeplift", "lrp_epsilon")

@@ -6,7 +6,6 @@ Exit codes: 0 all good, 1 some inputs failed (named on stderr), 2 usage error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,7 +29,9 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
         for tensor in (full, model.preprocess(photo)):
             rows.append(models.summarize(model, tensor))
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        from .outputs import dumps_json
+
+        print(dumps_json([r.to_dict() for r in rows]))
     else:
         print(f"sample photo: skimage.data.{args.image}() {photo.width}×{photo.height} px\n")
         print(f"{'model':<10} {'params':>9} {'rf':>5} {'stride':>6} {'input':>9} {'evidence':>9}  logits == mean(evidence)")

@@ -132,9 +132,6 @@ class Explanation:
     def save(self, out: str | os.PathLike) -> Path:
         """Per image a folder of PNGs (evidence overlay per class, supportive/opposing patches), plus
         explanations.json, predictions.csv and report.html (self-contained: every image embedded)."""
-        from .report import explanation_report
-        from .viz import figure_png, overlay_figure, patch_gallery_figure
-
         out = Path(out)
         with output_lock(out):
             return self._save(out)
@@ -387,9 +384,6 @@ class PatchGallery:
     def save(self, out: str | os.PathLike) -> Path:
         """patches.json, gallery.png (most supportive patches, one row per class), per class class_NNN.png (most and
         least supportive) and report.html."""
-        from .report import gallery_report
-        from .viz import figure_png, patch_gallery_figure
-
         out = Path(out)
         with output_lock(out):
             return self._save(out)

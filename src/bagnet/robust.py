@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .models.bagnet import BagNet
 from .models.receptive import block_pixels, cell_block, cells_reached, reach_window
 
-from .outputs import SCHEMA_VERSION, output_lock, write_csv, write_json
+from .outputs import SCHEMA_VERSION, write_csv, write_json
 DEFENCES = ("masking", "clipping")
 
 

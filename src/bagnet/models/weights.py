@@ -218,13 +218,24 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Optional[M
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_weights writes .safetensors files, got {path}")
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    from ..outputs import dumps_json
+
+    meta = {}
+    for key, value in (metadata or {}).items():
+        try:
+            meta[str(key)] = dumps_json(value, indent=None)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"save_weights: metadata {key!r} cannot be stored as JSON ({err}); give lists, "
+                             f"numbers, strings and mappings of them") from None
     if "name" not in (metadata or {}) and getattr(model, "name", None):
         meta["name"] = json.dumps(model.name)
     config = getattr(model, "config", None)
     if isinstance(config, BagNetConfig):
         meta["config"] = json.dumps(config.to_dict())
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise WeightsError(f"save_weights: refusing to write {path}: {_abbrev(broken)} hold NaN or inf")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
