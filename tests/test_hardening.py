@@ -218,7 +218,7 @@ def test_diverged_training_stops_keeps_the_last_checkpoint_and_saves_no_model(tm
 
 
 def test_result_json_is_strict():
-    from bagnet.outputs import dumps_json
+    from bagnet.plumbing import dumps_json
 
     text = dumps_json({"p": float("nan"), "q": [1.0, float("inf")], "t": torch.tensor(0.5)})
     assert json.loads(text) == {"p": None, "q": [1.0, None], "t": 0.5}
@@ -286,7 +286,7 @@ def test_heatmap_refuses_nan_input_and_non_integer_targets():
 
 # ------------------------------------------------------------------------------------------ 9. concurrent writes
 def test_a_second_writer_of_the_same_folder_fails_clearly(tmp_path):
-    from bagnet.outputs import output_lock
+    from bagnet.plumbing import output_lock
 
     out = tmp_path / "out"
     out.mkdir()
@@ -300,7 +300,7 @@ def test_a_second_writer_of_the_same_folder_fails_clearly(tmp_path):
 
 
 def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
-    from bagnet import outputs
+    from bagnet import plumbing as outputs
 
     path = outputs.write_text(tmp_path / "r.json", "old")
 
@@ -433,3 +433,17 @@ def test_save_weights_refuses_nan_weights_and_non_json_metadata(tmp_path):
     with pytest.raises(bagnet.WeightsError, match="fc.weight hold NaN"):
         bagnet.save_weights(model, tmp_path / "a.safetensors", {"categories": ["a", "b", "c"]})
     assert not list(tmp_path.iterdir())
+
+
+def test_eval_mode_restores_the_mode_whatever_happens():
+    from bagnet.plumbing import eval_mode
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(2)).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            assert not model.training
+            raise RuntimeError("boom")
+    assert model.training
+    with eval_mode(model.eval()):
+        pass
+    assert not model.training

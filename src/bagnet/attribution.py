@@ -45,7 +45,8 @@ from .masks import block_mask, block_order, check_fill, fill_images
 from .models.bagnet import BagNet, Bottleneck
 from .models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-from .outputs import out_dir as _out_dir, write_result_json as _write_json, write_rows_csv as _write_csv
+from .plumbing import eval_mode, model_device, model_dtype, out_dir as _out_dir
+from .plumbing import write_result_json as _write_json, write_rows_csv as _write_csv
 METHODS = ("evidence", "saliency", "integrated_gradients", "deeplift", "lrp_epsilon", "gradcam")
 #: Methods whose maps are signed (the others are non-negative).
 SIGNED = ("evidence", "integrated_gradients", "deeplift", "lrp_epsilon")
@@ -195,12 +196,10 @@ def attribute(
     ``target``: class per image (None: the predicted class). The model is neither moved nor changed (methods that
     need changes work on a copy). ``mean``/``std`` only turn the images back into pictures for figures.
     """
-    device = _device(model, device)
-    images = _check_images(images).to(device=device, dtype=_dtype(model))
+    device = model_device(model, device)
+    images = _check_images(images).to(device=device, dtype=model_dtype(model))
     name = name or getattr(model, "name", type(model).__name__)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             logits = _check_logits(model(images), images.shape[0], name)
         targets = _targets(target, logits)
@@ -227,8 +226,6 @@ def attribute(
             if method in expected:
                 sums = result.detach().double().sum(dim=(1, 2)).cpu()
                 completeness[method] = (sums - torch.tensor(expected[method])).tolist()
-    finally:
-        model.train(was_training)
     m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     s = torch.tensor(std, dtype=torch.float32)[:, None, None]
     pictures = (images.detach().float().cpu() * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
@@ -510,8 +507,8 @@ def deletion_insertion(
     All maps are reduced to the same grid of ``config.patch``-px squares by summing inside each square, so no method
     gains from its resolution; every curve uses the same fill image.
     """
-    device = _device(model, device)
-    images = _check_images(images).to(device=device, dtype=_dtype(model))
+    device = model_device(model, device)
+    images = _check_images(images).to(device=device, dtype=model_dtype(model))
     n, _, H, W = images.shape
     targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1).to(device)
     if targets.numel() != n:
@@ -531,14 +528,10 @@ def deletion_insertion(
     ks = sorted({round(i * blocks / config.steps) for i in range(config.steps + 1)})
     fractions = [k / blocks for k in ks]
     fills = fill_images(images.cpu(), config.fill, config.blur_sigma).to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         curves = {}
         for method, order in list(orders.items()) + [(f"random{i}", o) for i, o in enumerate(randoms)]:
             curves[method] = _curves(model, images, fills, targets, order, ks, config)
-    finally:
-        model.train(was_training)
     deletion = {m: c[0] for m, c in curves.items() if not m.startswith("random")}
     insertion = {m: c[1] for m, c in curves.items() if not m.startswith("random")}
     methods = list(orders)
@@ -648,18 +641,6 @@ def compare(
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _device(model: nn.Module, device: Any) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _dtype(model: nn.Module) -> torch.dtype:
-    p = next(model.parameters(), None)
-    return p.dtype if p is not None and p.is_floating_point() else torch.float32
-
-
 def _check_images(images: Tensor) -> Tensor:
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor (N, 3, H, W), got {type(images).__name__}")

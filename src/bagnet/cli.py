@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from .errors import ConfigError
-from .outputs import output_lock
+from .plumbing import output_lock
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
         for tensor in (full, model.preprocess(photo)):
             rows.append(models.summarize(model, tensor))
     if args.json:
-        from .outputs import dumps_json
+        from .plumbing import dumps_json
 
         print(dumps_json([r.to_dict() for r in rows]))
     else:

@@ -37,7 +37,8 @@ from .heatmaps import heatmap
 from .models.bagnet import BagNet
 from .models.preprocess import preprocess_normalisation, preprocess_size
 
-from .outputs import SCHEMA_VERSION, output_lock, write_bytes, write_csv, write_json, write_text
+from .plumbing import (SCHEMA_VERSION, eval_mode, model_device, output_lock, write_bytes, write_csv, write_json,
+                       write_text)
 #: The distinct scikit-image sample photos `bagnet explain --samples` uses (skimage's ``cat`` is ``chelsea``).
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 ImageInput = Union[str, os.PathLike, Image.Image]
@@ -249,13 +250,11 @@ def explain_image(model: BagNet, image: Image.Image, source: str = "image", conf
     from .data import to_rgb
 
     image = to_rgb(image)
-    dev = _device(model, device)
+    dev = model_device(model, device)
     sized, notes = fit_image(image, model, config, source)
     mean, std = model_normalisation(model)
     x = TF.normalize(TF.to_tensor(sized), list(mean), list(std)).unsqueeze(0).to(dev, model.fc.weight.dtype)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             logits = model(x)[0].double()
             probs = logits.softmax(0)
@@ -264,8 +263,6 @@ def explain_image(model: BagNet, image: Image.Image, source: str = "image", conf
             hm = heatmap(model, x, top[None], stride=config.stride,
                          upsample="bilinear" if config.stride > 1 else None)[0]
             evidence = model.evidence(x)[0, top]
-    finally:
-        model.train(was_training)
     categories = model.categories or [str(i) for i in range(logits.numel())]
     support, oppose = [], []
     for ev in evidence.float().cpu():
@@ -428,7 +425,7 @@ def class_patches(
 
     model = _as_bagnet(model, device)
     check_dataset(dataset)
-    dev = _device(model, device)
+    dev = model_device(model, device)
     mean, std = model_normalisation(model)
     m = torch.tensor(mean)[:, None, None]
     s = torch.tensor(std)[:, None, None]
@@ -439,9 +436,7 @@ def class_patches(
                        torch.zeros(C, 0, q, q, 3, dtype=torch.uint8))}
     skips = SkipLog()
     total = 0
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in tracked_batches(dataset, batch_size, limit, seed, skips, "patches", progress, workers):
             with torch.no_grad():
                 ev = model.evidence(batch.images.to(dev, model.fc.weight.dtype)).float().cpu()  # (B, C, h, w)
@@ -473,8 +468,6 @@ def class_patches(
                     crops.append(torch.stack(crop_c))
                 best[kind] = (cand_v.gather(1, keep), new_src, new_box, torch.stack(crops))
             total += B
-    finally:
-        model.train(was_training)
     categories = model.categories or [str(c) for c in range(C)]
     top, bottom = best["top"], best["bottom"]
     return PatchGallery(
@@ -540,10 +533,6 @@ def _as_bagnet(model: Union[BagNet, str], device: Any) -> BagNet:
     if not isinstance(model, BagNet):
         raise ValueError(f"explanations need a BagNet, got {type(model).__name__}")
     return model
-
-
-def _device(model: BagNet, device: Any) -> torch.device:
-    return torch.device(device) if device is not None else model.fc.weight.device
 
 
 def _stem(text: str) -> str:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .plumbing import eval_mode
 from .models.bagnet import BagNet, Bottleneck
 
 Target = Union[int, Sequence[int], Tensor, None]
@@ -257,11 +258,9 @@ def heatmap_reference(
             raise ValueError(f"positions {bad[:3]} lie outside the {height}×{width} image")
         shape = (len(positions),)
     out = torch.empty(n, classes.shape[1], len(positions), dtype=images.dtype, device=device)
-    was_training = model.training
-    model.eval()
     bar = _progress(n * math.ceil(len(positions) / batch_size), progress)
     try:
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for b in range(n):
                 padded = F.pad(images[b], (pad, pad, pad, pad))
                 for start in range(0, len(positions), batch_size):
@@ -271,7 +270,6 @@ def heatmap_reference(
                     out[b, :, start : start + len(chunk)] = logits[:, classes[b]].T
                     bar.update(1)
     finally:
-        model.train(was_training)
         bar.close()
     return out.reshape(n, classes.shape[1], *shape)
 
@@ -325,13 +323,9 @@ def _resolve_target(model: BagNet, images: Tensor, target: Target, device: torch
     """Class indices as an (N, K) long tensor."""
     n, num_classes = images.shape[0], model.num_classes
     if target is None:
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             with torch.inference_mode():
                 logits = torch.cat([model(images[i : i + 1].to(model.fc.weight.device)) for i in range(n)])
-        finally:
-            model.train(was_training)
         classes = logits.argmax(1, keepdim=True)
     elif isinstance(target, Tensor):
         if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():

@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .models.bagnet import BagNet
 from .models.receptive import block_pixels, cell_block, cells_reached, reach_window
 
-from .outputs import SCHEMA_VERSION, write_csv, write_json
+from .plumbing import SCHEMA_VERSION, eval_mode, write_csv, write_json
 DEFENCES = ("masking", "clipping")
 
 
@@ -201,9 +201,7 @@ def sticker_attack(
     positions = sticker_positions(H, W, sticker, config.position_stride or max(1, sticker // 2))
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     survived = torch.ones(images.shape[0], dtype=torch.bool)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for n in range(images.shape[0]):
             x0 = images[n : n + 1].to(device)
             y = int(labels[n])
@@ -218,8 +216,6 @@ def sticker_attack(
                                      config, m, s, generator):
                     survived[n] = False
                     break
-    finally:
-        model.train(was_training)
     return survived
 
 
@@ -366,9 +362,7 @@ def robustness(
     und_attacked = {p: 0 for p in stickers}
     clean_und, clean_und_sub, total, attacked_n = 0, 0, 0, 0
     mean, std = _normalisation(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in tracked_batches(dataset, batch_size, limit, seed, skips, "certify", progress):
             x, labels = batch.images.to(device, model.fc.weight.dtype), batch.labels
             with torch.no_grad():
@@ -396,8 +390,6 @@ def robustness(
                                                           std).sum())
                 attacked_n += sub.stop
             total += len(labels)
-    finally:
-        model.train(was_training)
     rows = []
     for i, d in enumerate(defences):
         rows.append({"defence": d.label(), "method": d.method, "sticker": d.sticker, "low": d.low, "high": d.high,

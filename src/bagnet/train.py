@@ -32,7 +32,7 @@ from .models import BagNet, BagNetConfig, save_weights
 from .models.cnn import CNN_BUILDERS, build_cnn
 from .errors import ConfigError, RunFolderError, TrainingDiverged
 from .models.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from .outputs import SCHEMA_VERSION, output_lock, write_csv, write_json, write_text
+from .plumbing import SCHEMA_VERSION, eval_mode, model_device, output_lock, write_csv, write_json, write_text
 
 CHECKPOINT = "checkpoint.pt"
 #: Per-image augmentation policies of ``TrainConfig.augment`` (torchvision's, after the random crop and flip).
@@ -882,13 +882,11 @@ def _bar(total: int, desc: str, enabled: bool):
 def predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 64, device: Any = None,
             workers: int = 2, progress: bool = False, skips: Optional[SkipLog] = None) -> tuple[Tensor, Tensor, Tensor]:
     """Logits (N, C), labels (N,) and dataset indices (N,) of every readable sample (others go to ``skips``)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = model_device(model, device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
                                          generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
     logits, labels, indices = [], [], []
-    try:
+    with eval_mode(model):
         for batch in _iter_progress(loader, progress, "evaluate"):
             if skips is not None:
                 skips.add(batch.skipped)
@@ -897,8 +895,6 @@ def predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int
             logits.append(model(batch.images.to(device)).float().cpu())
             labels.append(batch.labels)
             indices.append(batch.indices)
-    finally:
-        model.train(was_training)
     if not logits:
         raise ValueError("no readable images to evaluate")
     return torch.cat(logits), torch.cat(labels), torch.cat(indices)

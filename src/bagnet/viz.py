@@ -49,7 +49,7 @@ def save_figure(fig, path) -> None:
     """Write a figure to ``path`` (PNG at 120 dpi) and free it."""
     import io
 
-    from .outputs import write_bytes
+    from .plumbing import write_bytes
 
     plt = _plt()
     buf = io.BytesIO()

@@ -10,31 +10,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..outputs import SCHEMA_VERSION, out_dir, write_result_json as write_json, write_rows_csv as write_csv  # noqa: F401
-
-
-def model_device(model: nn.Module, device: Any = None) -> torch.device:
-    """The device to compute on: ``device`` if given, else where the model's parameters are."""
-    if device is not None:
-        return torch.device(device)
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
+from ..plumbing import (SCHEMA_VERSION, eval_mode, model_device, model_dtype, out_dir,  # noqa: F401
+                        write_result_json as write_json, write_rows_csv as write_csv)
 
 
 @torch.no_grad()
 def logits_of(model: nn.Module, images: Tensor, num_classes: int, name: str = "model") -> Tensor:
     """``model(images)`` in eval mode (images cast to the model's dtype), checked to be (N, num_classes), as fp64."""
-    was_training = model.training
-    model.eval()
-    param = next(model.parameters(), None)
-    if param is not None and param.is_floating_point():
-        images = images.to(dtype=param.dtype)
-    try:
-        out = model(images)
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        out = model(images.to(dtype=model_dtype(model)))
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != images.shape[0]:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"{name} must return logits shaped (N, classes); for N={images.shape[0]} it returned {shape}")

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from ..plumbing import eval_mode
 from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, fill_image
@@ -221,9 +222,7 @@ def _local_effects(model: BagNet, image: Tensor, filler: Tensor, label: int,
     joint_images = [image] + [_masked(image, filler, r, (ay, ax), (by, bx)) for _, (ay, ax, by, bx) in pairs]
     logits = _class_logits(model, joint_images, label, device, num_classes, name, batch_size)  # checks the model
     q, st = model.patch_size, model.stride
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         dtype = next(model.parameters()).dtype
         evidence = model.evidence(image[None].to(device, dtype))[0, label].double().cpu()  # (h, w)
         cells = (int(evidence.shape[0]), int(evidence.shape[1]))
@@ -236,8 +235,6 @@ def _local_effects(model: BagNet, image: Tensor, filler: Tensor, label: int,
                 blocks.append((block, cells_reached(q, st, y, x, r, r, cells)))
         local = torch.cat([model.evidence(chunk.to(device, dtype))[:, label].double().cpu()
                            for chunk in torch.stack(crops).split(batch_size)])
-    finally:
-        model.train(was_training)
     single = torch.empty(len(blocks), dtype=torch.float64)
     for k, ((row, col, _, _), (rows, cols)) in enumerate(blocks):
         before = evidence[rows.start : rows.stop, cols.start : cols.stop]

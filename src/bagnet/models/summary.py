@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..plumbing import eval_mode
 from .bagnet import BagNet
 
 
@@ -31,13 +32,9 @@ class ModelSummary:
 def summarize(model: BagNet, image: torch.Tensor) -> ModelSummary:
     """Count parameters, run ``image`` (3, H, W) through the model and check logits == mean evidence."""
     x = image.unsqueeze(0) if image.dim() == 3 else image
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         evidence = model.evidence(x)
         logits = model(x)
-    finally:
-        model.train(was_training)
     diff = (logits - evidence.mean(dim=(2, 3))).abs().max().item()
     scale = max(logits.abs().max().item(), 1e-12)
     return ModelSummary(

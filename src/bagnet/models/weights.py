@@ -218,7 +218,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Optional[M
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_weights writes .safetensors files, got {path}")
-    from ..outputs import dumps_json
+    from ..plumbing import dumps_json
 
     meta = {}
     for key, value in (metadata or {}).items():

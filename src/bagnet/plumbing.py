@@ -1,4 +1,5 @@
-"""Result files: atomic writers, strict JSON and one lock per output folder (the lowest floor; stdlib only).
+"""Run plumbing, the lowest floor: a model's device and dtype, eval mode, and result files (atomic writers, strict
+JSON with the one schema version, output folders and their locks).
 
 - Every file is written to a temporary file in the same folder and renamed over the target, so a reader (or a kill
   during the write) never sees half a file.
@@ -19,11 +20,41 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
+import torch
+from torch import nn
+
 #: Version of every JSON result the package writes.
 SCHEMA_VERSION = 1
 LOCK_NAME = ".bagnet.lock"
 
 
+# ---------------------------------------------------------------------------------------------------- models
+def model_device(model: nn.Module, device: Any = None) -> torch.device:
+    """The device to compute on: ``device`` if given, else where the model's parameters are (CPU for none)."""
+    if device is not None:
+        return torch.device(device)
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating-point dtype of the model's parameters (float32 when it has none)."""
+    param = next(model.parameters(), None)
+    return param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, then back in the mode it was in (train or eval), whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------------- files
 class OutputBusyError(RuntimeError):
     """Another process is writing results into the same folder."""
 
