@@ -204,7 +204,7 @@ def test_diverged_training_stops_keeps_the_last_checkpoint_and_saves_no_model(tm
     assert strict_json(out / "summary.json")["completed"] is False
 
     # a run with a finite checkpoint whose loss then breaks: the checkpoint is kept as it was
-    import bagnet.train as train_module
+    import bagnet.train.loop as train_module
 
     cfg = tiny_config(data, tmp_path / "run", epochs=2, batch_size=4)
     train(cfg, progress=False, stop_after_steps=4)  # 3 steps per epoch: a checkpoint in epoch 2

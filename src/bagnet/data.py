@@ -10,6 +10,7 @@ import csv
 import gzip
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -59,7 +60,8 @@ def image_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int,
     """(width, height) of an image file, upright (EXIF orientation applied), read from its header only."""
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bagnet's own bound decides
             w, h = image.size
             orientation = image.getexif().get(0x0112) if hasattr(image, "getexif") else None
     except FileNotFoundError:
@@ -89,7 +91,8 @@ def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bagnet's own bound decides
             _check_pixels(path, *image.size, max_pixels)
             w, h = image.size
             if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
@@ -354,6 +357,14 @@ def evaluation_dataset(
 
 
 # ---------------------------------------------------------------------------------- iterating a dataset
+def sample_path(dataset: torch.utils.data.Dataset, index: int) -> str:
+    """File path of sample ``index`` of an ImageFolder-style dataset (through Subsets), or '#index'."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    samples = getattr(dataset, "samples", None)
+    return samples[index][0] if samples is not None else f"#{index}"
+
+
 def check_dataset(dataset: torch.utils.data.Dataset, name: str = "dataset") -> int:
     """Length of ``dataset``; a clear error when it is empty."""
     try:

@@ -421,7 +421,7 @@ def class_patches(
     """Scan ``dataset`` (items ``(normalised image, label, index)``, e.g. ``bagnet.data.evaluation_dataset``) for
     each class's most and least supportive patches. Memory stays bounded: ``per_class`` crops per class."""
     from .data import SkipLog, check_dataset, tracked_batches
-    from .train import sample_path
+    from .data import sample_path
 
     model = _as_bagnet(model, device)
     check_dataset(dataset)

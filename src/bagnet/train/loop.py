@@ -1,0 +1,407 @@
+"""The training loop: one process or many (torchrun), atomic checkpoints every epoch and on Ctrl-C, exact resume,
+divergence detection, metrics files."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data import Batch, SkipLog, collate
+from ..errors import ConfigError, RunFolderError, TrainingDiverged
+from ..models import save_weights
+from ..plumbing import SCHEMA_VERSION, output_lock, write_csv, write_json, write_text
+from .config import CHECKPOINT, TrainConfig, build_model, model_metadata
+from .distributed import any_rank, dist_info, use_global_batchnorm
+from .evaluation import evaluate_accuracy
+from .splits import EpochBatches, SeededSamples, make_splits, mix_batch
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_top1: float
+    images_per_s: float
+    lr: float
+    val_top1: float
+    val_top5: float
+    holdout_top1: Optional[float]
+    skipped_total: int
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: its directory, per-epoch metrics and the final weights file."""
+
+    out: Path
+    config: TrainConfig
+    history: list[EpochMetrics]
+    weights: Optional[Path]
+    skipped: int
+    wall_seconds: float
+    completed: bool
+    commands: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "out": str(self.out), "config": self.config.to_dict(),
+                "history": [asdict(h) for h in self.history], "weights": str(self.weights) if self.weights else None,
+                "skipped": self.skipped, "wall_seconds": self.wall_seconds, "completed": self.completed,
+                "commands": self.commands}
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then cosine decay to zero, as a function of the global step."""
+    total = config.epochs * steps_per_epoch
+    warm = int(config.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.dim() <= 1 else decay).append(p)  # no weight decay on biases and norm parameters
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    log: Optional[Callable[[str], None]] = None,
+    stop_after_steps: Optional[int] = None,
+    command: Optional[str] = None,
+) -> TrainResult:
+    """Train the model ``config`` describes; resume from ``out/checkpoint.pt`` when ``resume`` is set.
+
+    ``stop_after_steps`` interrupts the run after that many optimiser steps as Ctrl-C would (for tests);
+    ``command`` (the command line that started it) is recorded in summary.json. A second process training into the
+    same folder fails at once (:class:`bagnet.outputs.OutputBusyError`); a run whose loss or weights become
+    non-finite stops with :class:`bagnet.errors.TrainingDiverged`, keeping its last checkpoint and saving no model.
+    """
+    rank = dist_info()[0]
+    if rank != 0:
+        return _train(config, resume, progress, log, stop_after_steps, command)
+    with output_lock(config.out):
+        return _train(config, resume, progress, log, stop_after_steps, command)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, log: Optional[Callable[[str], None]],
+           stop_after_steps: Optional[int], command: Optional[str]) -> TrainResult:
+    rank, world, local_rank = dist_info()
+    distributed = world > 1
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    say = log if rank == 0 else (lambda msg: None)
+    if config.device:
+        device = torch.device(config.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", local_rank if distributed else 0)
+    else:
+        device = torch.device("cpu")
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT
+    state: Optional[dict[str, Any]] = None
+    # everything about the run folder is checked before anything in it is written
+    if resume:
+        state = read_run_checkpoint(ckpt_path, config)
+    elif rank == 0 and ckpt_path.exists():
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            config.save(out / "config.yaml")
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    splits = make_splits(config)
+    model = build_model(config, len(splits.categories)).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(config, model)
+    amp_dtype = autocast_dtype(device) if config.amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    steps_per_epoch = len(splits.train) // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(splits.train)} training images give no full batch of {config.batch_size}")
+
+    history: list[EpochMetrics] = []
+    start_epoch, start_step, wall_before, skipped_paths = 0, 0, 0.0, {}
+    resume_stats: Optional[tuple] = None
+    commands: list[str] = []
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as err:
+            raise RunFolderError(f"{ckpt_path} does not fit the model and optimiser of {out / 'config.yaml'} "
+                                 f"({type(err).__name__}: {str(err)[:300]}); restore the run's own checkpoint, or "
+                                 f"start over in another --out") from None
+        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        history = [EpochMetrics(**h) for h in state["history"]]
+        wall_before = state["wall_seconds"]
+        skipped_paths = dict(state.get("skipped", {}))
+        resume_stats = state.get("epoch_stats")
+        commands = list(state.get("commands", []))
+        say(f"resuming {out} at epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch}")
+
+    net: nn.Module = model
+    if distributed:
+        if config.sync_bn:
+            use_global_batchnorm(model, device)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  broadcast_buffers=not config.sync_bn)
+    skips = SkipLog(say)
+    skips.paths.update(skipped_paths)
+    if command:
+        commands.append(command)
+    started = time.time()
+
+    def save_checkpoint(epoch: int, step_in_epoch: int, epoch_stats: Optional[tuple] = None) -> None:
+        if rank != 0:
+            return
+        state = {
+            "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+            "step_in_epoch": step_in_epoch, "history": [asdict(h) for h in history],
+            "wall_seconds": wall_before + time.time() - started, "skipped": dict(skips.paths),
+            "epoch_stats": epoch_stats, "commands": commands,
+        }
+        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_path)
+
+    def check_finite(loss: float, epoch: int, step: int) -> None:
+        bad = not math.isfinite(loss)
+        if any_rank(bad, distributed, device):
+            last = (f"the last checkpoint, {ckpt_path}, written before the loss broke, is kept"
+                    if ckpt_path.exists() else "no checkpoint had been written yet")
+            raise TrainingDiverged(
+                f"training diverged: the loss became {loss} at epoch {epoch + 1}, step {step + 1}; {last}; no model "
+                f"was saved. Lower the learning rate (--lr, now {config.lr:g}) or the warm-up (--warmup-epochs), "
+                f"then start a new run (--out)")
+
+    interrupted = {"flag": False}
+    previous_handler = None
+    if rank == 0 and _in_main_thread():
+        previous_handler = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, lambda *_: interrupted.__setitem__("flag", True))
+
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    steps_done = 0
+    completed = False
+    diverged: Optional[TrainingDiverged] = None
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            skip = start_step if epoch == start_epoch else 0
+            sampler = EpochBatches(len(splits.train), config.batch_size, config.seed, epoch, rank, world, skip)
+            loader = torch.utils.data.DataLoader(
+                SeededSamples(splits.train), batch_sampler=sampler, collate_fn=collate,
+                num_workers=config.workers, generator=torch.Generator().manual_seed(config.seed + epoch),
+            )
+            net.train()
+            epoch_start, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+            if skip and resume_stats:
+                loss_sum, correct, seen, elapsed = resume_stats
+                epoch_start -= elapsed
+            bar = _bar(len(sampler), f"epoch {epoch + 1}/{config.epochs}", progress and rank == 0)
+            for step, batch in enumerate(loader, start=skip):
+                skips.add(batch.skipped)
+                global_step = epoch * steps_per_epoch + step
+                lr = lr_at(config, global_step, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                mix_rng = np.random.default_rng([config.seed, global_step, rank])
+                loss, n_correct, n = _train_step(net, batch, loss_fn, optimizer, scaler, device, amp_dtype,
+                                                 config.channels_last, config, mix_rng)
+                check_finite(loss, epoch, step)
+                seen += n
+                loss_sum += loss * n
+                correct += n_correct
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}",
+                                img_s=f"{seen * world / (time.time() - epoch_start):.0f}")
+                steps_done += 1
+                if stop_after_steps is not None and steps_done >= stop_after_steps:
+                    interrupted["flag"] = True
+                if any_rank(interrupted["flag"], distributed, device):
+                    save_checkpoint(epoch, step + 1, (loss_sum, correct, seen, time.time() - epoch_start))
+                    raise _Interrupted()
+            bar.close()
+            stats = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
+            if distributed:
+                dist.all_reduce(stats)
+            seconds = time.time() - epoch_start
+            broken = [n for n, p in model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+            if any_rank(bool(broken), distributed, device):
+                raise TrainingDiverged(f"training diverged: non-finite weights ({', '.join(broken[:3])}) after epoch "
+                                       f"{epoch + 1}; the checkpoint {ckpt_path} of the last finite epoch is kept and "
+                                       f"no model was saved. Lower the learning rate (--lr, now {config.lr:g})")
+            val = evaluate_accuracy(model, splits.val, config, device) if rank == 0 else (0.0, 0.0)
+            held = evaluate_accuracy(model, splits.holdout, config, device)[0] if splits.holdout and rank == 0 else None
+            history.append(EpochMetrics(
+                epoch=epoch + 1, train_loss=float(stats[0] / max(stats[2], 1)),
+                train_top1=float(stats[1] / max(stats[2], 1)), images_per_s=float(stats[2]) / seconds,
+                lr=lr_at(config, (epoch + 1) * steps_per_epoch - 1, steps_per_epoch),
+                val_top1=val[0], val_top5=val[1], holdout_top1=held, skipped_total=len(skips), seconds=seconds,
+            ))
+            save_checkpoint(epoch + 1, 0)
+            if rank == 0:
+                _write_metrics(out, history)
+                h = history[-1]
+                say(f"epoch {h.epoch}: loss {h.train_loss:.3f} train {h.train_top1:.3f} val top-1 {h.val_top1:.3f} "
+                    f"top-5 {h.val_top5:.3f}" + (f" holdout {h.holdout_top1:.3f}" if h.holdout_top1 is not None else "")
+                    + f" ({h.images_per_s:.0f} img/s)")
+            if distributed:
+                dist.barrier()
+        completed = True
+    except (_Interrupted, KeyboardInterrupt):
+        say(f"interrupted: checkpoint saved to {ckpt_path}; continue with --resume")
+    except TrainingDiverged as err:
+        diverged = err
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+
+    weights = None
+    if completed and rank == 0:
+        weights = save_weights(model, out / "model.safetensors", model_metadata(config, splits.categories))
+    result = TrainResult(out, config, history, weights, len(skips), wall_before + time.time() - started, completed,
+                         commands)
+    if rank == 0:
+        summary = result.to_dict()
+        if diverged is not None:
+            summary["stopped"] = str(diverged)
+        write_json(out / "summary.json", summary)
+        if skips.paths:
+            say(f"{len(skips)} unreadable images were skipped (listed in {out / 'summary.json'})")
+            write_text(out / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in skips.paths.items()))
+    if diverged is not None:
+        raise diverged
+    return result
+
+
+#: What a training checkpoint holds (all plain data and tensors: it is read with ``weights_only=True``).
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "torch_rng", "epoch", "step_in_epoch", "history",
+                   "wall_seconds")
+
+
+def read_run_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+    """A run's checkpoint for ``--resume``, read without executing anything (``weights_only``) and checked: that it
+    is a bagnet training checkpoint and that it was written with the same settings as ``config``."""
+    if not path.is_file():
+        raise RunFolderError(f"--resume: there is no checkpoint {path}; start the run without --resume (or point "
+                             f"--out at the run's folder)")
+    fix = (f"it cannot be resumed: restore an intact copy of {path.name}, or start over in another --out (or delete "
+           f"{path.parent})")
+    if path.stat().st_size == 0:
+        raise RunFolderError(f"{path} is empty (0 bytes; an interrupted copy?); {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a broken or hostile file (pickle, zip, EOF, runtime)
+        from ..models.weights import describe_load_error
+
+        raise RunFolderError(f"{path} {describe_load_error(err)}; {fix}") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        raise RunFolderError(f"{path} is not a bagnet training checkpoint (missing {missing}); {fix}")
+    if not isinstance(state["config"], dict):
+        raise RunFolderError(f"{path} holds no training config; {fix}")
+    defaults = TrainConfig().to_dict()  # fields added since the checkpoint was written count as defaults
+    saved = {k: state["config"].get(k, defaults[k]) for k in defaults}
+    now = config.to_dict()
+    if saved != now:
+        diff = {k: (saved[k], v) for k, v in now.items() if saved[k] != v}
+        raise ConfigError(f"--resume: the settings differ from those of the checkpoint {path} (checkpoint, now): "
+                             f"{diff}; resume with the run's own settings (its config.yaml), or start a new run in "
+                             f"another --out")
+    return state
+
+
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The mixed-precision type this hardware trains well in: fp16 (with loss scaling) or bf16 on CUDA, bf16 on
+    CPUs with AVX-512 BF16 (1.5× faster training here, benchmarks/train.py), else None (fp32)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        return torch.bfloat16 if check is not None and check() else None
+    return None
+
+
+def _train_step(net: nn.Module, batch: Batch, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, device: torch.device, amp_dtype: Optional[torch.dtype],
+                channels_last: bool, config: Optional[TrainConfig] = None,
+                mix_rng: Optional[np.random.Generator] = None) -> tuple[float, int, int]:
+    if len(batch) == 0:
+        return 0.0, 0, 0
+    images = batch.images.to(device, non_blocking=True)
+    labels = batch.labels.to(device, non_blocking=True)
+    perm, lam = None, 1.0
+    if config is not None and mix_rng is not None:
+        images, perm, lam = mix_batch(images, config.mixup, config.cutmix, mix_rng)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = net(images)
+        loss = loss_fn(logits, labels)
+        if perm is not None:
+            loss = lam * loss + (1 - lam) * loss_fn(logits, labels[perm])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach()), int((logits.argmax(1) == labels).sum()), int(labels.shape[0])
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _write_metrics(out: Path, history: list[EpochMetrics]) -> None:
+    rows = [asdict(h) for h in history]
+    write_json(out / "metrics.json", rows)
+    write_csv(out / "metrics.csv", rows)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # TensorBoard is optional
+        return
+    writer = SummaryWriter(str(out / "tensorboard"))
+    h = history[-1]
+    for key, value in asdict(h).items():
+        if key != "epoch" and value is not None:
+            writer.add_scalar(key, value, h.epoch)
+    writer.close()
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, leave=False)

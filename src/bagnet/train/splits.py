@@ -1,0 +1,157 @@
+"""The data of a training run: augmentation, train/hold-out/val splits, and the seeded per-epoch batches that make a
+resumed run see exactly the samples and augmentations an uninterrupted one sees."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision import transforms
+
+from ..data import ImageFolderDataset, fashion_mnist, imagenette
+from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from .config import TrainConfig
+
+def train_transform(config: TrainConfig) -> Callable:
+    steps: list[Callable] = [
+        transforms.RandomResizedCrop(config.image_size, scale=(config.min_scale, 1.0), antialias=True),
+        transforms.RandomHorizontalFlip(),
+    ]
+    if config.augment == "trivialaugment":
+        steps.append(transforms.TrivialAugmentWide())
+    elif config.augment == "randaugment":
+        steps.append(transforms.RandAugment())
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if config.random_erasing > 0:
+        steps.append(transforms.RandomErasing(p=config.random_erasing, value=0))
+    return transforms.Compose(steps)
+
+
+def mix_batch(images: Tensor, mixup: float, cutmix: float, rng: np.random.Generator
+              ) -> tuple[Tensor, Optional[Tensor], float]:
+    """MixUp or CutMix of a batch with a permutation of itself: ``(mixed, permutation, lam)``; the loss is
+    ``lam · loss(labels) + (1 − lam) · loss(labels[permutation])``. ``(images, None, 1.0)`` when both are off."""
+    n = images.shape[0]
+    if n < 2 or (mixup <= 0 and cutmix <= 0):
+        return images, None, 1.0
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    perm = torch.from_numpy(rng.permutation(n)).to(images.device)
+    if not use_cutmix:
+        return images * lam + images[perm] * (1 - lam), perm, lam
+    h, w = images.shape[-2:]
+    cut = math.sqrt(1 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    top, bottom = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    left, right = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    mixed = images.clone()
+    mixed[..., top:bottom, left:right] = images[perm][..., top:bottom, left:right]
+    return mixed, perm, 1 - (bottom - top) * (right - left) / (h * w)
+
+
+def eval_transform(config: TrainConfig) -> Callable:
+    return transforms.Compose([
+        transforms.Resize(config.resize or config.image_size, antialias=True),
+        transforms.CenterCrop(config.image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+@dataclass
+class Splits:
+    train: torch.utils.data.Dataset
+    holdout: Optional[torch.utils.data.Dataset]
+    val: torch.utils.data.Dataset
+    categories: list[str]
+
+
+def make_splits(config: TrainConfig) -> Splits:
+    """Training, held-out and validation datasets; the hold-out is a fixed, seeded choice of training images."""
+    train_t, eval_t = train_transform(config), eval_transform(config)
+    if config.data == "imagenette":
+        train_full = imagenette("train", train_t, subset=config.train_subset)
+        train_eval = imagenette("train", eval_t, subset=config.train_subset)
+        val = imagenette("val", eval_t)
+    elif config.data == "fashion-mnist":
+        train_full, train_eval = fashion_mnist("train", train_t), fashion_mnist("train", eval_t)
+        val = fashion_mnist("test", eval_t)
+    else:
+        root = Path(config.data)
+        train_full = ImageFolderDataset(root / "train", train_t)
+        train_eval = ImageFolderDataset(root / "train", eval_t)
+        val = ImageFolderDataset(root / "val", eval_t)
+        if train_full.classes != val.classes:
+            raise ValueError(f"class folders differ between {root / 'train'} and {root / 'val'}")
+    targets = list(train_full.targets)
+    rng = random.Random(config.seed)
+    holdout_idx: list[int] = []
+    if config.holdout_per_class:
+        for c in sorted(set(targets)):
+            members = [i for i, t in enumerate(targets) if t == c]
+            holdout_idx += sorted(rng.sample(members, min(config.holdout_per_class, len(members) // 2)))
+    held = set(holdout_idx)
+    train_idx = [i for i in range(len(targets)) if i not in held]
+    if config.limit_train is not None:
+        train_idx = sorted(random.Random(config.seed + 1).sample(train_idx, min(config.limit_train, len(train_idx))))
+    val_idx = list(range(len(val)))
+    if config.limit_val is not None:
+        val_idx = sorted(random.Random(config.seed + 2).sample(val_idx, min(config.limit_val, len(val_idx))))
+    return Splits(
+        train=torch.utils.data.Subset(train_full, train_idx),
+        holdout=torch.utils.data.Subset(train_eval, holdout_idx) if holdout_idx else None,
+        val=torch.utils.data.Subset(val, val_idx),
+        categories=list(train_full.categories),
+    )
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Wraps a dataset so that item ``(i, seed)`` is drawn with the torch RNG seeded by ``seed``: each sample's
+    augmentation depends only on (run seed, epoch, index), whatever the worker, rank or resume point."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            sample = self.dataset[index]
+        if isinstance(sample, tuple):  # report the index in the wrapped dataset
+            sample = (sample[0], sample[1], index)
+        return sample
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Global batches of a seeded per-epoch permutation; rank ``r`` of ``world`` takes ``batch[r::world]``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                 skip: int = 0) -> None:
+        if batch_size % world:
+            raise ValueError(f"the global batch size {batch_size} must be divisible by the {world} processes")
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.rank, self.world, self.skip = rank, world, skip
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size - self.skip
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        for b in range(self.skip, self.n // self.batch_size):
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in batch[self.rank :: self.world]]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + index) % (2**31)
