@@ -11,6 +11,7 @@ import gzip
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -60,8 +61,7 @@ def image_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int,
     """(width, height) of an image file, upright (EXIF orientation applied), read from its header only."""
     path = Path(path)
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bagnet's own bound decides
+        with warnings.catch_warnings(), _quiet_bomb_warning(), Image.open(path) as image:
             w, h = image.size
             orientation = image.getexif().get(0x0112) if hasattr(image, "getexif") else None
     except FileNotFoundError:
@@ -70,6 +70,13 @@ def image_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int,
         raise ImageReadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
     _check_pixels(path, w, h, max_pixels)
     return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)
+
+
+@contextmanager
+def _quiet_bomb_warning() -> Iterator[None]:
+    """PIL warns about images above its own pixel limit; bagnet's ``max_pixels`` decides instead."""
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    yield
 
 
 def _check_pixels(path: Path, w: int, h: int, max_pixels: int) -> None:
@@ -91,8 +98,7 @@ def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bagnet's own bound decides
+        with warnings.catch_warnings(), _quiet_bomb_warning(), Image.open(path) as image:
             _check_pixels(path, *image.size, max_pixels)
             w, h = image.size
             if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
