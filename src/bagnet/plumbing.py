@@ -11,6 +11,7 @@ JSON with the one schema version, output folders and their locks).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -18,7 +19,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -176,3 +177,46 @@ def _ignore_os_errors() -> Iterator[None]:
         yield
     except OSError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------------- results
+class Result:
+    """The convention every result follows: a frozen dataclass with ``to_dict()`` (what its JSON file holds),
+    ``rows()`` (one dict per CSV row, always a method), ``figures()`` (file name → matplotlib figure) and
+    ``save(dir)``, which writes ``<stem>.json`` (with the schema version), ``<csv_stem>.csv`` and the figures as PNG,
+    each file atomically, under the folder's lock. Subclasses set ``stem`` and override what they have."""
+
+    stem: ClassVar[str] = "result"
+    csv_stem: ClassVar[Optional[str]] = None  # default: stem
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return []
+
+    def figures(self) -> dict[str, Any]:
+        return {}
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write the result's JSON, CSV and PNG files into ``out`` (created if missing); returns the folder."""
+        out = out_dir(out)
+        with output_lock(out):
+            write_result_json(out / f"{self.stem}.json", self.to_dict())
+            write_rows_csv(out / f"{self.csv_stem or self.stem}.csv", self.rows())
+            for name, fig in self.figures().items():
+                write_bytes(out / name, figure_png(fig))
+        return out
+
+
+def figure_png(fig: Any, dpi: int = 120) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed (freed) afterwards."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from .common import out_dir, write_csv, write_json
+
+from ..plumbing import Result
 from .scrambling import ScramblingResult
 
 
 @dataclass(frozen=True)
-class DiagnosticResult:
+class DiagnosticResult(Result):
+    """Accuracy against BagNet patch size next to a standard CNN, with the CNN's scrambling gap."""
+
+    stem = "diagnostic"
+
     dataset: str
     patch_sizes: list[int]
     bagnet_top1: list[float]
@@ -35,9 +40,6 @@ class DiagnosticResult:
     scramble_tile_px: Optional[int] = None
     scrambled_top1: dict[str, float] = field(default_factory=dict)  # every model's top-1 on the scrambled images
     config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per model: name, patch size ("" for the CNN), top-1 and scrambled top-1 ("" if not measured)."""
@@ -67,13 +69,10 @@ class DiagnosticResult:
             config={"source": "scrambling result", "images": result.images},
         )
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """diagnostic.json, diagnostic.csv and diagnostic.png (accuracy against patch size, the CNN as a line)."""
-        from ..viz import line_figure, save_figure
+    def figures(self) -> dict[str, Any]:
+        """diagnostic.png: accuracy against patch size, the CNN as a line."""
+        from ..viz import line_figure
 
-        out = out_dir(out)
-        write_json(out / "diagnostic.json", self.to_dict())
-        write_csv(out / "diagnostic.csv", self.rows())
         curves = {"BagNets": (self.patch_sizes, [100 * a for a in self.bagnet_top1])}
         if self.scrambled_top1:
             curves[f"BagNets, {self.scramble_grid}×{self.scramble_grid} scrambled ({self.scramble_tile_px} px tiles)"] = (
@@ -89,8 +88,7 @@ class DiagnosticResult:
             ax.text(0.02, 0.02, f"{self.cnn} scrambling gap: {100 * self.scrambling_gap:.1f} points",
                     transform=ax.transAxes, fontsize=8)
         ax.legend(fontsize=8)
-        save_figure(fig, out / "diagnostic.png")
-        return out
+        return {"diagnostic.png": fig}
 
 
 def dataset_diagnostic(

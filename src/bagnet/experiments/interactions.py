@@ -21,21 +21,20 @@ both regions masked, so the zero interaction beyond the patch size stays a measu
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..plumbing import Result
 from ..plumbing import eval_mode
 from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, fill_image
 from ..models.bagnet import BagNet
 from ..models.receptive import block_pixels, cell_block, cells_reached
-from .common import logits_of, model_device, out_dir, write_csv, write_json
+from .common import logits_of, model_device
 
 
 
@@ -60,8 +59,10 @@ class InteractionConfig:
 
 
 @dataclass(frozen=True)
-class InteractionResult:
+class InteractionResult(Result):
     """Per model and gap: mean |interaction| (logit units), mean normalised interaction, mean |single effect|."""
+
+    stem = "interactions"
 
     models: list[str]
     gaps: list[int]
@@ -78,30 +79,23 @@ class InteractionResult:
     config: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def rows(self) -> list[dict[str, Any]]:
         return [{"model": m, "gap_px": g, "normalised_interaction": self.normalised_interaction[m][i],
                  "mean_abs_interaction": self.mean_abs_interaction[m][i], "mean_abs_effect": self.mean_abs_effect[m][i],
                  "excluded_pairs": self.excluded_pairs[m][i]}
                 for m in self.models for i, g in enumerate(self.gaps)]
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """interactions.json, interactions.csv and interactions.png (normalised interaction against gap)."""
-        from ..viz import line_figure, save_figure
+    def figures(self) -> dict[str, Any]:
+        """interactions.png: normalised interaction against gap."""
+        from ..viz import line_figure
 
-        out = out_dir(out)
-        write_json(out / "interactions.json", self.to_dict())
-        write_csv(out / "interactions.csv", self.rows())
         fig = line_figure({m: (self.gaps, self.normalised_interaction[m]) for m in self.models},
                           xlabel="gap between the two regions (px)",
                           ylabel="|interaction| / (|effect A| + |effect B|)",
                           title=f"Interactions of {self.region}-px regions, fill={self.fill} ({self.images} images)")
         for q in sorted({q for q in self.patch_sizes.values() if q}):  # BagNets: no interaction from gap q on
             fig.axes[0].axvline(q, linestyle=":", color="grey")
-        save_figure(fig, out / "interactions.png")
-        return out
+        return {"interactions.png": fig}
 
 
 def region_pairs(height: int, width: int, region: int, gap: int, count: int,

@@ -8,19 +8,18 @@ and every model's accuracy is reported against k, for every ranking, on the same
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..plumbing import Result
 from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
-from .common import logits_of, model_device, out_dir, write_csv, write_json
+from .common import logits_of, model_device
 
 #: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
 PixelScores = Callable[[Tensor, Tensor], Tensor]
@@ -57,8 +56,10 @@ def bagnet_scores(model: BagNet, stride: int = 2) -> PixelScores:
 
 
 @dataclass(frozen=True)
-class MaskingResult:
+class MaskingResult(Result):
     """accuracy[model][ranking][i] is the top-1 accuracy with the top ks[i] blocks of that ranking masked."""
+
+    stem = "masking"
 
     models: list[str]
     rankings: list[str]
@@ -71,27 +72,20 @@ class MaskingResult:
     config: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def rows(self) -> list[dict[str, Any]]:
         return [{"model": m, "ranking": r, "k": k, "masked_fraction": k / self.blocks_per_image,
                  "top1": self.accuracy[m][r][i]}
                 for m in self.models for r in self.rankings for i, k in enumerate(self.ks)]
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """masking.json, masking.csv and masking.png (accuracy against k; one line per model and ranking)."""
-        from ..viz import line_figure, save_figure
+    def figures(self) -> dict[str, Any]:
+        """masking.png: accuracy against k, one line per model and ranking."""
+        from ..viz import line_figure
 
-        out = out_dir(out)
-        write_json(out / "masking.json", self.to_dict())
-        write_csv(out / "masking.csv", self.rows())
         series = {f"{m} / {r}": (self.ks, [100 * a for a in self.accuracy[m][r]])
                   for m in self.models for r in self.rankings}
-        fig = line_figure(series, xlabel=f"masked {self.block}-px blocks (of {self.blocks_per_image})",
-                          ylabel="top-1 accuracy (%)", title=f"Masking, fill={self.fill} ({self.images} images)")
-        save_figure(fig, out / "masking.png")
-        return out
+        return {"masking.png": line_figure(
+            series, xlabel=f"masked {self.block}-px blocks (of {self.blocks_per_image})",
+            ylabel="top-1 accuracy (%)", title=f"Masking, fill={self.fill} ({self.images} images)")}
 
 
 @dataclass(frozen=True)

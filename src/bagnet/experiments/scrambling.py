@@ -6,18 +6,17 @@ arrangement of parts loses accuracy. Every model sees the same scrambled images.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..plumbing import Result
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from .common import logits_of, model_device, out_dir, write_csv, write_json
+from .common import logits_of, model_device
 
 
 def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -53,8 +52,10 @@ class ScramblingConfig:
 
 
 @dataclass(frozen=True)
-class ScramblingResult:
+class ScramblingResult(Result):
     """Top-1/top-5 per model and grid (grid 1 = the unscrambled image)."""
+
+    stem = "scrambling"
 
     models: list[str]
     grids: list[int]
@@ -75,23 +76,18 @@ class ScramblingResult:
         return [{"model": m, "grid": g, "tile_px": t, "top1": self.top1[m][i], "top5": self.top5[m][i]}
                 for m in self.models for i, (g, t) in enumerate(zip(self.grids, self.tile_sizes))]
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """scrambling.json, scrambling.csv, scrambling.png (accuracy against tile size) and examples.png."""
-        from ..viz import image_row_figure, line_figure, save_figure
+    def figures(self) -> dict[str, Any]:
+        """scrambling.png (accuracy against tile size) and examples.png."""
+        from ..viz import image_row_figure, line_figure
 
-        out = out_dir(out)
-        write_json(out / "scrambling.json", self.to_dict())
-        write_csv(out / "scrambling.csv", self.rows())
-        fig = line_figure(
+        figures = {"scrambling.png": line_figure(
             {m: (self.tile_sizes, [100 * v for v in self.top1[m]]) for m in self.models},
             xlabel="tile side (px); largest = unscrambled", ylabel="top-1 accuracy (%)",
-            title=f"Scrambling ({self.images} images)", log_x=True,
-        )
-        save_figure(fig, out / "scrambling.png")
+            title=f"Scrambling ({self.images} images)", log_x=True)}
         if self.examples is not None:
             titles = ["original" if g == 1 else f"{g}×{g} tiles ({t} px)" for g, t in zip(self.grids, self.tile_sizes)]
-            save_figure(image_row_figure(list(self.examples), titles), out / "examples.png")
-        return out
+            figures["examples.png"] = image_row_figure(list(self.examples), titles)
+        return figures
 
 
 def scrambling(

@@ -10,17 +10,16 @@ For every pair of models:
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..plumbing import Result
 from ..data import SkipLog, check_dataset, tracked_batches
-from .common import logits_of, model_device, out_dir, write_csv, write_json
+from .common import logits_of, model_device
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,10 @@ def _pearson(x: Tensor, y: Tensor) -> float:
 
 
 @dataclass(frozen=True)
-class SimilarityResult:
+class SimilarityResult(Result):
     """Matrices indexed [i][j] by ``models``; the diagonal compares a model with itself."""
+
+    stem = "similarity"
 
     models: list[str]
     images: int
@@ -82,9 +83,6 @@ class SimilarityResult:
     config: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def rows(self) -> list[dict[str, Any]]:
         n = len(self.models)
         return [{"model_a": self.models[i], "model_b": self.models[j],
@@ -92,20 +90,15 @@ class SimilarityResult:
                  "error_consistency": self.error_consistency[i][j], "logit_correlation": self.logit_correlation[i][j]}
                 for i in range(n) for j in range(n) if i < j]
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """similarity.json, similarity.csv and similarity.png (the three matrices)."""
-        from ..viz import matrices_figure, save_figure
+    def figures(self) -> dict[str, Any]:
+        """similarity.png: the three matrices."""
+        from ..viz import matrices_figure
 
-        out = out_dir(out)
-        write_json(out / "similarity.json", self.to_dict())
-        write_csv(out / "similarity.csv", self.rows())
-        fig = matrices_figure(
+        return {"similarity.png": matrices_figure(
             {"per-class accuracy correlation": np.array(self.class_accuracy_correlation),
              "error consistency (κ)": np.array(self.error_consistency),
              "logit correlation": np.array(self.logit_correlation)},
-            self.models, title=f"Similarity of decisions ({self.images} images)")
-        save_figure(fig, out / "similarity.png")
-        return out
+            self.models, title=f"Similarity of decisions ({self.images} images)")}
 
 
 def similarity(

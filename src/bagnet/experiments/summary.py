@@ -18,19 +18,22 @@ dataset diagnostic asks.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .common import out_dir, write_csv, write_json
+
+from ..plumbing import Result
 from .interactions import InteractionResult
 from .scrambling import ScramblingResult
 from .similarity import SimilarityResult
 
 
 @dataclass(frozen=True)
-class SummaryResult:
+class SummaryResult(Result):
+    """Each model's bag-of-local-features likeness: its components and the score (None where not measured)."""
+
+    stem = "summary"
+
     models: list[str]
     reference: str
     patch_size: int
@@ -41,27 +44,20 @@ class SummaryResult:
     score: dict[str, Optional[float]]
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def rows(self) -> list[dict[str, Any]]:
         return [{"model": m, "scrambling_retention": self.scrambling_retention[m], "locality": self.locality[m],
                  "decision_similarity": self.decision_similarity[m], "score": self.score[m]} for m in self.models]
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """summary.json, summary.csv and summary.png (the components and the score per model)."""
-        from ..viz import grouped_bars_figure, save_figure
+    def figures(self) -> dict[str, Any]:
+        """summary.png: the components and the score per model."""
+        from ..viz import grouped_bars_figure
 
-        out = out_dir(out)
-        write_json(out / "summary.json", self.to_dict())
-        write_csv(out / "summary.csv", self.rows())
         groups = {"scrambling retention": self.scrambling_retention, "locality": self.locality,
                   "decision similarity": self.decision_similarity, "score": self.score}
-        fig = grouped_bars_figure({k: [v[m] for m in self.models] for k, v in groups.items()}, self.models,
-                                  ylabel="0 … 1 (1 = like a bag of local features)",
-                                  title=f"Bag-of-local-features likeness (reference {self.reference}, q = {self.patch_size})")
-        save_figure(fig, out / "summary.png")
-        return out
+        return {"summary.png": grouped_bars_figure(
+            {k: [v[m] for m in self.models] for k, v in groups.items()}, self.models,
+            ylabel="0 … 1 (1 = like a bag of local features)",
+            title=f"Bag-of-local-features likeness (reference {self.reference}, q = {self.patch_size})")}
 
 
 def _clip(value: float) -> Optional[float]:

@@ -3,10 +3,8 @@ check that the model's classes are the dataset's before anything is predicted.""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -16,7 +14,7 @@ from torch import Tensor, nn
 from ..data import SkipLog, collate, sample_path
 from ..models import BagNet
 from .config import TrainConfig
-from ..plumbing import SCHEMA_VERSION, eval_mode, model_device, write_csv, write_json
+from ..plumbing import Result, eval_mode, model_device
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 64, device: Any = None,
@@ -64,8 +62,12 @@ def evaluate_accuracy(model: nn.Module, dataset: Optional[torch.utils.data.Datas
 
 
 @dataclass(frozen=True)
-class EvaluationResult:
-    """Accuracy of one model on one dataset, with per-class figures, the confusion matrix and every prediction."""
+class EvaluationResult(Result):
+    """Accuracy of one model on one dataset, with per-class figures, the confusion matrix and every prediction.
+    ``save(dir)`` writes evaluation.json, predictions.csv (one row per image) and confusion.png."""
+
+    stem = "evaluation"
+    csv_stem = "predictions"
 
     model: str
     dataset: str
@@ -80,20 +82,16 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("predictions")
-        return {"schema_version": SCHEMA_VERSION, **d, "images": len(self.predictions)}
+        return {**d, "images": len(self.predictions)}
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """Write evaluation.json, predictions.csv and confusion.png into ``out``."""
-        from ..viz import confusion_matrix_figure, save_figure
+    def rows(self) -> list[dict[str, Any]]:
+        return list(self.predictions)
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "evaluation.json", self.to_dict())
-        write_csv(out / "predictions.csv", self.predictions)
-        fig = confusion_matrix_figure(np.array(self.confusion), self.categories,
-                                      f"{self.model} on {self.dataset}: top-1 {100 * self.top1:.1f}%")
-        save_figure(fig, out / "confusion.png")
-        return out
+    def figures(self) -> dict[str, Any]:
+        from ..viz import confusion_matrix_figure
+
+        return {"confusion.png": confusion_matrix_figure(
+            np.array(self.confusion), self.categories, f"{self.model} on {self.dataset}: top-1 {100 * self.top1:.1f}%")}
 
 
 def model_outputs(model: nn.Module) -> Optional[int]:
