@@ -41,3 +41,58 @@ def test_bad_input_is_a_clear_error_with_exit_1(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "bagnet", "models"], capture_output=True, text=True, check=True)
     assert "bagnet17:imagenet" in out.stdout
+
+
+def test_every_flag_has_a_help_text_and_each_experiment_only_its_own():
+    import argparse
+
+    from bagnet.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, path + [name])
+            elif action.option_strings and action.dest != "help":
+                yield path, action
+
+    missing = [(" ".join(p), a.option_strings[0]) for p, a in walk(build_parser(), []) if not a.help]
+    assert not missing, missing
+    subcommands = {}
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            subcommands = action.choices
+    experiments = next(a for a in subcommands["experiment"]._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {name: {o for a in p._actions for o in a.option_strings} for name, p in experiments.choices.items()}
+    assert "--grids" in flags["scrambling"] and "--grids" not in flags["masking"]
+    assert "--gaps" not in flags["scrambling"] and "--reference" in flags["summary"] and "--ks" in flags["masking"]
+
+
+def test_limit_and_seed_pick_the_same_images_everywhere(tmp_path):
+    import torch
+
+    from bagnet.data import SkipLog, batches, seeded_subset, subset_indices
+
+    data = list(range(50))
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 2, 2), 0, i
+
+    picked = subset_indices(50, 7, seed=3)
+    assert picked == sorted(picked) and len(set(picked)) == 7
+    assert [int(i) for b in batches(Items(), 4, 7, 3, SkipLog()) for i in b.indices] == picked
+    assert list(seeded_subset(Items(), 7, 3).indices) == picked
+    assert subset_indices(50, 7, seed=4) != picked
+
+
+def test_load_models_labels_and_deduplicates(tmp_path):
+    from bagnet.models import load_models
+
+    models = load_models(["bagnet9", "default", "bagnet9"])
+    assert list(models) == ["bagnet9", "default"]
+    with pytest.raises(KeyError, match="unknown model"):
+        load_models(["no-such-model"])

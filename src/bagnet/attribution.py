@@ -641,6 +641,15 @@ def compare(
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+@torch.no_grad()
+def predicted_classes(model: nn.Module, images: Tensor, device: Any = None) -> Tensor:
+    """The classes ``model`` predicts for ``images`` (N,), on the CPU: the common targets when several models are
+    to explain the same decision."""
+    with eval_mode(model):
+        logits = model(images.to(model_device(model, device), model_dtype(model)))
+    return logits.argmax(1).cpu()
+
+
 def _check_images(images: Tensor) -> Tensor:
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor (N, 3, H, W), got {type(images).__name__}")

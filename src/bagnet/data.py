@@ -382,13 +382,36 @@ def check_dataset(dataset: torch.utils.data.Dataset, name: str = "dataset") -> i
     return n
 
 
+def subset_indices(n: int, limit: Optional[int], seed: int) -> list[int]:
+    """The items ``--limit N --seed S`` pick from a dataset of ``n``, the same in every command and function: the
+    first ``limit`` of a seeded permutation, sorted (the whole permutation when ``limit`` is None)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[:limit]) if limit is not None else order
+
+
+def seeded_subset(dataset: torch.utils.data.Dataset, limit: Optional[int], seed: int = 0) -> torch.utils.data.Dataset:
+    """``dataset`` restricted to the items :func:`subset_indices` picks (the dataset itself when ``limit`` is None)."""
+    if limit is None:
+        return dataset
+    return torch.utils.data.Subset(dataset, subset_indices(check_dataset(dataset), limit, seed))
+
+
+def load_batch(dataset: torch.utils.data.Dataset, limit: Optional[int], seed: int = 0,
+               skips: Optional[SkipLog] = None) -> tuple[Tensor, Tensor]:
+    """The images (N, 3, H, W) and labels (N,) of the ``limit`` items :func:`subset_indices` picks, as one batch;
+    unreadable ones go to ``skips``. Raises when none could be read."""
+    skips = skips if skips is not None else SkipLog()
+    got = list(batches(dataset, max(1, limit or check_dataset(dataset)), limit, seed, skips))
+    if not got:
+        raise ValueError(f"no readable images in the dataset ({len(skips.paths)} unreadable)")
+    return torch.cat([b.images for b in got]), torch.cat([b.labels for b in got])
+
+
 def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
             skips: SkipLog, workers: int = 0) -> Iterator[Batch]:
-    """Batches of the first ``limit`` samples of a seeded permutation (all samples when ``limit`` is None)."""
+    """Batches of the items :func:`subset_indices` picks (all samples, in a seeded order, when ``limit`` is None)."""
     n = check_dataset(dataset)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    if limit is not None:
-        order = sorted(order[:limit])
+    order = subset_indices(n, limit, seed)
     subset = _Indexed(dataset, order)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
                                          generator=torch.Generator().manual_seed(seed))

@@ -41,7 +41,7 @@ from .plumbing import (SCHEMA_VERSION, eval_mode, model_device, output_lock, wri
                        write_text)
 #: The distinct scikit-image sample photos `bagnet explain --samples` uses (skimage's ``cat`` is ``chelsea``).
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
-ImageInput = Union[str, os.PathLike, Image.Image]
+ImageInput = Union[str, os.PathLike, Image.Image, tuple[str, Image.Image]]
 #: Largest long side (px) an image is explained at: bounds the time and memory one image can take.
 MAX_SIDE = 4096
 
@@ -210,7 +210,8 @@ def explain(
     device: Any = None,
     progress: bool = True,
 ) -> Explanation:
-    """Explain every image in ``inputs`` (files, folders — searched recursively for image files — or PIL images)."""
+    """Explain every image in ``inputs``: files, folders (searched recursively for image files), PIL images, or
+    ``(label, PIL image)`` pairs (the label names the image in the results)."""
     from tqdm.auto import tqdm
 
     model = _as_bagnet(model, device)
@@ -219,13 +220,13 @@ def explain(
         raise ValueError("no images given" + (f" (skipped, not image files: {', '.join(skipped)})" if skipped else ""))
     explained = []
     for n, source in enumerate(tqdm(sources, desc="explain", unit="img", disable=not progress)):
-        label = source if isinstance(source, str) else f"image {n}"
+        label = source if isinstance(source, str) else source[0] if isinstance(source, tuple) else f"image {n}"
         try:
             if isinstance(source, str):
                 fit_size(*image_size(source), model, config, label)  # refuse from the header, before decoding
                 image = load_image(source)
             else:
-                image = source
+                image = source[1] if isinstance(source, tuple) else source
             explained.append(explain_image(model, image, label, config, device))
         except Exception as err:  # one image's failure (MemoryError included) must not lose the others
             failures[label] = _reason(err, label)
@@ -484,14 +485,16 @@ def collect_inputs(inputs: Union[ImageInput, Sequence[ImageInput]]
                    ) -> tuple[list[Union[str, Image.Image]], dict[str, str], dict[str, str]]:
     """Files, folders (their image files, recursively, sorted) and PIL images; the inputs that do not exist
     (failures); and the files inside the folders that are not images by their ending (skipped, named)."""
-    if isinstance(inputs, (str, os.PathLike, Image.Image)):
+    if isinstance(inputs, (str, os.PathLike, Image.Image)) or (
+            isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], Image.Image)):
         inputs = [inputs]
     sources: list[Union[str, Image.Image]] = []
     failures: dict[str, str] = {}
     skipped: dict[str, str] = {}
     for item in inputs:
-        if isinstance(item, Image.Image):
-            sources.append(item)
+        if isinstance(item, Image.Image) or (isinstance(item, tuple) and len(item) == 2
+                                             and isinstance(item[1], Image.Image)):
+            sources.append(item)  # a PIL image, or (label, PIL image)
             continue
         path = Path(item)
         if path.is_dir():

@@ -6,7 +6,8 @@ from .receptive import (ReceptiveField, block_pixels, cell_block, cells_reached,
                         receptive_field)
 from .fuse import fuse_batchnorm
 from .summary import ModelSummary, summarize
-from .registry import bagnet9, bagnet17, bagnet33, list_models, load, load_file, model_entry
+from .registry import (bagnet9, bagnet17, bagnet33, list_models, load, load_file, load_models, model_entry,
+                       model_label)
 from .weights import (
     OFFICIAL_WEIGHTS,
     WeightsError,
@@ -24,7 +25,7 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_categories", "make_preprocess",
     "ReceptiveField", "output_length", "receptive_field", "cells_reached", "reach_window", "cell_block",
     "block_pixels",
-    "bagnet9", "bagnet17", "bagnet33", "list_models", "load", "load_file", "model_entry",
+    "bagnet9", "bagnet17", "bagnet33", "list_models", "load", "load_file", "load_models", "model_entry", "model_label",
     "OFFICIAL_WEIGHTS", "WeightsError", "WeightsUnavailableError", "infer_config", "load_into",
     "load_official_state_dict", "official_cache_path", "read_checkpoint", "save_weights",
 ]

@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from .bagnet import BagNet, BagNetConfig
 from .preprocess import imagenet_categories, make_preprocess
@@ -157,6 +157,26 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
             )
     model.eval()
     return model.to(device) if device is not None else model
+
+
+def model_label(spec: str | os.PathLike) -> str:
+    """A short display name for a model spec: a file's or run folder's name without suffixes, else the spec."""
+    path = Path(spec)
+    if path.exists():
+        return path.name.split(".")[0] if path.is_file() else path.name
+    return os.fspath(spec)
+
+
+def load_models(specs: Sequence[str | os.PathLike], device: Any = None) -> dict[str, Any]:
+    """Several models by name, file or run folder, keyed by :func:`model_label` (the full specs when two labels
+    would collide); a spec given twice is loaded once. Every model is in eval mode, on ``device`` if given."""
+    specs = list(dict.fromkeys(os.fspath(s) for s in specs))
+    if not specs:
+        raise ValueError("give at least one model")
+    labels = [model_label(s) for s in specs]
+    if len(set(labels)) < len(labels):
+        labels = specs
+    return {label: load(spec, device=device) for label, spec in zip(labels, specs)}
 
 
 def load_file(path: str | os.PathLike) -> Any:

@@ -180,6 +180,43 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+#: What each field does (the ``bagnet train --help`` text of its flag).
+FIELD_HELP: dict[str, str] = {
+    "arch": "architecture: bagnet, resnet18, resnet50, vgg11_bn, vgg16_bn, densenet121 or vit",
+    "patch_size": "BagNet: the patch size q each evidence cell sees; ViT: the token size in pixels",
+    "width": "base width (channels of the first stage); ViT: the embedding dimension",
+    "layers": "BagNet: residual blocks per stage; ViT: its depth (one number)",
+    "init": "a weights file to start from instead of random weights",
+    "data": "imagenette, fashion-mnist, or a folder with train/ and val/ class sub-folders",
+    "train_subset": "a list file of the training images to use (e.g. Imagenette's train_subset300.txt)",
+    "holdout_per_class": "training images per class held out for choices (never tune on val)",
+    "limit_train": "use only N seeded-random training images (after the hold-out)",
+    "limit_val": "evaluate on only N seeded-random validation images",
+    "image_size": "side of the square training crops and of the evaluation centre crop (px)",
+    "resize": "evaluation: resize the short side to this before the centre crop (default: image_size)",
+    "min_scale": "smallest area fraction of a random resized crop, in (0, 1]",
+    "augment": "per-image augmentation after crop and flip: none, trivialaugment or randaugment",
+    "random_erasing": "probability of erasing a random rectangle of each training image",
+    "mixup": "MixUp Beta(a, a) parameter (0: off)",
+    "cutmix": "CutMix Beta(a, a) parameter (0: off; with mixup, each batch uses one of them)",
+    "drop_path": "ViT: stochastic depth rate",
+    "epochs": "training epochs",
+    "batch_size": "global batch size (split across processes under torchrun)",
+    "optimizer": "adamw or sgd",
+    "lr": "peak learning rate (after the warm-up; cosine decay to zero)",
+    "weight_decay": "weight decay of weights (not of biases and norm parameters)",
+    "momentum": "SGD momentum (Nesterov)",
+    "warmup_epochs": "epochs of linear learning-rate warm-up",
+    "label_smoothing": "label smoothing of the cross-entropy loss, in [0, 1)",
+    "amp": "mixed precision where the hardware has it (CUDA; bf16 on CPUs with AVX-512 BF16)",
+    "channels_last": "channels-last memory layout",
+    "workers": "data-loading worker processes",
+    "sync_bn": "distributed runs: BatchNorm statistics over the global batch",
+    "seed": "seed of the data order, augmentation and initialisation",
+    "device": "cpu, cuda or cuda:N (default: the GPU when there is one)",
+    "out": "the run folder (config.yaml, checkpoint.pt, metrics, model.safetensors)",
+}
+
 #: Allowed ranges of the numeric fields: (low, high, whether low itself is allowed); None: unbounded.
 _RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "patch_size": (1, 512, True), "width": (1, 4096, True), "holdout_per_class": (0, None, True),

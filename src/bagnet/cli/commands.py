@@ -1,0 +1,312 @@
+"""What each ``bagnet`` command does: read its parsed flags, call one library function, print, return the exit
+code. No library logic lives here (loading several models, seeded subsets, labelled sample photos: the library)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..plumbing import output_lock
+
+
+def cmd_selfcheck(args: argparse.Namespace) -> int:
+    from .. import models
+    from ..data import sample_image
+
+    photo = sample_image(args.image)
+    full = models.make_preprocess(resize=None, crop=None)(photo)
+    torch.manual_seed(args.seed)
+    rows = []
+    for name in ("bagnet9", "bagnet17", "bagnet33"):
+        model = models.load(name)
+        for tensor in (full, model.preprocess(photo)):
+            rows.append(models.summarize(model, tensor))
+    if args.json:
+        from ..plumbing import dumps_json
+
+        print(dumps_json([r.to_dict() for r in rows]))
+    else:
+        print(f"sample photo: skimage.data.{args.image}() {photo.width}×{photo.height} px\n")
+        print(f"{'model':<10} {'params':>9} {'rf':>5} {'stride':>6} {'input':>9} {'evidence':>9}  logits == mean(evidence)")
+        for r in rows:
+            print(
+                f"{r.name:<10} {r.parameters / 1e6:>8.2f}M {r.patch_size:>5} {r.stride:>6} "
+                f"{r.input_size[0]:>4}×{r.input_size[1]:<4} {r.evidence_size[0]:>4}×{r.evidence_size[1]:<4}  "
+                f"{'yes' if r.logits_match_evidence else 'NO'} (max |diff| {r.max_abs_difference:.1e})"
+            )
+    return 0 if all(r.logits_match_evidence for r in rows) else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ..models import list_models, model_entry
+
+    for name in list_models(pretrained=True if args.pretrained else None):
+        print(f"{name:<22} {model_entry(name).description}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, train
+
+    overrides = {k[len("cfg_"):]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    if args.config:
+        config = TrainConfig.load(args.config)
+    elif args.resume and "out" in overrides and (Path(overrides["out"]) / "config.yaml").is_file():
+        config = TrainConfig.load(Path(overrides["out"]) / "config.yaml")
+    else:
+        config = TrainConfig()
+    config = config.replace(**overrides)
+    import shlex
+
+    command = "bagnet " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv_is_cli() else ["train", "..."]))
+    result = train(config, resume=args.resume, progress=not args.no_progress, command=command)
+    if result.history:
+        h = result.history[-1]
+        print(f"{result.out}: epoch {h.epoch}/{config.epochs}, val top-1 {h.val_top1:.4f}, top-5 {h.val_top5:.4f}, "
+              f"wall {result.wall_seconds / 60:.1f} min" + ("" if result.completed else " (interrupted)"))
+    if result.weights:
+        print(f"weights: {result.weights}")
+    if result.skipped:
+        print(f"{result.skipped} unreadable images skipped", file=sys.stderr)
+    return 0 if result.completed else 130
+
+
+def argv_is_cli() -> bool:
+    """Whether sys.argv holds this command line (not, say, pytest's)."""
+    return len(sys.argv) > 1 and sys.argv[1] == "train"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .. import load
+    from ..data import evaluation_dataset, seeded_subset
+    from ..train import evaluate
+
+    model = load(args.model, device=args.device)
+    dataset, categories, name = evaluation_dataset(args.data, model.preprocess)
+    dataset = seeded_subset(dataset, args.limit, args.seed)
+    result = evaluate(model, dataset, categories, args.model, name, args.batch_size, args.device, args.workers,
+                      progress=not args.no_progress)
+    out = result.save(args.out)
+    print(f"{args.model} on {name} ({len(result.predictions)} images): top-1 {100 * result.top1:.2f}%  "
+          f"top-5 {100 * result.top5:.2f}%")
+    for cat, acc in zip(categories, result.per_class_top1):
+        print(f"  {cat:<24} {100 * acc:6.2f}%")
+    print(f"files: {out / 'evaluation.json'}, {out / 'predictions.csv'}, {out / 'confusion.png'}")
+    return exit_code(result.skipped)
+
+
+def exit_code(skipped: dict) -> int:
+    """0, or 1 after naming on stderr the inputs that could not be read."""
+    if skipped:
+        print(f"{len(skipped)} unreadable images skipped: {', '.join(skipped)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .. import experiments as ex
+    from .. import load
+    from ..data import evaluation_dataset
+    from ..models import load_models, model_label
+
+    if args.name == "summary":
+        return experiment_summary(args)
+    if args.name == "diagnostic":
+        return experiment_diagnostic(args)
+    if not args.models:
+        raise ConfigError(f"experiment {args.name} needs --models")
+
+    models = load_models(args.models, device=args.device)
+    by_spec = dict(zip(dict.fromkeys(args.models), models))
+    first = next(iter(models.values()))
+    dataset, categories, data_name = evaluation_dataset(args.data, first.preprocess)
+    n = len(categories)
+    common = dict(limit=args.limit, seed=args.seed, device=args.device)
+    progress = not args.no_progress
+    if args.name == "scrambling":
+        result = ex.scrambling(models, dataset, n, ex.ScramblingConfig(grids=tuple(args.grids), **common), progress)
+        for m in result.models:
+            print(f"{m:<28} " + "  ".join(f"{g}×{g}: {100 * a:5.1f}%" for g, a in zip(result.grids, result.top1[m])))
+    elif args.name == "interactions":
+        config = ex.InteractionConfig(region=args.region, gaps=tuple(args.gaps), fill=args.fill,
+                                      local_effects=not args.forward_effects, **common)
+        result = ex.interactions(models, dataset, n, config, progress)
+        for m in result.models:
+            print(f"{m:<28} " + "  ".join(f"gap {g}: {v:.3f}" for g, v in zip(result.gaps, result.normalised_interaction[m]))
+                  + f"  (single effects: {result.effects_from[m]})")
+    elif args.name == "similarity":
+        result = ex.similarity(models, dataset, n, ex.SimilarityConfig(**common), progress)
+        for row in result.rows():
+            print(f"{row['model_a']} vs {row['model_b']}: κ {row['error_consistency']:.3f}, "
+                  f"logit r {row['logit_correlation']:.3f}, class-accuracy r {row['class_accuracy_correlation']:.3f}")
+    else:  # masking
+        rankings: dict = {"random": "random"}
+        for spec in args.rankers:
+            rankings[model_label(spec)] = models[by_spec[spec]] if spec in by_spec else load(spec, device=args.device)
+        for method in args.own_attribution:
+            rankings[f"own {method}"] = ex.OwnAttribution(method)
+        config = ex.MaskingConfig(block=args.block, ks=tuple(args.ks), fill=args.fill, **common)
+        result = ex.masking(models, rankings, dataset, n, config, progress)
+        for row in result.rows():
+            print(f"{row['model']:<28} {row['ranking']:<24} k={row['k']:<3} top-1 {100 * row['top1']:5.1f}%")
+    out = result.save(args.out)
+    print(f"{args.name} on {data_name} ({result.images} images): files in {out}")
+    return exit_code(result.skipped)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..data import sample_image
+    from ..explanation import SAMPLE_PHOTOS, ExplainConfig
+
+    inputs: list = list(args.inputs)
+    if args.samples:  # named in the results as where they come from
+        inputs += [(f"skimage.data.{name}()", sample_image(name)) for name in SAMPLE_PHOTOS]
+    if not inputs:
+        raise ConfigError("give image files or folders to explain (or --samples for scikit-image's sample photos)")
+    config = ExplainConfig(top=args.top, stride=args.stride, size=args.size, max_side=args.max_side,
+                           upscale_small=args.upscale_small, patches=args.patches, background=args.background)
+    with output_lock(args.out):
+        return explain_locked(args, inputs, config)
+
+
+def explain_locked(args: argparse.Namespace, inputs: list, config) -> int:
+    from ..explanation import explain
+
+    result = explain(inputs, args.model, config, device=args.device, progress=not args.no_progress)
+    for e in result.images:
+        preds = ", ".join(f"{n} {100 * p:.1f}%" for n, p in zip(e.names, e.probabilities))
+        print(f"{e.source}: {preds}")
+    out = result.save(args.out)
+    print(f"{len(result.images)} explained by {result.model}; report: {out / 'report.html'}")
+    for source, reason in result.skipped.items():
+        print(f"skipped: {source}: {reason}", file=sys.stderr)
+    if result.failures:
+        for source, reason in result.failures.items():
+            print(f"failed: {reason if source in reason else f'{source}: {reason}'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_patches(args: argparse.Namespace) -> int:
+    from .. import load
+    from ..data import evaluation_dataset
+    from ..explanation import class_patches
+
+    model = load(args.model, device=args.device)
+    dataset, categories, data_name = evaluation_dataset(args.data, model.preprocess)
+    gallery = class_patches(model, dataset, per_class=args.per_class, batch_size=args.batch_size, limit=args.limit,
+                            seed=args.seed, device=args.device, workers=args.workers, progress=not args.no_progress)
+    for name, values in zip(gallery.categories, gallery.top_values):
+        print(f"{name:<24} highest evidence " + " ".join(f"{v:+.2f}" for v in values[:5]))
+    out = gallery.save(args.out)
+    print(f"patches of {data_name} ({gallery.images} images): {out / 'gallery.png'}, report {out / 'report.html'}")
+    return exit_code(gallery.skipped)
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    from .. import load
+    from ..data import evaluation_dataset
+    from ..robust import AttackConfig, DefenceConfig, robustness
+
+    model = load(args.model, device=args.device)
+    dataset, _, data_name = evaluation_dataset(args.data, model.preprocess)
+    defences = []
+    for p in args.stickers:
+        if "masking" in args.defences:
+            defences.append(DefenceConfig(sticker=p, method="masking", low=0.0, high=args.clip_high))
+        if "clipping" in args.defences:
+            if args.clip_high is None:
+                raise ConfigError("--defences clipping needs --clip-high (the upper bound on a cell's evidence)")
+            defences.append(DefenceConfig(sticker=p, method="clipping", low=args.clip_low, high=args.clip_high))
+    attack = None if args.attack_steps == 0 else AttackConfig(steps=args.attack_steps, step_size=args.attack_step_size,
+                                                              position_stride=args.attack_stride, top_positions=args.attack_top,
+                                                              seed=args.seed)
+    result = robustness(model, dataset, defences, attack, limit=args.limit, attack_limit=args.attack_limit,
+                        seed=args.seed, progress=not args.no_progress)
+    print(f"{result.model} on {data_name} ({result.images} images): clean accuracy {100 * result.clean_undefended:.1f} %")
+    if result.attacked_images:
+        print(f"attacked: the first {result.attacked_images} images (undefended clean accuracy on them "
+              f"{100 * result.clean_undefended_attacked_subset:.1f} %)")
+    for row in result.rows:
+        attacked = f"{100 * row['attacked']:5.1f} %" if row["attacked"] is not None else "    —"
+        und = result.attacked_undefended.get(str(row["sticker"]))
+        und_text = f"{100 * und:5.1f} %" if und is not None else "    —"
+        print(f"{row['defence']:<34} window {row['window_cells']}×{row['window_cells']} cells  clean "
+              f"{100 * row['clean']:5.1f} %  certified {100 * row['certified']:5.1f} %  attacked {attacked}  "
+              f"(undefended attacked {und_text})")
+        if row.get("certified_but_flipped"):
+            print(f"  WARNING: the attack flipped {row['certified_but_flipped']} certified images: the certificate is wrong")
+    print(f"files in {result.save(args.out)}")
+    return exit_code(result.skipped)
+
+
+def cmd_attribution(args: argparse.Namespace) -> int:
+    from ..attribution import AttributionConfig, FaithfulnessConfig, compare, predicted_classes
+    from ..data import SkipLog, evaluation_dataset, load_batch
+    from ..models import load_models
+
+    models = load_models(args.models, device=args.device)
+    first = next(iter(models.values()))
+    dataset, categories, data_name = evaluation_dataset(args.data, first.preprocess)
+    skips = SkipLog()
+    images, labels_ = load_batch(dataset, args.limit, args.seed, skips)
+    config = AttributionConfig(methods=tuple(args.methods), baseline=args.baseline, ig_steps=args.ig_steps,
+                               evidence_stride=args.evidence_stride)
+    faith = FaithfulnessConfig(patch=args.patch, fill=args.fill, steps=args.steps, seed=args.seed)
+    targets = labels_ if args.target == "true" else None
+    result = compare(models, images, targets if targets is not None else predicted_classes(first, images),
+                     config, faith, device=args.device, progress=not args.no_progress)
+    print(f"{'model':<24} {'method':<22} {'deletion AUC':>12} {'insertion AUC':>13}  completeness |gap| / |expected|")
+    for row in result.rows():
+        if not row["available"]:
+            print(f"{row['model']:<24} {row['method']:<22} {'—':>12} {'—':>13}  unavailable: {row['why_unavailable']}")
+            continue
+        gap = (f"{row['completeness_gap']:.2e} / {row['completeness_scale']:.2e}"
+               if row["completeness_gap"] is not None else "")
+        print(f"{row['model']:<24} {row['method']:<22} {row['deletion_auc']:>12.3f} {row['insertion_auc']:>13.3f}  {gap}")
+    out = result.save(args.out)
+    print(f"attribution on {data_name} ({images.shape[0]} images, targets: {args.target} class): files in {out}")
+    return exit_code(dict(skips.paths))
+
+
+def experiment_summary(args: argparse.Namespace) -> int:
+    from ..experiments import InteractionResult, ScramblingResult, SimilarityResult, summarize
+    from ..experiments.common import read_result
+
+    if not args.reference or not args.patch_size or not args.num_classes:
+        raise ConfigError("summary needs --reference NAME, --patch-size Q and --num-classes C")
+    found = {}
+    for cls, name in ((ScramblingResult, "scrambling"), (InteractionResult, "interactions"),
+                      (SimilarityResult, "similarity")):
+        path = next((d / f"{name}.json" for d in args.results if (d / f"{name}.json").is_file()), None)
+        found[name] = read_result(cls, path) if path else None
+    result = summarize(args.reference, args.patch_size, args.num_classes, **found)
+    for row in result.rows():
+        print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"files in {result.save(args.out)}")
+    return 0
+
+
+def experiment_diagnostic(args: argparse.Namespace) -> int:
+    from ..experiments import dataset_diagnostic
+    from ..train import TrainConfig
+
+    base = TrainConfig.load(args.config) if args.config else TrainConfig()
+    base = base.replace(data=args.data)
+    grid = args.scramble_grid or None
+    result = dataset_diagnostic(base, tuple(args.patch_sizes), args.cnn, args.runs_dir, scramble_grid=grid,
+                                progress=not args.no_progress)
+    for row in result.rows():
+        scrambled = row["scrambled_top1"]
+        extra = f"   {grid}×{grid} scrambled {100 * scrambled:5.1f}%" if scrambled != "" else ""
+        print(f"{row['model']:<10} {100 * row['top1']:5.1f}%{extra}")
+    if result.scrambling_gap is not None:
+        print(f"scrambling gap of {result.cnn}: {100 * result.scrambling_gap:.1f} points")
+    print(f"files in {result.save(args.out)}")
+    return 0
