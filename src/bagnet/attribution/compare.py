@@ -50,7 +50,7 @@ class AttributionComparison:
     def save(self, out: str | os.PathLike, figure_rows: int = 6) -> Path:
         """comparison.json, comparison.csv (the table), and per model a folder with its attributions (maps and a
         figure of the first ``figure_rows`` images) and its deletion and insertion curves."""
-        from .viz import line_figure, save_figure
+        from ..viz import line_figure, save_figure
 
         out = _out_dir(out)
         _write_json(out / "comparison.json", self.to_dict())

@@ -85,7 +85,7 @@ class Attributions:
     def save(self, out: str | os.PathLike, figure_rows: int = 6) -> Path:
         """attributions.json (targets, completeness, unavailable methods), attributions.npz (maps) and
         attributions.png (one row per image, the first ``figure_rows`` images: the image, then each method's map)."""
-        from .viz import attribution_grid_figure, save_figure
+        from ..viz import attribution_grid_figure, save_figure
 
         out = _out_dir(out)
         _write_json(out / "attributions.json", self.to_dict())
