@@ -285,7 +285,7 @@ def test_experiment_cli_end_to_end(tmp_path, name, extra, capsys):
 
 
 def test_summary_components_by_hand(tmp_path):
-    from bagnet.experiments import summarize
+    from bagnet.experiments import likeness_score as summarize
     from bagnet.experiments.interactions import InteractionResult
     from bagnet.experiments.scrambling import ScramblingResult
     from bagnet.experiments.similarity import SimilarityResult
@@ -456,3 +456,17 @@ def test_a_dataset_of_only_unreadable_files_is_an_error_not_an_empty_result(caps
         with pytest.raises(ValueError, match=r"no readable images in the dataset \(3 unreadable\)"):
             run()
     assert capsys.readouterr().err.count("skipped unreadable image img0.jpg: truncated") == len(runs)
+
+
+def test_renamed_functions_keep_working_with_a_deprecation_warning():
+    import bagnet.experiments as ex
+    import bagnet.models as models
+
+    with pytest.warns(DeprecationWarning, match="likeness_score"):
+        with pytest.raises(ValueError, match="at least one experiment result"):
+            ex.summarize("bag", 16, 10)
+    model = models.BagNet(models.BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=3))
+    image = torch.randn(3, 20, 20)
+    with pytest.warns(DeprecationWarning, match="summarize_model"):
+        old = models.summarize(model, image)
+    assert old == models.summarize_model(model, image)

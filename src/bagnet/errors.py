@@ -15,6 +15,13 @@ class ConfigError(ValueError):
         self.field = field
 
 
+class NotABagNetError(ConfigError, TypeError):
+    """A function that exists only for BagNets (exact heatmaps, explanations, certificates) got another model.
+
+    A usage error (exit code 2 on the command line); a ``TypeError`` and a ``ValueError`` for code that caught
+    either before there was one type for it."""
+
+
 class RunFolderError(ValueError):
     """A training run's folder cannot be used as asked (a damaged or foreign checkpoint, a changed setting on
     ``--resume``); the message names the file and says what to do. Nothing in the folder was changed."""

@@ -34,7 +34,7 @@ from torchvision.transforms import functional as TF
 from .data import IMAGE_EXTENSIONS, ImageReadError, image_size, load_image
 from .errors import ConfigError
 from .heatmaps import heatmap
-from .models.bagnet import BagNet
+from .models.bagnet import BagNet, require_bagnet
 from .models.preprocess import preprocess_normalisation, preprocess_size
 
 from .plumbing import (SCHEMA_VERSION, eval_mode, model_device, output_lock, write_bytes, write_csv, write_json,
@@ -528,14 +528,8 @@ def _as_bagnet(model: Union[BagNet, str], device: Any) -> BagNet:
     if isinstance(model, str):
         from .models import load
 
-        name = model
-        model = load(name, device=device)
-        if not isinstance(model, BagNet):
-            raise ValueError(f"explanations need a BagNet; {name!r} is a {type(model).__name__} (use "
-                             f"`bagnet attribution` for post-hoc maps of other models)")
-    if not isinstance(model, BagNet):
-        raise ValueError(f"explanations need a BagNet, got {type(model).__name__}")
-    return model
+        model = load(model, device=device)
+    return require_bagnet(model, "explanations", "use `bagnet attribution` for post-hoc maps of other models")
 
 
 def _stem(text: str) -> str:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .plumbing import eval_mode
-from .models.bagnet import BagNet, Bottleneck
+from .models.bagnet import BagNet, Bottleneck, require_bagnet
 
 Target = Union[int, Sequence[int], Tensor, None]
 DEFAULT_MAX_MEMORY = 3 * 2**30
@@ -276,11 +276,8 @@ def heatmap_reference(
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def _check_model(model: object) -> None:
-    if not isinstance(model, BagNet):
-        raise TypeError(
-            f"heatmaps need a bagnet.BagNet (its evidence is defined patch by patch), got {type(model).__name__}; "
-            f"for other models use bagnet.attribution"
-        )
+    require_bagnet(model, "heatmaps (the evidence is defined patch by patch)",
+                   "for other models use bagnet.attribution")
 
 
 def allowed_strides(model: BagNet) -> tuple[int, ...]:

@@ -55,6 +55,21 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def deprecated_alias(function: Any, old_name: str, since: str = "0.2") -> Any:
+    """``function`` under its old public name: works as before for one release, with a ``DeprecationWarning``."""
+    import functools
+    import warnings
+
+    @functools.wraps(function)
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn(f"{old_name} was renamed {function.__module__}.{function.__name__} in bagnet {since}; the old "
+                      f"name goes away in the next release", DeprecationWarning, stacklevel=2)
+        return function(*args, **kwargs)
+
+    alias.__name__ = old_name.rsplit(".", 1)[-1]
+    return alias
+
+
 # ---------------------------------------------------------------------------------------------------- files
 class OutputBusyError(RuntimeError):
     """Another process is writing results into the same folder."""

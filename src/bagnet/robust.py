@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError
-from .models.bagnet import BagNet
+from .models.bagnet import BagNet, require_bagnet
 from .models.receptive import block_pixels, cell_block, cells_reached, reach_window
 
-from .plumbing import SCHEMA_VERSION, eval_mode, write_csv, write_json
+from .plumbing import SCHEMA_VERSION, eval_mode, model_device, write_csv, write_json
 DEFENCES = ("masking", "clipping")
 
 
@@ -344,17 +344,22 @@ def robustness(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
+    device: Any = None,
 ) -> RobustnessResult:
     """Certify every image of ``dataset`` (the first ``limit`` of a seeded order) under each defence; optionally
-    attack the undefended and defended model on the first ``attack_limit`` of them (attacks cost far more)."""
+    attack the undefended and defended model on the first ``attack_limit`` of them (attacks cost far more).
+    ``device``: where to compute (default: the model's device; the model is never moved)."""
     from .data import SkipLog, check_dataset, tracked_batches
 
-    if not isinstance(model, BagNet):
-        raise ValueError(f"certification needs a BagNet, got {type(model).__name__}")
+    require_bagnet(model, "certificates (they bound each patch's evidence)")
     if not defences:
         raise ValueError("give at least one defence")
     check_dataset(dataset)
-    device = model.fc.weight.device
+    device = model_device(model, device)
+    own = model_device(model)
+    if own.type != device.type or (device.index is not None and own.index not in (None, device.index)):
+        raise ValueError(f"the model is on {model_device(model)}, not on device={device}; move it first "
+                         f"(model.to({str(device)!r})): bagnet never moves a model silently")
     skips = SkipLog()
     keys = ("clean", "certified", "attacked", "clean_sub", "certified_sub", "broken")
     counts: dict[int, dict[str, int]] = {i: dict.fromkeys(keys, 0) for i in range(len(defences))}

@@ -24,7 +24,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     for name in ("bagnet9", "bagnet17", "bagnet33"):
         model = models.load(name)
         for tensor in (full, model.preprocess(photo)):
-            rows.append(models.summarize(model, tensor))
+            rows.append(models.summarize_model(model, tensor))
     if args.json:
         from ..plumbing import dumps_json
 
@@ -226,7 +226,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
                                                               position_stride=args.attack_stride, top_positions=args.attack_top,
                                                               seed=args.seed)
     result = robustness(model, dataset, defences, attack, limit=args.limit, attack_limit=args.attack_limit,
-                        seed=args.seed, progress=not args.no_progress)
+                        seed=args.seed, progress=not args.no_progress, device=args.device)
     print(f"{result.model} on {data_name} ({result.images} images): clean accuracy {100 * result.clean_undefended:.1f} %")
     if result.attacked_images:
         print(f"attacked: the first {result.attacked_images} images (undefended clean accuracy on them "
@@ -274,7 +274,7 @@ def cmd_attribution(args: argparse.Namespace) -> int:
 
 
 def experiment_summary(args: argparse.Namespace) -> int:
-    from ..experiments import InteractionResult, ScramblingResult, SimilarityResult, summarize
+    from ..experiments import InteractionResult, ScramblingResult, SimilarityResult, likeness_score
     from ..experiments.common import read_result
 
     if not args.reference or not args.patch_size or not args.num_classes:
@@ -284,7 +284,7 @@ def experiment_summary(args: argparse.Namespace) -> int:
                       (SimilarityResult, "similarity")):
         path = next((d / f"{name}.json" for d in args.results if (d / f"{name}.json").is_file()), None)
         found[name] = read_result(cls, path) if path else None
-    result = summarize(args.reference, args.patch_size, args.num_classes, **found)
+    result = likeness_score(args.reference, args.patch_size, args.num_classes, **found)
     for row in result.rows():
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     for note in result.notes:

@@ -6,7 +6,7 @@ from .interactions import InteractionConfig, InteractionResult, interactions, re
 from ..masks import block_scores, mask_blocks
 from .masking import MaskingConfig, MaskingResult, OwnAttribution, bagnet_scores, masking
 from .scrambling import ScramblingConfig, ScramblingResult, scramble, scrambling
-from .summary import SummaryResult, summarize
+from .summary import SummaryResult, likeness_score, summarize
 from .similarity import SimilarityConfig, SimilarityResult, error_consistency, mean_logit_correlation, similarity
 
 __all__ = [
@@ -14,6 +14,6 @@ __all__ = [
     "InteractionConfig", "InteractionResult", "interactions", "region_pairs",
     "MaskingConfig", "MaskingResult", "OwnAttribution", "bagnet_scores", "block_scores", "mask_blocks", "masking",
     "ScramblingConfig", "ScramblingResult", "scramble", "scrambling",
-    "SummaryResult", "summarize",
+    "SummaryResult", "likeness_score", "summarize",
     "SimilarityConfig", "SimilarityResult", "error_consistency", "mean_logit_correlation", "similarity",
 ]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
-from ..plumbing import Result
+from ..plumbing import Result, deprecated_alias
 from .interactions import InteractionResult
 from .scrambling import ScramblingResult
 from .similarity import SimilarityResult
@@ -64,7 +64,7 @@ def _clip(value: float) -> Optional[float]:
     return None if value is None or math.isnan(value) else min(1.0, max(0.0, value))
 
 
-def summarize(
+def likeness_score(
     reference: str,
     patch_size: int,
     num_classes: int,
@@ -121,3 +121,7 @@ def summarize(
         parts = [v for v in (retention[m], locality[m], decision[m]) if v is not None]
         score[m] = sum(parts) / len(parts) if parts else None
     return SummaryResult(models, reference, patch_size, chance, retention, locality, decision, score, notes)
+
+
+#: Deprecated name of :func:`likeness_score` (until the next release).
+summarize = deprecated_alias(likeness_score, "bagnet.experiments.summarize")

@@ -5,7 +5,7 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, imagenet_categories, make_p
 from .receptive import (ReceptiveField, block_pixels, cell_block, cells_reached, output_length, reach_window,
                         receptive_field)
 from .fuse import fuse_batchnorm
-from .summary import ModelSummary, summarize
+from .summary import ModelSummary, summarize, summarize_model
 from .registry import (bagnet9, bagnet17, bagnet33, list_models, load, load_file, load_models, model_entry,
                        model_label)
 from .weights import (
@@ -21,7 +21,7 @@ from .weights import (
 )
 
 __all__ = [
-    "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize", "fuse_batchnorm",
+    "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize_model", "summarize", "fuse_batchnorm",
     "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_categories", "make_preprocess",
     "ReceptiveField", "output_length", "receptive_field", "cells_reached", "reach_window", "cell_block",
     "block_pixels",

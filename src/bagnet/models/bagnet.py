@@ -134,6 +134,16 @@ class SubsampleConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def require_bagnet(model: object, purpose: str, hint: str = "") -> "BagNet":
+    """``model`` if it is a BagNet, else :class:`bagnet.errors.NotABagNetError` saying what needs one and why."""
+    if not isinstance(model, BagNet):
+        from ..errors import NotABagNetError
+
+        name = getattr(model, "name", None) or type(model).__name__
+        raise NotABagNetError(f"{purpose} need a bagnet.BagNet, got {name} ({type(model).__name__})" + (f"; {hint}" if hint else ""))
+    return model
+
+
 def use_subsample_convs(model: nn.Module) -> nn.Module:
     """Turn every unpadded strided 1×1 ``nn.Conv2d`` of ``model`` into a :class:`SubsampleConv2d` (in place)."""
     for module in model.modules():

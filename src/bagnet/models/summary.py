@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..plumbing import eval_mode
+from ..plumbing import deprecated_alias, eval_mode
 from .bagnet import BagNet
 
 
@@ -29,7 +29,7 @@ class ModelSummary:
 
 
 @torch.no_grad()
-def summarize(model: BagNet, image: torch.Tensor) -> ModelSummary:
+def summarize_model(model: BagNet, image: torch.Tensor) -> ModelSummary:
     """Count parameters, run ``image`` (3, H, W) through the model and check logits == mean evidence."""
     x = image.unsqueeze(0) if image.dim() == 3 else image
     with eval_mode(model):
@@ -47,3 +47,7 @@ def summarize(model: BagNet, image: torch.Tensor) -> ModelSummary:
         logits_match_evidence=diff <= 1e-5 * scale + 1e-6,
         max_abs_difference=diff,
     )
+
+
+#: Deprecated name of :func:`summarize_model` (until the next release).
+summarize = deprecated_alias(summarize_model, "bagnet.models.summarize")

@@ -22,7 +22,7 @@ CHECKPOINT = "checkpoint.pt"
 AUGMENTS = ("none", "trivialaugment", "randaugment")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (saved as config.yaml; every field is a ``bagnet train`` flag)."""
 
@@ -160,7 +160,7 @@ def _check_types(config: TrainConfig) -> None:
         if typing.get_origin(base) is tuple:
             if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) for v in value):
                 raise ConfigError(f"{_flag(f.name)} must be a list of integers, got {value!r}", f.name)
-            setattr(config, f.name, tuple(int(v) for v in value))
+            object.__setattr__(config, f.name, tuple(int(v) for v in value))
         elif base is bool:
             if not isinstance(value, bool):
                 raise ConfigError(f"{_flag(f.name)} must be true or false, got {value!r}", f.name)
@@ -170,7 +170,7 @@ def _check_types(config: TrainConfig) -> None:
         elif base is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{_flag(f.name)} must be a finite number, got {value!r}", f.name)
-            setattr(config, f.name, float(value))
+            object.__setattr__(config, f.name, float(value))
         elif base is str:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{_flag(f.name)} must be a non-empty string, got {value!r}", f.name)
