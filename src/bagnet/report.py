@@ -8,7 +8,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .explanation import Explanation, PatchGallery
+    from .explanation import Explanation
+    from .gallery import PatchGallery
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1100px;
@@ -99,7 +100,7 @@ def explanation_report(explanation: "Explanation", figures: Sequence[dict[str, A
 
 
 def gallery_report(gallery: "PatchGallery", overview: bytes, per_class: Sequence[tuple[str, Any, bytes]]) -> str:
-    """The report of :meth:`bagnet.explanation.PatchGallery.save`: the overview, then each class's highest and lowest
+    """The report of :meth:`bagnet.gallery.PatchGallery.save`: the overview, then each class's highest and lowest
     evidence patches with the images they come from."""
     g = gallery
     nav = "".join(f"<a href=\"#c{c}\">{html.escape(name)}</a>" for c, name in enumerate(g.categories))

@@ -194,7 +194,7 @@ def explain_locked(args: argparse.Namespace, inputs: list, config) -> int:
 def cmd_patches(args: argparse.Namespace) -> int:
     from .. import load
     from ..data import evaluation_dataset
-    from ..explanation import class_patches
+    from ..gallery import class_patches
 
     model = load(args.model, device=args.device)
     dataset, categories, data_name = evaluation_dataset(args.data, model.preprocess)
