@@ -110,7 +110,7 @@ def bagnet_canonizer():
 
     def attribute_map(name: str, module: nn.Module) -> Optional[dict[str, Any]]:
         if isinstance(module, Bottleneck):
-            return {"forward": types.MethodType(_bagnet_block_forward, module), "canonizer_sum": Sum()}
+            return {"add_residual": types.MethodType(_summed_residual, module), "canonizer_sum": Sum()}
         if isinstance(module, BagNet):
             return {"forward": types.MethodType(_bagnet_forward, module), "canonizer_pool": nn.AdaptiveAvgPool2d(1)}
         return None
@@ -118,14 +118,8 @@ def bagnet_canonizer():
     return AttributeCanonizer(attribute_map)
 
 
-def _bagnet_block_forward(self, x: Tensor) -> Tensor:
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.relu1(self.bn1(self.conv1(x)))
-    out = self.relu2(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    h, w = out.shape[-2:]
-    out = self.canonizer_sum(torch.stack([identity[..., :h, :w], out], dim=-1))
-    return self.relu3(out)
+def _summed_residual(self, out: Tensor, identity: Tensor) -> Tensor:
+    return self.canonizer_sum(torch.stack([identity, out], dim=-1))
 
 
 def _bagnet_forward(self, x: Tensor) -> Tensor:

@@ -81,12 +81,10 @@ def argv_is_cli() -> bool:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .. import load
-    from ..data import evaluation_dataset, seeded_subset
+    from ..data import seeded_subset
     from ..train import evaluate
 
-    model = load(args.model, device=args.device)
-    dataset, categories, name = evaluation_dataset(args.data, model.preprocess)
+    model, dataset, categories, name = model_and_data(args)
     dataset = seeded_subset(dataset, args.limit, args.seed)
     result = evaluate(model, dataset, categories, args.model, name, args.batch_size, args.device, args.workers,
                       progress=not args.no_progress)
@@ -97,6 +95,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  {cat:<24} {100 * acc:6.2f}%")
     print(f"files: {out / 'evaluation.json'}, {out / 'predictions.csv'}, {out / 'confusion.png'}")
     return exit_code(result.skipped)
+
+
+def model_and_data(args: argparse.Namespace, spec: str | None = None):
+    """The model ``--model`` (or ``spec``) names and the dataset ``--data`` names, preprocessed as the model expects:
+    ``(model, dataset, class names, display name)``."""
+    from .. import load
+    from ..data import evaluation_dataset
+
+    model = load(spec or args.model, device=args.device)
+    dataset, categories, name = evaluation_dataset(args.data, model.preprocess)
+    return model, dataset, categories, name
 
 
 def exit_code(skipped: dict) -> int:
@@ -192,12 +201,9 @@ def explain_locked(args: argparse.Namespace, inputs: list, config) -> int:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
-    from .. import load
-    from ..data import evaluation_dataset
     from ..gallery import class_patches
 
-    model = load(args.model, device=args.device)
-    dataset, categories, data_name = evaluation_dataset(args.data, model.preprocess)
+    model, dataset, _, data_name = model_and_data(args)
     gallery = class_patches(model, dataset, per_class=args.per_class, batch_size=args.batch_size, limit=args.limit,
                             seed=args.seed, device=args.device, workers=args.workers, progress=not args.no_progress)
     for name, values in zip(gallery.categories, gallery.top_values):
@@ -208,12 +214,9 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from .. import load
-    from ..data import evaluation_dataset
     from ..robust import AttackConfig, DefenceConfig, robustness
 
-    model = load(args.model, device=args.device)
-    dataset, _, data_name = evaluation_dataset(args.data, model.preprocess)
+    model, dataset, _, data_name = model_and_data(args)
     defences = []
     for p in args.stickers:
         if "masking" in args.defences:

@@ -182,6 +182,11 @@ class Bottleneck(nn.Module):
         self.relu3 = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
+        out, identity = self.branches(x)
+        return self.relu3(self.add_residual(out, identity))
+
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The residual branch's output and the shortcut, cropped at the bottom and right to the branch's size."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.relu2(self.bn2(self.conv2(out)))
@@ -189,7 +194,11 @@ class Bottleneck(nn.Module):
         h, w = out.shape[-2:]
         if identity.shape[-2:] != (h, w):
             identity = identity[..., :h, :w]
-        return self.relu3(out + identity)
+        return out, identity
+
+    def add_residual(self, out: Tensor, identity: Tensor) -> Tensor:
+        """The residual sum (a canonizer replaces it with a module that LRP rules can see)."""
+        return out + identity
 
 
 class BagNet(nn.Module):
