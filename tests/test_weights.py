@@ -221,3 +221,20 @@ def test_shipped_weights_are_found_by_name_with_their_card_and_default(tmp_path)
     (tmp_path / "DEFAULT").write_text("bagnet33:missing\n")
     with pytest.raises(WeightsError, match="not among the shipped models"):
         shipped_entries(tmp_path)
+
+
+def test_preprocess_is_a_typed_callable_with_normalize_and_denormalize():
+    from PIL import Image
+
+    from bagnet.models.preprocess import Preprocess, preprocess_normalisation, preprocess_size
+
+    p = bagnet.load("default").preprocess
+    assert isinstance(p, Preprocess) and (p.resize, p.crop) == (128, 128)
+    assert preprocess_size(p) == 128 and preprocess_normalisation(p) == (p.mean, p.std)
+    x = p(Image.new("RGB", (200, 150), (255, 0, 0)))
+    assert x.shape == (3, 128, 128)
+    pixels = p.denormalize(x)
+    assert torch.allclose(pixels[:, 0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
+    assert torch.allclose(p.normalize(pixels), x, atol=1e-6)
+    with pytest.raises(ValueError, match="std"):
+        Preprocess(std=(0.2, 0.0, 0.2))

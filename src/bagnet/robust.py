@@ -416,6 +416,7 @@ def robustness(
 
 
 def _normalisation(model: BagNet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std of the model's preprocessing (its ``Preprocess``)."""
     from .models.preprocess import preprocess_normalisation
 
     return preprocess_normalisation(getattr(model, "preprocess", None))

@@ -2,12 +2,73 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import torch
+from torch import Tensor
 from torchvision import transforms
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What a model's weights expect of an image, as one typed, callable object (like torchvision's
+    ``weights.transforms()``): ``preprocess(pil_image)`` resizes the short side to ``resize`` (None: keep), crops the
+    centre ``crop``×``crop`` (None: no crop), scales to [0, 1] and normalises with ``mean``/``std``.
+
+    ``normalize``/``denormalize`` convert between [0, 1] pixels and the model's input for tensors (…, 3, H, W), so
+    nothing has to learn the mean and std by inspecting a transform.
+    """
+
+    resize: Optional[int] = 256
+    crop: Optional[int] = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or a positive number of pixels, got {value!r}")
+
+    @property
+    def transforms(self) -> list:
+        """The torchvision transforms this preprocessing applies, in order."""
+        steps: list = [transforms.Lambda(_to_rgb)]
+        if self.resize is not None:
+            steps.append(transforms.Resize(self.resize, interpolation=transforms.InterpolationMode.BILINEAR,
+                                           antialias=True))
+        if self.crop is not None:
+            steps.append(transforms.CenterCrop(self.crop))
+        return steps + [transforms.ToTensor(), transforms.Normalize(list(self.mean), list(self.std))]
+
+    def __call__(self, image: Any) -> Tensor:
+        """PIL image → normalised float tensor (3, H, W)."""
+        for step in self.transforms:
+            image = step(image)
+        return image
+
+    def normalize(self, pixels: Tensor) -> Tensor:
+        """[0, 1] pixels (…, 3, H, W) → the model's input."""
+        return (pixels - self._stat(self.mean, pixels)) / self._stat(self.std, pixels)
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """The model's input (…, 3, H, W) → [0, 1] pixels (not clamped)."""
+        return x * self._stat(self.std, x) + self._stat(self.mean, x)
+
+    @staticmethod
+    def _stat(values: Sequence[float], like: Tensor) -> Tensor:
+        return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None, None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
 
 
 def make_preprocess(
@@ -15,19 +76,16 @@ def make_preprocess(
     crop: int | None = 224,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> transforms.Compose:
+) -> Preprocess:
     """PIL image → normalised float tensor (3, H, W): optional resize of the short side, centre crop, normalise."""
-    steps: list = [transforms.Lambda(_to_rgb)]
-    if resize is not None:
-        steps.append(transforms.Resize(resize, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True))
-    if crop is not None:
-        steps.append(transforms.CenterCrop(crop))
-    steps += [transforms.ToTensor(), transforms.Normalize(list(mean), list(std))]
-    return transforms.Compose(steps)
+    return Preprocess(resize, crop, tuple(mean), tuple(std))  # type: ignore[arg-type]
 
 
 def preprocess_size(preprocess: Any) -> Optional[int]:
-    """The short side a preprocessing pipeline (from :func:`make_preprocess`) resizes to; None when it does not."""
+    """The short side a preprocessing resizes to (None when it does not); a :class:`Preprocess` or a torchvision
+    ``Compose`` (read by inspection, for models that carry one of their own)."""
+    if isinstance(preprocess, Preprocess):
+        return preprocess.resize
     for t in getattr(preprocess, "transforms", None) or []:
         if isinstance(t, transforms.Resize):
             size = t.size
@@ -36,7 +94,9 @@ def preprocess_size(preprocess: Any) -> Optional[int]:
 
 
 def preprocess_normalisation(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std a preprocessing pipeline normalises with (ImageNet's when it has no ``Normalize``)."""
+    """Mean and std a preprocessing normalises with (ImageNet's when it has no ``Normalize``)."""
+    if isinstance(preprocess, Preprocess):
+        return preprocess.mean, preprocess.std
     for t in getattr(preprocess, "transforms", None) or []:
         if isinstance(t, transforms.Normalize):
             return tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
