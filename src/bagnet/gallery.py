@@ -13,6 +13,7 @@ import torch
 
 from .explanation import _as_bagnet, _stem, model_normalisation
 from .models.bagnet import BagNet
+from .models.preprocess import to_pixels
 from .plumbing import SCHEMA_VERSION, eval_mode, model_device, output_lock, write_bytes, write_json, write_text
 
 
@@ -91,8 +92,6 @@ def class_patches(
     check_dataset(dataset)
     dev = model_device(model, device)
     mean, std = model_normalisation(model)
-    m = torch.tensor(mean)[:, None, None]
-    s = torch.tensor(std)[:, None, None]
     C, q, n = model.num_classes, model.patch_size, per_class
     best = {"top": (torch.full((C, 0), float("nan")), [[] for _ in range(C)], [[] for _ in range(C)],
                     torch.zeros(C, 0, q, q, 3, dtype=torch.uint8)),
@@ -105,7 +104,7 @@ def class_patches(
             with torch.no_grad():
                 ev = model.evidence(batch.images.to(dev, model.fc.weight.dtype)).float().cpu()  # (B, C, h, w)
             B, _, h, w = ev.shape
-            pictures = ((batch.images.float() * s + m).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
+            pictures = (to_pixels(batch.images.float(), mean, std) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
             names = [sample_path(dataset, int(i)) for i in batch.indices]
             flat = ev.flatten(2)  # (B, C, h·w)
             for kind, (vals, cells) in (("top", flat.max(2)), ("bottom", flat.min(2))):

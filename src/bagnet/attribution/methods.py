@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..heatmaps import class_indices, heatmap
 from ..masks import fill_images
 from ..models.bagnet import BagNet
-from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_pixels
 from ..plumbing import eval_mode, model_device, model_dtype, out_dir as _out_dir
 from ..plumbing import write_result_json as _write_json
 from .surgery import (_Unavailable, epsilon_composite, gradcam_layer, place_cells, reused_activations,
@@ -151,9 +151,7 @@ def attribute(
             if method in expected:
                 sums = result.detach().double().sum(dim=(1, 2)).cpu()
                 completeness[method] = (sums - torch.tensor(expected[method])).tolist()
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    pictures = (images.detach().float().cpu() * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    pictures = to_pixels(images.detach().float().cpu(), mean, std).permute(0, 2, 3, 1).numpy()
     return Attributions(
         model=name, methods=[m for m in config.methods], maps=maps, targets=targets.cpu().tolist(),
         target_logits=target_logits.double().cpu().tolist(), expected=expected, completeness=completeness,

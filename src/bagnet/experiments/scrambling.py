@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..plumbing import Result
 from ..data import SkipLog, check_dataset, tracked_batches
-from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_pixels
 from .common import logits_of, model_device
 
 
@@ -133,5 +133,4 @@ def scrambling(
 
 
 def _show(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    x = image.detach().cpu().float() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+    return to_pixels(image.detach().cpu().float(), mean, std).permute(1, 2, 0).numpy()

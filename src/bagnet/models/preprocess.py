@@ -71,6 +71,11 @@ class Preprocess:
         return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
 
 
+def to_pixels(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
+    """Normalised images (…, 3, H, W) back to [0, 1] pixels (clamped), for pictures and figures."""
+    return (x * Preprocess._stat(std, x) + Preprocess._stat(mean, x)).clamp(0, 1)
+
+
 def make_preprocess(
     resize: int | None = 256,
     crop: int | None = 224,
