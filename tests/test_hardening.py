@@ -236,6 +236,10 @@ def test_config_mistakes_name_file_line_and_field(tmp_path):
         assert done.returncode == 2, (name, done.stderr)
         for word in expected:
             assert word in done.stderr, (name, word, done.stderr)
+    marker = tmp_path / "yaml-pwned"
+    (tmp_path / "evil.yaml").write_text(f'arch: !!python/object/apply:os.system ["touch {marker}"]\n')
+    done = run("train", "--config", str(tmp_path / "evil.yaml"), "--out", str(tmp_path / "never"))
+    assert done.returncode == 2 and "evil.yaml" in done.stderr and not marker.exists()
     done = run("train", "--label-smoothing", "5", "--out", str(tmp_path / "never"))
     assert done.returncode == 2 and "--label-smoothing" in done.stderr and "[0, 0.99]" in done.stderr
     assert not (tmp_path / "never").exists()
