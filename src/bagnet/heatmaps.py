@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .plumbing import eval_mode
+from .plumbing import check_image_batch, eval_mode
 from .models.bagnet import BagNet, Bottleneck, require_bagnet
 
 Target = Union[int, Sequence[int], Tensor, None]
@@ -295,25 +295,7 @@ def _check_stride(model: BagNet, stride: int) -> None:
 
 
 def _check_images(images: Tensor, model: BagNet) -> Tensor:
-    if not isinstance(images, Tensor):
-        raise TypeError(f"images must be a torch.Tensor (N, 3, H, W), got {type(images).__name__}")
-    if images.dim() == 3:
-        images = images.unsqueeze(0)
-    if images.dim() != 4:
-        raise ValueError(f"images must be shaped (N, 3, H, W) or (3, H, W), got {tuple(images.shape)}")
-    channels = model.conv1.in_channels
-    if images.shape[1] != channels:
-        raise ValueError(f"images must have {channels} channels, got shape {tuple(images.shape)}")
-    if images.shape[0] == 0 or images.shape[-1] == 0 or images.shape[-2] == 0:
-        raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be normalised floating-point tensors, got dtype {images.dtype}")
-    finite = torch.isfinite(images)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise ValueError(f"images hold {bad} non-finite values (NaN or inf) of {images.numel()}: an evidence map of "
-                         "them would be NaN; check the input's preprocessing")
-    return images
+    return check_image_batch(images, model.conv1.in_channels)
 
 
 def _resolve_target(model: BagNet, images: Tensor, target: Target, device: torch.device) -> Tensor:

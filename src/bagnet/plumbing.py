@@ -70,6 +70,29 @@ def deprecated_alias(function: Any, old_name: str, since: str = "0.2") -> Any:
     return alias
 
 
+def check_image_batch(images: Any, channels: int = 3) -> torch.Tensor:
+    """``images`` as a batch (N, channels, H, W) of finite floats (a single (channels, H, W) image gets N = 1), or a
+    ``TypeError``/``ValueError`` that names what is wrong (type, shape, emptiness, dtype, NaN/inf)."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (N, {channels}, H, W), got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4:
+        raise ValueError(f"images must be shaped (N, {channels}, H, W) or ({channels}, H, W), got {tuple(images.shape)}")
+    if images.shape[1] != channels:
+        raise ValueError(f"images must have {channels} channels, shaped (N, {channels}, H, W); got shape {tuple(images.shape)}")
+    if images.shape[0] == 0 or images.shape[-1] == 0 or images.shape[-2] == 0:
+        raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be normalised floating-point tensors, got dtype {images.dtype}")
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"images hold {bad} non-finite values (NaN or inf) of {images.numel()}: maps and logits of "
+                         "them would be NaN; check the input's preprocessing")
+    return images
+
+
 # ---------------------------------------------------------------------------------------------------- files
 class OutputBusyError(RuntimeError):
     """Another process is writing results into the same folder."""

@@ -19,7 +19,7 @@ from ..heatmaps import class_indices, heatmap
 from ..masks import fill_images
 from ..models.bagnet import BagNet
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_pixels
-from ..plumbing import eval_mode, model_device, model_dtype, out_dir as _out_dir
+from ..plumbing import check_image_batch, eval_mode, model_device, model_dtype, out_dir as _out_dir
 from ..plumbing import write_result_json as _write_json
 from .surgery import (_Unavailable, epsilon_composite, gradcam_layer, place_cells, reused_activations,
                       separate_activations, unmerged_batchnorms)
@@ -260,15 +260,7 @@ def predicted_classes(model: nn.Module, images: Tensor, device: Any = None) -> T
 
 
 def _check_images(images: Tensor) -> Tensor:
-    if not isinstance(images, Tensor):
-        raise TypeError(f"images must be a torch.Tensor (N, 3, H, W), got {type(images).__name__}")
-    if images.dim() == 3:
-        images = images.unsqueeze(0)
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be shaped (N, 3, H, W), got {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError("images is an empty batch")
-    return images
+    return check_image_batch(images, 3)
 
 
 def _check_logits(out: Any, n: int, name: str) -> Tensor:
