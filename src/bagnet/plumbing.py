@@ -78,9 +78,11 @@ def check_image_batch(images: Any, channels: int = 3) -> torch.Tensor:
     if images.dim() == 3:
         images = images.unsqueeze(0)
     if images.dim() != 4:
-        raise ValueError(f"images must be shaped (N, {channels}, H, W) or ({channels}, H, W), got {tuple(images.shape)}")
+        raise ValueError(f"images must be shaped (N, {channels}, H, W) or ({channels}, H, W), got "
+                         f"{tuple(images.shape)}")
     if images.shape[1] != channels:
-        raise ValueError(f"images must have {channels} channels, shaped (N, {channels}, H, W); got shape {tuple(images.shape)}")
+        raise ValueError(f"images must have {channels} channels, shaped (N, {channels}, H, W); got shape "
+                         f"{tuple(images.shape)}")
     if images.shape[0] == 0 or images.shape[-1] == 0 or images.shape[-2] == 0:
         raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}")
     if not images.is_floating_point():

@@ -21,7 +21,8 @@ from .weights import (
 )
 
 __all__ = [
-    "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize_model", "summarize", "fuse_batchnorm",
+    "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize_model", "summarize",
+    "fuse_batchnorm",
     "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_categories", "make_preprocess",
     "ReceptiveField", "output_length", "receptive_field", "cells_reached", "reach_window", "cell_block",
     "block_pixels",

@@ -140,7 +140,8 @@ def require_bagnet(model: object, purpose: str, hint: str = "") -> "BagNet":
         from ..errors import NotABagNetError
 
         name = getattr(model, "name", None) or type(model).__name__
-        raise NotABagNetError(f"{purpose} need a bagnet.BagNet, got {name} ({type(model).__name__})" + (f"; {hint}" if hint else ""))
+        raise NotABagNetError(f"{purpose} need a bagnet.BagNet, got {name} ({type(model).__name__})"
+                              + (f"; {hint}" if hint else ""))
     return model
 
 

@@ -238,7 +238,8 @@ def _check_ranges(config: TrainConfig) -> None:
         too_low = low is not None and (value < low if low_ok else value <= low)
         if too_low or (high is not None and value > high):
             lo = "-inf" if low is None else f"{low:g}"
-            span = f"{'[' if low_ok else '('}{lo}, {'inf' if high is None else f'{high:g}'}{']' if high is not None else ')'}"
+            hi = "inf)" if high is None else f"{high:g}]"
+            span = f"{'[' if low_ok else '('}{lo}, {hi}"
             raise ConfigError(f"{_flag(name)} must lie in {span}, got {value!r}", name)
     choices = {"arch": ARCHES, "optimizer": ("adamw", "sgd"), "augment": AUGMENTS}
     for name, allowed in choices.items():

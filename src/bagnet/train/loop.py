@@ -257,7 +257,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, log: Optional[Call
             if distributed:
                 dist.all_reduce(stats)
             seconds = time.time() - epoch_start
-            broken = [n for n, p in model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+            broken = [n for n, p in model.state_dict().items()
+                      if p.is_floating_point() and not bool(torch.isfinite(p).all())]
             if any_rank(bool(broken), distributed, device):
                 raise TrainingDiverged(f"training diverged: non-finite weights ({', '.join(broken[:3])}) after epoch "
                                        f"{epoch + 1}; the checkpoint {ckpt_path} of the last finite epoch is kept and "
