@@ -24,19 +24,21 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
-def _at_least(low: int):
+def _at_least(low: int, high: int | None = None):
     def check(text: str) -> int:
         value = _int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text}")
+        if value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {text}")
         return value
 
     return check
 
 
-#: argparse types: an integer >= 1 / >= 0 (anything else is a usage error, exit 2).
+#: argparse types: an integer >= 1 / >= 0; worker processes 0 to 64 (anything else is a usage error, exit 2).
 positive_int = _at_least(1)
 non_negative_int = _at_least(0)
+worker_count = _at_least(0, 64)
 
 
 def device_arg(text: str) -> str:
@@ -185,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a registered name, a weights file or a training run folder")
     p.add_argument("--data", default="imagenette", help=f"{DATA_HELP} (default: imagenette)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes (default 2)")
+    p.add_argument("--workers", type=worker_count, default=2, help="data-loading processes, 0 to 64 (default 2)")
     add_run_flags(p, "out/evaluate", limit=True)
     p.set_defaults(func=commands.cmd_evaluate)
 
@@ -212,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="a BagNet: registered name, weights file or run folder")
     p.add_argument("--per-class", type=positive_int, default=8, help="patches kept per class (default 8)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=non_negative_int, default=0, help="data-loading processes (default 0)")
+    p.add_argument("--workers", type=worker_count, default=0, help="data-loading processes, 0 to 64 (default 0)")
     add_run_flags(p, "out/patches", limit=True)
     p.set_defaults(func=commands.cmd_patches)
 

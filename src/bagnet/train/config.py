@@ -225,7 +225,7 @@ _RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "cutmix": (0, 100, True), "drop_path": (0, 0.99, True), "epochs": (1, 1_000_000, True),
     "batch_size": (1, 1 << 20, True), "lr": (0, None, False), "weight_decay": (0, None, True),
     "momentum": (0, 0.999, True), "warmup_epochs": (0, None, True), "label_smoothing": (0, 0.99, True),
-    "workers": (0, 256, True), "seed": (0, 2**31 - 1, True),
+    "workers": (0, 64, True), "seed": (0, 2**31 - 1, True),
 }
 ARCHES = ("bagnet",) + tuple(CNN_BUILDERS)
 
