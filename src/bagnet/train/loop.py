@@ -103,6 +103,8 @@ def train(
     rank = dist_info()[0]
     if rank != 0:
         return _train(config, resume, progress, log, stop_after_steps, command)
+    if resume:  # refused before the lock would create the folder
+        read_run_checkpoint(Path(config.out) / CHECKPOINT, config)
     with output_lock(config.out):
         return _train(config, resume, progress, log, stop_after_steps, command)
 
