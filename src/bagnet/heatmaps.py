@@ -307,9 +307,7 @@ def _resolve_target(model: BagNet, images: Tensor, target: Target, device: torch
                 logits = torch.cat([model(images[i : i + 1].to(model.fc.weight.device)) for i in range(n)])
         classes = logits.argmax(1, keepdim=True)
     elif isinstance(target, Tensor):
-        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-            raise ValueError(f"a target tensor must hold integer class indices, got dtype {target.dtype}")
-        classes = target.long()
+        classes = class_indices(target, "a target tensor")
         if classes.dim() == 0:
             classes = classes.expand(n)[:, None]
         elif classes.dim() == 1:
@@ -319,12 +317,7 @@ def _resolve_target(model: BagNet, images: Tensor, target: Target, device: torch
         elif classes.dim() != 2 or classes.shape[0] != n:
             raise ValueError(f"a target tensor must be shaped (N,) or (N, K) with N = {n}, got {tuple(classes.shape)}")
     else:
-        if isinstance(target, (str, bytes)) or not isinstance(target, (numbers.Integral, list, tuple)):
-            raise ValueError(f"target must be None, an int, a non-empty list of ints or a tensor, got {target!r}")
-        indices = [target] if isinstance(target, numbers.Integral) else list(target)
-        if not indices or not all(_is_class_index(c) for c in indices):
-            raise ValueError(f"target must be None, an int, a non-empty list of ints or a tensor, got {target!r}")
-        classes = torch.tensor(indices, dtype=torch.long)[None].expand(n, -1)
+        classes = class_indices(target)[None].expand(n, -1)
     if classes.numel() and (classes.min() < 0 or classes.max() >= num_classes):
         bad = classes[(classes < 0) | (classes >= num_classes)][0].item()
         raise ValueError(f"target class {bad} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")

@@ -101,16 +101,16 @@ def train(
     non-finite stops with :class:`bagnet.errors.TrainingDiverged`, keeping its last checkpoint and saving no model.
     """
     rank = dist_info()[0]
+    # a resumed run's checkpoint is read and checked once, before the lock would create the folder
+    state = read_run_checkpoint(Path(config.out) / CHECKPOINT, config) if resume else None
     if rank != 0:
-        return _train(config, resume, progress, log, stop_after_steps, command)
-    if resume:  # refused before the lock would create the folder
-        read_run_checkpoint(Path(config.out) / CHECKPOINT, config)
+        return _train(config, state, progress, log, stop_after_steps, command)
     with output_lock(config.out):
-        return _train(config, resume, progress, log, stop_after_steps, command)
+        return _train(config, state, progress, log, stop_after_steps, command)
 
 
-def _train(config: TrainConfig, resume: bool, progress: bool, log: Optional[Callable[[str], None]],
-           stop_after_steps: Optional[int], command: Optional[str]) -> TrainResult:
+def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
+           log: Optional[Callable[[str], None]], stop_after_steps: Optional[int], command: Optional[str]) -> TrainResult:
     rank, world, local_rank = dist_info()
     distributed = world > 1
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -125,11 +125,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, log: Optional[Call
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT
-    state: Optional[dict[str, Any]] = None
+    resume = state is not None
     # everything about the run folder is checked before anything in it is written
-    if resume:
-        state = read_run_checkpoint(ckpt_path, config)
-    elif rank == 0 and ckpt_path.exists():
+    if not resume and rank == 0 and ckpt_path.exists():
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
