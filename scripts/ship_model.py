@@ -4,7 +4,8 @@ Usage:  .venv/bin/python scripts/ship_model.py RUN_DIR NAME --evaluation EVAL_DI
 
 NAME is the registry name (``bagnet33:imagenette`` → src/bagnet/weights/bagnet33.imagenette.safetensors);
 EVAL_DIR is the output of ``bagnet evaluate --model RUN_DIR --data imagenette`` (full validation split).
-The card records the architecture, input size, recipe, the exact commands, wall time, accuracies and data source.
+The card records the architecture, input size, recipe, the exact commands, wall time, accuracies and data source;
+``ARCH.DATA.json`` beside it holds the measured metrics that ``bagnet.load(NAME).meta`` and ``bagnet models`` read.
 """
 
 from __future__ import annotations
@@ -30,21 +31,23 @@ def card(name: str, run: Path, evaluation: dict, why: str, command: str = "") ->
     summary = json.loads((run / "summary.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
     model = bagnet.load(run)
+    meta = bagnet.model_meta(model)
+    prep = meta.preprocess
     params = sum(p.numel() for p in model.parameters())
     history = summary["history"]
     last = history[-1]
     source = (default_data_root() / "imagenette2-160" / "SOURCE.txt")
     source_text = source.read_text().strip().splitlines()[:2] if source.is_file() else [config["data"]]
     lines = [
-        f"# {name}: {type(model).__name__} ({getattr(model, 'name', config['arch'])}) trained on {config['data']}",
+        f"# {name}: {type(model).__name__} ({meta.name}) trained on {config['data']}",
         "",
         f"- Architecture: `{config['arch']}`"
         + (f", patch size {model.patch_size}, stride {model.stride}, width {config['width']}, blocks per stage "
            f"{config['layers']}" if isinstance(model, bagnet.BagNet) else f", base width {config['width']}")
-        + f"; {params / 1e6:.2f} M parameters; {len(model.categories)} classes: {', '.join(model.categories)}.",
-        f"- Input: RGB, {config['image_size']}×{config['image_size']} px (evaluation: resize the short side to "
-        f"{config.get('resize') or config['image_size']}, centre crop {config['image_size']}), ImageNet mean/std "
-        f"normalisation; `model.preprocess` does this.",
+        + f"; {params / 1e6:.2f} M parameters; {meta.num_classes} classes: {', '.join(meta.categories or [])}.",
+        f"- Input: RGB, {meta.resolution}×{meta.resolution} px (evaluation: resize the short side to "
+        f"{prep.resize}, centre crop {prep.crop}), normalised with mean {list(prep.mean)}, std {list(prep.std)}; "
+        f"`model.meta.preprocess` (also `model.preprocess`) does this.",
         f"- Why this size: {why}",
         f"- Recipe: {config['epochs']} epochs, batch {config['batch_size']}, {config['optimizer']} lr {config['lr']} "
         f"(warm-up {config['warmup_epochs']} epochs, cosine), weight decay {config['weight_decay']}, label smoothing "
@@ -70,6 +73,14 @@ def card(name: str, run: Path, evaluation: dict, why: str, command: str = "") ->
     return "\n".join(lines) + "\n"
 
 
+def sidecar(evaluation: dict) -> dict:
+    """The metrics shipped beside the weights (read into ``ModelMeta.metrics``)."""
+    return {"metrics": {evaluation.get("dataset", "imagenette/val"): {
+                "top1": round(evaluation["top1"], 4), "top5": round(evaluation["top5"], 4),
+                "images": evaluation["images"]}},
+            "measured_by": "bagnet evaluate --model NAME --data imagenette (full validation split)"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
@@ -89,6 +100,7 @@ def main() -> None:
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, WEIGHTS / f"{stem}.safetensors")
     (WEIGHTS / f"{stem}.md").write_text(card(args.name, args.run, evaluation, args.why, args.command))
+    (WEIGHTS / f"{stem}.json").write_text(json.dumps(sidecar(evaluation), indent=2) + "\n")
     if args.default:
         (WEIGHTS / "DEFAULT").write_text(args.name + "\n")
     print(f"shipped {WEIGHTS / (stem + '.safetensors')} and its model card")

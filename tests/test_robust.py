@@ -211,7 +211,7 @@ def test_robustness_over_a_dataset_and_cli(tmp_path, capsys):
     ds, _, _ = evaluation_dataset(str(tmp_path / "data"), loaded.preprocess)
     result = robustness(loaded, ds, [DefenceConfig(sticker=8), DefenceConfig(sticker=8, method="clipping", high=1.0)],
                         attack=AttackConfig(steps=1), attack_limit=2, progress=False)
-    for row in result.rows:
+    for row in result.rows():
         assert row["certified"] <= row["clean"] <= 1
         assert row["certified_attacked_subset"] <= row["attacked"] + 1e-9  # certified images survive the attack
         assert row["certified_but_flipped"] == 0

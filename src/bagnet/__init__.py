@@ -3,12 +3,15 @@
 from .models import (
     BagNet,
     BagNetConfig,
+    ModelMeta,
+    Preprocess,
     WeightsError,
     bagnet9,
     bagnet17,
     bagnet33,
     list_models,
     load,
+    model_meta,
     save_weights,
 )
 
@@ -18,6 +21,6 @@ from .explanation import explain
 __version__ = "0.1.0"
 
 __all__ = [
-    "BagNet", "BagNetConfig", "WeightsError", "bagnet9", "bagnet17", "bagnet33", "list_models", "load",
+    "BagNet", "BagNetConfig", "ModelMeta", "Preprocess", "model_meta", "WeightsError", "bagnet9", "bagnet17", "bagnet33", "list_models", "load",
     "save_weights", "heatmap", "heatmap_reference", "explain", "__version__",
 ]

@@ -34,7 +34,7 @@ from .data import IMAGE_EXTENSIONS, ImageReadError, image_size, load_image
 from .errors import ConfigError
 from .heatmaps import heatmap
 from .models.bagnet import BagNet, require_bagnet
-from .models.preprocess import preprocess_normalisation, preprocess_size
+from .models.meta import model_meta
 
 from .plumbing import (SCHEMA_VERSION, eval_mode, model_device, output_lock, write_csv, write_json,
                        write_text)
@@ -252,8 +252,7 @@ def explain_image(model: BagNet, image: Image.Image, source: str = "image", conf
     image = to_rgb(image)
     dev = model_device(model, device)
     sized, notes = fit_image(image, model, config, source)
-    mean, std = model_normalisation(model)
-    x = TF.normalize(TF.to_tensor(sized), list(mean), list(std)).unsqueeze(0).to(dev, model.fc.weight.dtype)
+    x = model_meta(model).preprocess.normalize(TF.to_tensor(sized)).unsqueeze(0).to(dev, model.fc.weight.dtype)
     with eval_mode(model):
         with torch.no_grad():
             logits = model(x)[0].double()
@@ -300,7 +299,7 @@ def fit_size(w: int, h: int, model: BagNet, config: ExplainConfig, source: str =
     if min(w, h) < q and not config.upscale_small:
         raise ImageTooSmall(f"{source}: {w}×{h} px is smaller than {model.name}'s {q}×{q} px patch; "
                             f"use --upscale-small (upscale_small=True) to enlarge it")
-    size = model_input_size(model) if config.size is None else config.size
+    size = model_meta(model).preprocess.resize if config.size is None else config.size
     if not size and min(w, h) < q:
         size = q
     scale = size / min(w, h) if size else 1.0
@@ -383,16 +382,6 @@ def collect_inputs(inputs: Union[ImageInput, Sequence[ImageInput]]
         else:
             failures[str(path)] = f"no such file or folder: {path}"
     return sources, failures, skipped
-
-
-def model_input_size(model: BagNet) -> Optional[int]:
-    """The short side the model's preprocessing resizes to (None when it does not resize)."""
-    return preprocess_size(getattr(model, "preprocess", None))
-
-
-def model_normalisation(model: BagNet) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std of the model's preprocessing (ImageNet's when it has none)."""
-    return preprocess_normalisation(getattr(model, "preprocess", None))
 
 
 def _as_bagnet(model: Union[BagNet, str], device: Any) -> BagNet:

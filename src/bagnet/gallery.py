@@ -11,9 +11,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from .explanation import _as_bagnet, _stem, model_normalisation
+from .explanation import _as_bagnet, _stem
+from .models.meta import model_meta
 from .models.bagnet import BagNet
-from .models.preprocess import to_pixels
 from .plumbing import SCHEMA_VERSION, eval_mode, model_device, output_lock, write_bytes, write_json, write_text
 
 
@@ -91,7 +91,7 @@ def class_patches(
     model = _as_bagnet(model, device)
     check_dataset(dataset)
     dev = model_device(model, device)
-    mean, std = model_normalisation(model)
+    preprocess = model_meta(model).preprocess
     C, q, n = model.num_classes, model.patch_size, per_class
     best = {"top": (torch.full((C, 0), float("nan")), [[] for _ in range(C)], [[] for _ in range(C)],
                     torch.zeros(C, 0, q, q, 3, dtype=torch.uint8)),
@@ -104,7 +104,7 @@ def class_patches(
             with torch.no_grad():
                 ev = model.evidence(batch.images.to(dev, model.fc.weight.dtype)).float().cpu()  # (B, C, h, w)
             B, _, h, w = ev.shape
-            pictures = (to_pixels(batch.images.float(), mean, std) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
+            pictures = (preprocess.denormalize(batch.images.float()).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
             names = [sample_path(dataset, int(i)) for i in batch.indices]
             flat = ev.flatten(2)  # (B, C, h·w)
             for kind, (vals, cells) in (("top", flat.max(2)), ("bottom", flat.min(2))):

@@ -22,9 +22,7 @@ real attack to check them with: projected sign-gradient ascent on the sticker's 
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -33,9 +31,10 @@ from torch import Tensor
 
 from .errors import ConfigError
 from .models.bagnet import BagNet, require_bagnet
+from .models.meta import model_meta
 from .models.receptive import block_pixels, cell_block, cells_reached, reach_window
 
-from .plumbing import SCHEMA_VERSION, eval_mode, model_device, write_csv, write_json
+from .plumbing import Result, eval_mode, model_device
 DEFENCES = ("masking", "clipping")
 
 
@@ -184,17 +183,21 @@ def sticker_attack(
     sticker: int,
     defence: Optional[DefenceConfig] = None,
     config: AttackConfig = AttackConfig(),
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
 ) -> Tensor:
     """Whether each image (N, 3, H, W, normalised) is still classified as its label after the strongest sticker the
     attack finds (True: the attack failed). Attacks the defended prediction when ``defence`` is given.
 
     Exploits the BagNet's locality for speed, not for the result: a sticker changes only the cells whose patches it
     overlaps (:func:`affected_cells`), so only the image crop those cells see is run through the network and the
-    rest of the evidence map is reused — the same scores as a full forward pass.
+    rest of the evidence map is reused — the same scores as a full forward pass. The sticker's pixels are put in
+    [0, 1] and normalised with ``mean``/``std`` (default: the model's own preprocessing, ``model_meta(model)``).
     """
     device = model.fc.weight.device
+    preprocess = model_meta(model).preprocess
+    mean = preprocess.mean if mean is None else mean
+    std = preprocess.std if std is None else std
     m = torch.tensor(mean, device=device, dtype=images.dtype)[:, None, None]
     s = torch.tensor(std, device=device, dtype=images.dtype)[:, None, None]
     H, W = images.shape[-2:]
@@ -293,14 +296,20 @@ def _attack_positions(model, x0, base, y, positions, sticker, defence, config, m
 
 # ---------------------------------------------------------------------------------------------------- dataset
 @dataclass(frozen=True)
-class RobustnessResult:
-    """Clean, certified and attacked accuracy of a BagNet, undefended and under each defence, per sticker size."""
+class RobustnessResult(Result):
+    """Clean, certified and attacked accuracy of a BagNet, undefended and under each defence, per sticker size.
+
+    ``defences``: one dict per defence (defence, sticker, window, clean, certified; attacked and the clean/certified
+    accuracy on the attacked subset, the first ``attacked_images``, None if not attacked); ``rows()`` returns them
+    (the CSV), and the JSON keeps them under ``rows`` as before.
+    """
+
+    stem = "robustness"
 
     model: str
     images: int
     clean_undefended: float
-    rows: list[dict[str, Any]]  # defence, sticker, window, clean, certified; attacked and the clean/certified
-    # accuracy on the attacked subset (the first ``attacked_images``), None if not attacked
+    defences: list[dict[str, Any]]
     attacked_undefended: dict[str, Optional[float]] = field(default_factory=dict)  # sticker px → accuracy
     attacked_images: int = 0
     clean_undefended_attacked_subset: Optional[float] = None
@@ -308,18 +317,19 @@ class RobustnessResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+        data = asdict(self)
+        data["rows"] = data.pop("defences")
+        return data
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """robustness.json, robustness.csv and robustness.png (accuracies against sticker size)."""
-        from .viz import line_figure, save_figure
+    def rows(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.defences]
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "robustness.json", self.to_dict())
-        write_csv(out / "robustness.csv", self.rows, header=list(self.rows[0]) if self.rows else ["defence"])
+    def figures(self) -> dict[str, Any]:
+        """robustness.png: accuracies against sticker size."""
+        from .viz import line_figure
+
         series: dict[str, tuple[list, list]] = {}
-        for row in self.rows:
+        for row in self.defences:
             for key in ("clean", "certified", "attacked"):
                 if row.get(key) is not None:
                     xs, ys = series.setdefault(f"{row['defence']}: {key}", ([], []))
@@ -330,8 +340,7 @@ class RobustnessResult:
             series["undefended: attacked"] = (sorted(und), [100 * und[k] for k in sorted(und)])
         fig = line_figure(series, xlabel="sticker side (px)", ylabel="accuracy (%)",
                           title=f"{self.model}: clean {100 * self.clean_undefended:.1f} % ({self.images} images)")
-        save_figure(fig, out / "robustness.png")
-        return out
+        return {"robustness.png": fig}
 
 
 def robustness(
@@ -366,7 +375,6 @@ def robustness(
     stickers = sorted({d.sticker for d in defences})
     und_attacked = {p: 0 for p in stickers}
     clean_und, clean_und_sub, total, attacked_n = 0, 0, 0, 0
-    mean, std = _normalisation(model)
     with eval_mode(model):
         for batch in tracked_batches(dataset, batch_size, limit, seed, skips, "certify", progress):
             x, labels = batch.images.to(device, model.fc.weight.dtype), batch.labels
@@ -385,14 +393,13 @@ def robustness(
                 if attack is not None and sub.stop > 0:
                     counts[i]["clean_sub"] += int(ok[sub].sum())
                     counts[i]["certified_sub"] += int((ok & cert)[sub].sum())
-                    held = sticker_attack(model, x[sub], labels[sub], d.sticker, d, attack, mean, std).cpu()
+                    held = sticker_attack(model, x[sub], labels[sub], d.sticker, d, attack).cpu()
                     counts[i]["attacked"] += int(held.sum())
                     counts[i]["broken"] += int(((ok & cert)[sub] & ~held).sum())  # must stay 0
             if attack is not None and sub.stop > 0:
                 clean_und_sub += int(und_ok[sub].sum())
                 for p in stickers:
-                    und_attacked[p] += int(sticker_attack(model, x[sub], labels[sub], p, None, attack, mean,
-                                                          std).sum())
+                    und_attacked[p] += int(sticker_attack(model, x[sub], labels[sub], p, None, attack).sum())
                 attacked_n += sub.stop
             total += len(labels)
     rows = []
@@ -405,7 +412,7 @@ def robustness(
                      "certified_attacked_subset": counts[i]["certified_sub"] / attacked_n if attacked_n else None,
                      "certified_but_flipped": counts[i]["broken"] if attacked_n else None})
     return RobustnessResult(
-        model=model.name, images=total, clean_undefended=clean_und / total, rows=rows,
+        model=model.name, images=total, clean_undefended=clean_und / total, defences=rows,
         attacked_undefended={str(p): (und_attacked[p] / attacked_n if attacked_n else None) for p in stickers},
         attacked_images=attacked_n,
         clean_undefended_attacked_subset=clean_und_sub / attacked_n if attacked_n else None,
@@ -413,13 +420,6 @@ def robustness(
                 "seed": seed},
         skipped=dict(skips.paths),
     )
-
-
-def _normalisation(model: BagNet) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean and std of the model's preprocessing (its ``Preprocess``)."""
-    from .models.preprocess import preprocess_normalisation
-
-    return preprocess_normalisation(getattr(model, "preprocess", None))
 
 
 __all__ = [

@@ -18,7 +18,8 @@ from ..errors import ConfigError
 from ..heatmaps import class_indices, heatmap
 from ..masks import fill_images
 from ..models.bagnet import BagNet
-from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_pixels
+from ..models.meta import model_meta
+from ..models.preprocess import to_pixels
 from ..plumbing import check_image_batch, eval_mode, model_device, model_dtype, out_dir as _out_dir
 from ..plumbing import write_result_json as _write_json
 from .surgery import (_Unavailable, epsilon_composite, gradcam_layer, place_cells, reused_activations,
@@ -113,13 +114,14 @@ def attribute(
     config: AttributionConfig = AttributionConfig(),
     name: Optional[str] = None,
     device: Any = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
 ) -> Attributions:
     """Per-pixel maps (N, H, W) of every method in ``config.methods`` for ``images`` (N, 3, H, W, normalised).
 
     ``target``: class per image (None: the predicted class). The model is neither moved nor changed (methods that
-    need changes work on a copy). ``mean``/``std`` only turn the images back into pictures for figures.
+    need changes work on a copy). ``mean``/``std`` only turn the images back into pictures for figures (default: the
+    model's own preprocessing, ``model_meta(model)``).
     """
     device = model_device(model, device)
     images = _check_images(images).to(device=device, dtype=model_dtype(model))
@@ -151,7 +153,9 @@ def attribute(
             if method in expected:
                 sums = result.detach().double().sum(dim=(1, 2)).cpu()
                 completeness[method] = (sums - torch.tensor(expected[method])).tolist()
-    pictures = to_pixels(images.detach().float().cpu(), mean, std).permute(0, 2, 3, 1).numpy()
+    own = model_meta(model).preprocess
+    pictures = to_pixels(images.detach().float().cpu(), own.mean if mean is None else mean,
+                         own.std if std is None else std).permute(0, 2, 3, 1).numpy()
     return Attributions(
         model=name, methods=[m for m in config.methods], maps=maps, targets=targets.cpu().tolist(),
         target_logits=target_logits.double().cpu().tolist(), expected=expected, completeness=completeness,

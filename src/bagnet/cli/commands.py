@@ -4,6 +4,7 @@ code. No library logic lives here (loading several models, seeded subsets, label
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -44,8 +45,14 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from ..models import list_models, model_entry
 
-    for name in list_models(pretrained=True if args.pretrained else None):
-        print(f"{name:<22} {model_entry(name).description}")
+    names = list_models(pretrained=True if args.pretrained else None)
+    if args.json:
+        print(json.dumps({name: model_entry(name).meta.to_dict() for name in names}, indent=2))
+        return 0
+    for name in names:
+        entry = model_entry(name)
+        alias = f"= {entry.alias_of}: " if entry.alias_of else ""
+        print(f"{name:<22} {alias}{entry.meta.describe()}")
     return 0
 
 
@@ -234,7 +241,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if result.attacked_images:
         print(f"attacked: the first {result.attacked_images} images (undefended clean accuracy on them "
               f"{100 * result.clean_undefended_attacked_subset:.1f} %)")
-    for row in result.rows:
+    for row in result.rows():
         attacked = f"{100 * row['attacked']:5.1f} %" if row["attacked"] is not None else "    —"
         und = result.attacked_undefended.get(str(row["sticker"]))
         und_text = f"{100 * und:5.1f} %" if und is not None else "    —"

@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model names that load() and every command accept")
     p.add_argument("--pretrained", action="store_true", help="only models with trained weights")
+    p.add_argument("--json", action="store_true",
+                   help="print each model's full metadata (preprocessing, classes, patch size, source, metrics) as "
+                        "JSON instead of one line per model")
     p.set_defaults(func=commands.cmd_models)
     return parser
 

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from ..plumbing import Result
 from ..data import SkipLog, check_dataset, tracked_batches
-from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD, to_pixels
+from ..models.meta import model_meta
+from ..models.preprocess import to_pixels
 from .common import logits_of, model_device
 
 
@@ -47,8 +48,8 @@ class ScramblingConfig:
     limit: Optional[int] = None
     seed: int = 0
     device: Optional[str] = None
-    mean: tuple[float, ...] = IMAGENET_MEAN  # only for showing example images
-    std: tuple[float, ...] = IMAGENET_STD
+    mean: Optional[tuple[float, ...]] = None  # only for showing example images (None: the first model's own)
+    std: Optional[tuple[float, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ def scrambling(
             raise ValueError(f"all images must have the same size for scrambling: {size} vs {tuple(batch.images.shape[-2:])}")
         scrambled = [scramble(batch.images, g, generator) for g in grids]
         if examples is None:
-            examples = np.stack([_show(s[0], config.mean, config.std) for s in scrambled])
+            own = model_meta(next(iter(models.values()))).preprocess
+            mean, std = config.mean or own.mean, config.std or own.std
+            examples = np.stack([_show(s[0], mean, std) for s in scrambled])
         for name, model in models.items():
             device = model_device(model, config.device)
             labels = batch.labels.to(device)

@@ -1,7 +1,8 @@
 """BagNet models: architecture, receptive-field arithmetic, weights, preprocessing and the registry."""
 
 from .bagnet import BagNet, BagNetConfig, Bottleneck, strict_fp32
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, imagenet_categories, make_preprocess
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, imagenet_categories, make_preprocess
+from .meta import ModelMeta, attach_meta, model_meta
 from .receptive import (ReceptiveField, block_pixels, cell_block, cells_reached, output_length, reach_window,
                         receptive_field)
 from .fuse import fuse_batchnorm
@@ -23,7 +24,8 @@ from .weights import (
 __all__ = [
     "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize_model", "summarize",
     "fuse_batchnorm",
-    "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_categories", "make_preprocess",
+    "IMAGENET_MEAN", "IMAGENET_STD", "Preprocess", "imagenet_categories", "make_preprocess",
+    "ModelMeta", "attach_meta", "model_meta",
     "ReceptiveField", "output_length", "receptive_field", "cells_reached", "reach_window", "cell_block",
     "block_pixels",
     "bagnet9", "bagnet17", "bagnet33", "list_models", "load", "load_file", "load_models", "model_entry", "model_label",

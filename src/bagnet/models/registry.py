@@ -13,12 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .bagnet import BagNet, BagNetConfig
-from .preprocess import imagenet_categories, make_preprocess
 import torch
 
+from .bagnet import BagNet, BagNetConfig
+from .meta import ModelMeta, attach_meta, read_sidecar
+from .preprocess import imagenet_categories, make_preprocess
+
 from .weights import (
+    OFFICIAL_WEIGHTS,
     WeightsError,
+    parse_bagnet_config,
+    read_header,
     check_fits,
     infer_config,
     load_into,
@@ -38,9 +43,8 @@ Weights = Optional[str | os.PathLike]
 def _paper_bagnet(patch_size: int, weights: Weights, num_classes: int, progress: bool) -> BagNet:
     config = BagNetConfig(layers=(3, 4, 6, 3), kernel3=PAPER_KERNEL3[patch_size], num_classes=num_classes)
     model = BagNet(config)
-    model.preprocess = make_preprocess()
     if weights is None:
-        return model
+        return attach_meta(model, _paper_meta(patch_size, False))
     if isinstance(weights, str) and weights == "imagenet":
         if num_classes != 1000:
             raise ValueError(
@@ -48,14 +52,13 @@ def _paper_bagnet(patch_size: int, weights: Weights, num_classes: int, progress:
                 f"with num_classes=1000 and replace model.fc"
             )
         load_into(model, load_official_state_dict(patch_size, progress=progress), f"official BagNet-{patch_size} weights")
-        model.categories = imagenet_categories()
-        model.name = f"bagnet{patch_size}:imagenet"
-        return model
+        return attach_meta(model, _paper_meta(patch_size, True))
     path = Path(weights)
     checkpoint = read_checkpoint(path)
     load_into(model, checkpoint.state_dict, str(path))
-    _apply_metadata(model, validate_metadata(checkpoint.metadata, str(path)))
-    return model
+    default = _paper_meta(patch_size, False).replace(source=os.fspath(path))
+    return attach_meta(model, _file_meta(validate_metadata(checkpoint.metadata, str(path)), path, default,
+                                         model.num_classes))
 
 
 def bagnet9(weights: Weights = None, num_classes: int = 1000, progress: bool = True) -> BagNet:
@@ -75,23 +78,47 @@ def bagnet33(weights: Weights = None, num_classes: int = 1000, progress: bool = 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One name in the registry."""
+    """One name in the registry: how to build it and, without building it, its :class:`ModelMeta`."""
 
     name: str
-    description: str
     build: Callable[..., Any]
     pretrained: bool
+    read_meta: Callable[[], ModelMeta]
+    alias_of: Optional[str] = None  # ``default`` names another entry
+
+    @property
+    def meta(self) -> ModelMeta:
+        return self.read_meta()
+
+    @property
+    def description(self) -> str:
+        meta = self.meta
+        return "; ".join(filter(None, (meta.title, meta.describe(), meta.source)))
+
+
+def _paper_meta(patch_size: int, imagenet: bool) -> ModelMeta:
+    meta = ModelMeta(name=f"bagnet{patch_size}", arch="bagnet", patch_size=patch_size,
+                     title=f"BagNet-{patch_size} as in the paper")
+    if not imagenet:
+        return meta
+    official = OFFICIAL_WEIGHTS[patch_size]
+    return meta.replace(
+        name=f"bagnet{patch_size}:imagenet", categories=imagenet_categories(), resolution=224,
+        title=f"BagNet-{patch_size}, official ImageNet weights",
+        source=f"official ImageNet weights released with the paper, downloaded once into torch.hub's cache "
+               f"({official.url})",
+        metrics={"imagenet/val (as published)": {"top1": official.top1 / 100, "top5": official.top5 / 100}})
 
 
 def _entries() -> dict[str, ModelEntry]:
     entries = {}
     for q, fn in ((9, bagnet9), (17, bagnet17), (33, bagnet33)):
-        entries[f"bagnet{q}"] = ModelEntry(f"bagnet{q}", f"BagNet-{q}, random weights", fn, False)
+        entries[f"bagnet{q}"] = ModelEntry(f"bagnet{q}", fn, False, lambda _q=q: _paper_meta(_q, False))
         entries[f"bagnet{q}:imagenet"] = ModelEntry(
             f"bagnet{q}:imagenet",
-            f"BagNet-{q}, official ImageNet weights (downloaded once into torch.hub's cache)",
             lambda progress=True, _fn=fn: _fn(weights="imagenet", progress=progress),
             True,
+            lambda _q=q: _paper_meta(_q, True),
         )
     return entries
 
@@ -107,17 +134,41 @@ def shipped_entries(directory: Path = SHIPPED_DIR) -> dict[str, ModelEntry]:
     for path in sorted(directory.glob("*.safetensors")):
         arch, _, data = path.name[: -len(".safetensors")].partition(".")
         name = f"{arch}:{data}" if data else arch
-        card = path.with_suffix(".md")
-        title = card.read_text().splitlines()[0].lstrip("# ").strip() if card.is_file() else f"{name} (no model card)"
-        entries[name] = ModelEntry(name, f"{title} (shipped)", lambda progress=True, _p=path: load_file(_p), True)
+        entries[name] = ModelEntry(name, lambda progress=True, _p=path, _n=name: _load_shipped(_p, _n), True,
+                                   lambda _p=path, _n=name: _shipped_meta(_p, _n))
     default = directory / "DEFAULT"
     if default.is_file():
         target = default.read_text().strip()
         if target not in entries:
             raise WeightsError(f"{default} names {target!r}, which is not among the shipped models {sorted(entries)}")
         entry = entries[target]
-        entries["default"] = ModelEntry("default", f"= {target}: {entry.description}", entry.build, True)
+        entries["default"] = ModelEntry("default", entry.build, True, entry.read_meta, alias_of=target)
     return entries
+
+
+def _load_shipped(path: Path, name: str) -> Any:
+    model = load_file(path)
+    return attach_meta(model, model.meta.replace(source=_shipped_source(path), title=_card_title(path)))
+
+
+def _shipped_source(path: Path) -> str:
+    card = path.with_suffix(".md")
+    return f"shipped with bagnet ({path.name}" + (f", model card {card.name})" if card.is_file() else ")")
+
+
+def _card_title(path: Path) -> str:
+    card = path.with_suffix(".md")
+    return card.read_text().splitlines()[0].lstrip("# ").strip() if card.is_file() else ""
+
+
+def _shipped_meta(path: Path, name: str) -> ModelMeta:
+    """The metadata of shipped weights from the file's header and the ``.json`` beside it (no tensor is read)."""
+    metadata = validate_metadata(read_header(path), os.fspath(path))
+    config = metadata.get("config")
+    patch_size = parse_bagnet_config(config, path).receptive_field.size if metadata["arch"] == "bagnet" and config else None
+    default = ModelMeta(name=metadata["arch"], arch=metadata["arch"], patch_size=patch_size,
+                        source=_shipped_source(path), title=_card_title(path))
+    return _file_meta(metadata, path, default)
 
 
 _REGISTRY: dict[str, ModelEntry] = {**_entries(), **shipped_entries()}
@@ -226,15 +277,11 @@ def load_file(path: str | os.PathLike) -> Any:
     check_fits(skeleton, checkpoint.state_dict, source)
     del skeleton
     model = build()
-    if arch != "bagnet":
-        model.name = arch
-        model.categories = None
     load_into(model, checkpoint.state_dict, source)
-    model.preprocess = make_preprocess()
-    if num_classes == 1000:
-        model.categories = imagenet_categories()
-    _apply_metadata(model, metadata)
-    return model
+    default = ModelMeta(name=arch, arch=arch, source=source,
+                        patch_size=model.patch_size if isinstance(model, BagNet) else None,
+                        categories=imagenet_categories() if num_classes == 1000 else None)
+    return attach_meta(model, _file_meta(metadata, path, default, _num_outputs(model)))
 
 
 #: Metadata entries a weights file may carry that change how it is loaded, and the keys each allows.
@@ -305,21 +352,30 @@ def _classifier_key(state_dict: dict) -> str:
     return candidates[-1]
 
 
-def _apply_metadata(model: Any, metadata: dict[str, Any]) -> None:
-    """Set class names, preprocessing and name recorded in a checkpoint's metadata."""
+def _file_meta(metadata: dict[str, Any], path: Path, default: ModelMeta, outputs: Optional[int] = None) -> ModelMeta:
+    """``default`` with the class names, preprocessing, name and resolution a weights file records, and the metrics
+    of a ``.json`` beside it; the class names are checked against the classifier's ``outputs`` when given."""
+    changes: dict[str, Any] = {}
     categories = metadata.get("categories")
     if categories is not None:
-        outputs = _num_outputs(model)
-        if len(categories) != outputs:
+        if outputs is not None and len(categories) != outputs:
             raise WeightsError(
                 f"the checkpoint lists {len(categories)} class names but its classifier has {outputs} outputs"
             )
-        model.categories = [str(c) for c in categories]
+        changes["categories"] = [str(c) for c in categories]
     prep = metadata.get("preprocess")
     if isinstance(prep, dict):
-        model.preprocess = make_preprocess(**prep)
+        changes["preprocess"] = make_preprocess(**prep)
+        changes["resolution"] = prep.get("crop") or prep.get("resize")
     if isinstance(metadata.get("name"), str):
-        model.name = metadata["name"]
+        changes["name"] = metadata["name"]
+    try:
+        sidecar = read_sidecar(path)
+    except ValueError as err:
+        raise WeightsError(str(err)) from err
+    if sidecar.get("metrics"):
+        changes["metrics"] = sidecar["metrics"]
+    return default.replace(**changes)
 
 
 def _num_outputs(model: Any) -> int:

@@ -120,6 +120,18 @@ class Checkpoint:
     metadata: dict[str, Any]
 
 
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a ``.safetensors`` file (JSON values decoded), without reading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"could not read weights file {path}: {err}") from err
+    return {k: _maybe_json(v) for k, v in raw.items()}
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a .safetensors, .pth, .pt or .pth.tar file (a plain state dict or a dict holding one)."""
     path = Path(path)
@@ -137,7 +149,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise WeightsError(f"could not read weights file {path}: {err}") from err
         metadata = {k: _maybe_json(v) for k, v in raw_meta.items()}
         config = metadata.pop("config", None)
-        return Checkpoint(state, _bagnet_config(config, path) if config else None, metadata)
+        return Checkpoint(state, parse_bagnet_config(config, path) if config else None, metadata)
     if path.stat().st_size == 0:
         raise WeightsError(f"could not read weights file {path}: it is empty (0 bytes)")
     try:
@@ -152,7 +164,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if key in obj and isinstance(obj[key], Mapping):
             metadata = {k: v for k, v in obj.items() if k != key and not isinstance(v, (Mapping, Tensor))}
             if isinstance(obj.get("config"), Mapping):
-                config = _bagnet_config(dict(obj["config"]), path)
+                config = parse_bagnet_config(dict(obj["config"]), path)
             if isinstance(obj.get("metadata"), Mapping):
                 metadata.update(obj["metadata"])
             obj = obj[key]
@@ -168,7 +180,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 _CONFIG_BOUNDS: dict[str, tuple[int, int]] = {"width": (1, 4096), "num_classes": (1, 100_000), "in_channels": (1, 64)}
 
 
-def _bagnet_config(data: Any, path: Path) -> BagNetConfig:
+def parse_bagnet_config(data: Any, path: Path) -> BagNetConfig:
     """The BagNet config stored in a file's metadata, validated (known keys, integer values, bounds)."""
     if not isinstance(data, Mapping):
         raise WeightsError(f"{path}: its metadata 'config' must be a mapping, got {type(data).__name__}")
@@ -209,7 +221,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write ``model``'s parameters and buffers to ``path`` (.safetensors, with the config in the metadata).
+    """Write ``model``'s parameters and buffers to ``path`` (.safetensors, with the config in the metadata; the
+    name, class names and preprocessing of its :class:`ModelMeta` unless ``metadata`` gives them).
 
     Written to a temporary file first and renamed, so an interrupted save never leaves a broken file.
     """
@@ -227,8 +240,16 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Optional[M
         except (TypeError, ValueError) as err:
             raise ValueError(f"save_weights: metadata {key!r} cannot be stored as JSON ({err}); give lists, "
                              f"numbers, strings and mappings of them") from None
-    if "name" not in (metadata or {}) and getattr(model, "name", None):
-        meta["name"] = json.dumps(model.name)
+    if getattr(model, "name", None) or getattr(model, "meta", None) is not None:
+        # what the model's metadata knows and ``metadata`` does not say travels with the weights
+        from .meta import model_meta
+
+        own = model_meta(model)
+        defaults = {"name": own.name, "preprocess": {k: v for k, v in own.preprocess.to_dict().items()}}
+        if own.categories is not None:
+            defaults["categories"] = list(own.categories)
+        for key, value in defaults.items():
+            meta.setdefault(key, json.dumps(value))
     config = getattr(model, "config", None)
     if isinstance(config, BagNetConfig):
         meta["config"] = json.dumps(config.to_dict())
