@@ -18,6 +18,7 @@ from bagnet.attribution import (
     place_cells,
     reused_activations,
     separate_activations,
+    separated_activations,
 )
 from bagnet.models.cnn import build_cnn
 
@@ -265,6 +266,34 @@ def test_separate_activations_fixes_torchvision_blocks_without_touching_the_mode
         torch.testing.assert_close(net(x), model(x))
     assert all(not m.inplace for m in net.modules() if isinstance(m, nn.ReLU))
     assert any(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
+
+
+def _structure(model: nn.Module) -> tuple:
+    return ([n for n, _ in model.named_modules()], [type(m).__name__ for m in model.modules()],
+            [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)],
+            [n for n, m in model.named_modules() if "forward" in vars(m)])
+
+
+def test_separated_activations_is_undone_after_use_and_after_an_error():
+    model = build_cnn("resnet18", num_classes=3, width=8).eval()
+    x = torch.randn(1, 3, 32, 32)
+    before, weights = _structure(model), {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model(x)
+    with separated_activations(model) as net:
+        assert net is model and reused_activations(net, x) == []
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), expected)
+    assert _structure(model) == before and reused_activations(model, x)
+    with pytest.raises(RuntimeError, match="boom"):
+        with separated_activations(model):
+            raise RuntimeError("boom")
+    assert _structure(model) == before
+    # the methods that use it (and Zennit's BatchNorm folding) leave the model exactly as it was
+    attribute(model, x, config=AttributionConfig(methods=("deeplift", "lrp_epsilon"), baseline="zero"))
+    assert _structure(model) == before
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
 
 
 def test_bad_input_gives_clear_errors():

@@ -29,11 +29,11 @@ from .faithfulness import Faithfulness, FaithfulnessConfig, deletion_insertion
 from .methods import (BASELINES, METHODS, SIGNED, AttributionConfig, Attributions, attribute,
                       predicted_classes)
 from .surgery import (bagnet_canonizer, epsilon_composite, gradcam_layer, place_cells, reused_activations,
-                      separate_activations, unmerged_batchnorms)
+                      separate_activations, separated_activations, unmerged_batchnorms)
 
 __all__ = [
     "METHODS", "SIGNED", "BASELINES", "AttributionConfig", "Attributions", "attribute", "predicted_classes",
     "FaithfulnessConfig", "Faithfulness", "deletion_insertion", "AttributionComparison", "compare",
-    "separate_activations", "reused_activations", "unmerged_batchnorms", "epsilon_composite", "bagnet_canonizer",
+    "separate_activations", "separated_activations", "reused_activations", "unmerged_batchnorms", "epsilon_composite", "bagnet_canonizer",
     "gradcam_layer", "place_cells",
 ]

@@ -23,7 +23,7 @@ from ..models.preprocess import to_pixels
 from ..plumbing import check_image_batch, eval_mode, model_device, model_dtype, out_dir as _out_dir
 from ..plumbing import write_result_json as _write_json
 from .surgery import (_Unavailable, epsilon_composite, gradcam_layer, place_cells, reused_activations,
-                      separate_activations, unmerged_batchnorms)
+                      separated_activations, unmerged_batchnorms)
 
 METHODS = ("evidence", "saliency", "integrated_gradients", "deeplift", "lrp_epsilon", "gradcam")
 #: Methods whose maps are signed (the others are non-negative).
@@ -119,8 +119,10 @@ def attribute(
 ) -> Attributions:
     """Per-pixel maps (N, H, W) of every method in ``config.methods`` for ``images`` (N, 3, H, W, normalised).
 
-    ``target``: class per image (None: the predicted class). The model is neither moved nor changed (methods that
-    need changes work on a copy). ``mean``/``std`` only turn the images back into pictures for figures (default: the
+    ``target``: class per image (None: the predicted class). The model is neither moved nor changed: DeepLIFT and LRP
+    change it in place (out-of-place ReLUs, one ReLU per call, BatchNorm folded) and undo every change before
+    returning, as Zennit's canonizers do, so no copy of the weights is made (do not run two attributions of one model
+    in parallel threads). ``mean``/``std`` only turn the images back into pictures for figures (default: the
     model's own preprocessing, ``model_meta(model)``).
     """
     device = model_device(model, device)
@@ -197,21 +199,22 @@ def _integrated_gradients(model, images, targets, baselines, config, notes) -> T
 def _deeplift(model, images, targets, baselines, config, notes) -> Tensor:
     from captum.attr import DeepLift
 
-    net = separate_activations(model)
-    reused = reused_activations(net, images[:1])
-    if reused:
-        raise _Unavailable("DeepLIFT needs every non-linearity to be its own module, called once per forward pass; "
-                           f"these are called more than once: {', '.join(reused)}")
-    if any(isinstance(m, nn.modules.pooling._MaxPoolNd) for m in net.modules()):
-        notes["deeplift"] = ("the model max-pools: Captum's DeepLIFT rule for max pooling does not always conserve "
-                             "f(x) − f(baseline) exactly (measured: 2-9 % on small random ResNet-18 and VGG-11 nets); see completeness")
-    dl = DeepLift(net)
-    out = []
-    for x, b, t in zip(images.split(config.batch_size), baselines.split(config.batch_size),
-                       targets.split(config.batch_size)):
-        with warnings.catch_warnings():  # Captum announces its temporary hooks on every call
-            warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-            out.append(dl.attribute(x.clone().requires_grad_(True), baselines=b, target=t).sum(dim=1))
+    with separated_activations(model) as net:
+        reused = reused_activations(net, images[:1])
+        if reused:
+            raise _Unavailable("DeepLIFT needs every non-linearity to be its own module, called once per forward "
+                               f"pass; these are called more than once: {', '.join(reused)}")
+        if any(isinstance(m, nn.modules.pooling._MaxPoolNd) for m in net.modules()):
+            notes["deeplift"] = ("the model max-pools: Captum's DeepLIFT rule for max pooling does not always conserve "
+                                 "f(x) − f(baseline) exactly (measured: 2-9 % on small random ResNet-18 and VGG-11 "
+                                 "nets); see completeness")
+        dl = DeepLift(net)
+        out = []
+        for x, b, t in zip(images.split(config.batch_size), baselines.split(config.batch_size),
+                           targets.split(config.batch_size)):
+            with warnings.catch_warnings():  # Captum announces its temporary hooks on every call
+                warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
+                out.append(dl.attribute(x.clone().requires_grad_(True), baselines=b, target=t).sum(dim=1))
     return torch.cat(out)
 
 
@@ -220,18 +223,18 @@ def _lrp_epsilon(model, images, targets, baselines, config, notes) -> Tensor:
         from zennit.attribution import Gradient
     except ImportError as err:  # pragma: no cover - zennit is an optional dependency
         raise _Unavailable(f"zennit is not installed ({err}); pip install 'bagnet[attribution]'") from None
-    net = separate_activations(model)
     composite = epsilon_composite(config.lrp_epsilon)
-    left = unmerged_batchnorms(net)
+    left = unmerged_batchnorms(model)
     if left:
         notes["lrp_epsilon"] = (f"{len(left)} BatchNorm layers do not follow a convolution and cannot be folded "
                                 f"(e.g. {left[0]}); relevance passes through them unchanged")
     out = []
-    for x, t in zip(images.split(config.batch_size), targets.split(config.batch_size)):
-        with Gradient(model=net, composite=composite) as attributor:
-            output, relevance = attributor(x.clone().requires_grad_(True),
-                                           lambda y, t=t: y * F.one_hot(t, y.shape[1]).to(y.dtype))
-        out.append(relevance.sum(dim=1))
+    with separated_activations(model) as net:  # undone afterwards, like the composite's canonizers
+        for x, t in zip(images.split(config.batch_size), targets.split(config.batch_size)):
+            with Gradient(model=net, composite=composite) as attributor:
+                output, relevance = attributor(x.clone().requires_grad_(True),
+                                               lambda y, t=t: y * F.one_hot(t, y.shape[1]).to(y.dtype))
+            out.append(relevance.sum(dim=1))
     return torch.cat(out)
 
 

@@ -3,15 +3,17 @@ routed (Zennit canonizers, the BagNet one beside torchvision's), and the layer G
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import types
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.bagnet import BagNet, Bottleneck
+
 
 class _Unavailable(Exception):
     """A method cannot handle this model; the message says why."""
@@ -20,20 +22,49 @@ class _Unavailable(Exception):
 # ---------------------------------------------------------------------------------------------------- model surgery
 def separate_activations(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` in which no ReLU is in-place and the residual blocks that call one ReLU module
-    twice (torchvision's BasicBlock and Bottleneck) call two. The original is not changed."""
+    twice (torchvision's BasicBlock and Bottleneck) call two. The original is not changed (see
+    :func:`separated_activations` for the same change made in place and undone, without a copy)."""
+    net = copy.deepcopy(model).eval()
+    _separate(net)
+    return net
+
+
+@contextlib.contextmanager
+def separated_activations(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` itself with the changes of :func:`separate_activations`, undone on leaving the block (also after an
+    error), as Zennit's canonizers are: no copy of the weights, and the model afterwards is the model before."""
+    undo = _separate(model)
+    try:
+        yield model
+    finally:
+        for step in reversed(undo):
+            step()
+
+
+def _separate(net: nn.Module) -> list[Callable[[], None]]:
+    """Make every ReLU out-of-place and give torchvision's residual blocks a ReLU per call; the undo steps."""
     from torchvision.models.resnet import BasicBlock as TvBasic, Bottleneck as TvBottleneck
 
-    net = copy.deepcopy(model).eval()
+    undo: list[Callable[[], None]] = []
     for module in list(net.modules()):
-        if isinstance(module, nn.ReLU):
+        if isinstance(module, nn.ReLU) and module.inplace:
             module.inplace = False
+            undo.append(lambda m=module: setattr(m, "inplace", True))
         if isinstance(module, (TvBasic, TvBottleneck)) and not hasattr(module, "relu_out"):
-            module.relu_out = nn.ReLU()
-            if isinstance(module, TvBottleneck):
-                module.relu_mid = nn.ReLU()
+            added = ["relu_out"] + (["relu_mid"] if isinstance(module, TvBottleneck) else [])
+            for name in added:
+                module.add_module(name, nn.ReLU())
             module.forward = types.MethodType(_tv_basic_forward if isinstance(module, TvBasic)
                                               else _tv_bottleneck_forward, module)
-    return net
+            undo.append(lambda m=module, names=added: _remove(m, ["forward", *names]))
+    return undo
+
+
+def _remove(module: nn.Module, names: Sequence[str]) -> None:
+    # a Zennit canonizer applied on top may already have removed the instance ``forward`` (it deletes what it set)
+    for name in names:
+        if name in vars(module) or name in module._modules:
+            delattr(module, name)
 
 
 def _tv_basic_forward(self, x: Tensor) -> Tensor:
