@@ -470,3 +470,19 @@ def test_renamed_functions_keep_working_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="summarize_model"):
         old = models.summarize(model, image)
     assert old == models.summarize_model(model, image)
+
+
+def test_run_plumbing_is_keyword_arguments_that_override_the_config():
+    data = colour_data(40)
+    models = {"local": colour_model()}
+    whole = scrambling(models, data, 2, ScramblingConfig(grids=(1, 2)), progress=False)
+    assert whole.images == 40
+    some = scrambling(models, data, 2, ScramblingConfig(grids=(1, 2)), progress=False, limit=7, seed=3, batch_size=4)
+    assert some.images == 7 and some.config["limit"] == 7 and some.config["seed"] == 3
+    kept = scrambling(models, data, 2, ScramblingConfig(grids=(1, 2), limit=5), progress=False)
+    assert kept.images == 5  # None keeps the config's value
+    assert similarity({**models, "again": colour_model()}, data, 2, progress=False, limit=9).images == 9
+    assert masking(models, {"random": "random"}, data, 2, MaskingConfig(block=4, ks=(0, 1)), progress=False,
+                   limit=6).images == 6
+    with pytest.raises(ValueError):
+        scrambling(models, data, 2, progress=False, batch_size=0)

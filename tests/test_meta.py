@@ -46,7 +46,7 @@ def test_default_is_the_model_it_names():
 def test_paper_entries_need_no_download_to_describe():
     meta = model_entry("bagnet33:imagenet").meta
     assert meta.patch_size == 33 and meta.resolution == 224 and meta.num_classes == 1000
-    assert "bitbucket" in meta.source and meta.metrics["imagenet/val (as published)"]["top1"] == pytest.approx(0.667)
+    assert "bitbucket" in meta.source and meta.metrics["imagenet/val (reported, 224 px fp32)"]["top1"] == pytest.approx(0.667)
     random = bagnet.load("bagnet9").meta
     assert random.patch_size == 9 and random.categories is None and "random" in random.describe()
 

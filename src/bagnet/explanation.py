@@ -36,7 +36,7 @@ from .heatmaps import heatmap
 from .models.bagnet import BagNet, require_bagnet
 from .models.meta import model_meta
 
-from .plumbing import (SCHEMA_VERSION, eval_mode, model_device, output_lock, write_csv, write_json,
+from .plumbing import (SCHEMA_VERSION, eval_mode, model_device, Result, write_csv, write_json,
                        write_text)
 #: The distinct scikit-image sample photos `bagnet explain --samples` uses (skimage's ``cat`` is ``chelsea``).
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -113,7 +113,7 @@ class ImageExplanation:
 
 
 @dataclass(frozen=True)
-class Explanation:
+class Explanation(Result):
     """Explanations of a batch of images by one BagNet, and the inputs that failed (source → reason)."""
 
     model: str
@@ -132,11 +132,9 @@ class Explanation:
     def save(self, out: str | os.PathLike) -> Path:
         """Per image a folder of PNGs (evidence overlay per class, supportive/opposing patches), plus
         explanations.json, predictions.csv and report.html (self-contained: every image embedded)."""
-        out = Path(out)
-        with output_lock(out):
-            return self._save(out)
+        return super().save(out)
 
-    def _save(self, out: Path) -> Path:
+    def write(self, out: Path) -> None:
         from .report import explanation_report
         from .viz import figure_png, overlay_figure, patch_gallery_figure
 
@@ -190,7 +188,6 @@ class Explanation:
             rows_csv.append([source, "", "", f"SKIPPED: {reason}", "", ""])
         write_csv(out / "predictions.csv", rows_csv, header=["source", "rank", "class", "name", "probability", "logit"])
         write_text(out / "report.html", explanation_report(self, figures))
-        return out
 
 
 class ImageTooSmall(ValueError):

@@ -14,11 +14,11 @@ import torch
 from .explanation import _as_bagnet, _stem
 from .models.meta import model_meta
 from .models.bagnet import BagNet
-from .plumbing import SCHEMA_VERSION, eval_mode, model_device, output_lock, write_bytes, write_json, write_text
+from .plumbing import SCHEMA_VERSION, eval_mode, model_device, Result, write_bytes, write_json, write_text
 
 
 @dataclass(frozen=True)
-class PatchGallery:
+class PatchGallery(Result):
     """Per class, the dataset's patches with the highest and lowest evidence for it (at most one per image).
 
     ``top_values[c][r]`` / ``top_sources[c][r]`` / ``top_boxes[c][r]`` describe the r-th most supportive patch for
@@ -46,11 +46,9 @@ class PatchGallery:
     def save(self, out: str | os.PathLike) -> Path:
         """patches.json, gallery.png (most supportive patches, one row per class), per class class_NNN.png (most and
         least supportive) and report.html."""
-        out = Path(out)
-        with output_lock(out):
-            return self._save(out)
+        return super().save(out)
 
-    def _save(self, out: Path) -> Path:
+    def write(self, out: Path) -> None:
         from .report import gallery_report
         from .viz import figure_png, patch_gallery_figure
 
@@ -69,7 +67,6 @@ class PatchGallery:
             write_bytes(path, png)
             per_class.append((name, path, png))
         write_text(out / "report.html", gallery_report(self, overview, per_class))
-        return out
 
 
 def class_patches(

@@ -239,14 +239,18 @@ class Result:
         return {}
 
     def save(self, out: str | os.PathLike) -> Path:
-        """Write the result's JSON, CSV and PNG files into ``out`` (created if missing); returns the folder."""
+        """Write the result's files into ``out`` (created if missing) under the folder's lock; returns the folder."""
         out = out_dir(out)
         with output_lock(out):
-            write_result_json(out / f"{self.stem}.json", self.to_dict())
-            write_rows_csv(out / f"{self.csv_stem or self.stem}.csv", self.rows())
-            for name, fig in self.figures().items():
-                write_bytes(out / name, figure_png(fig))
+            self.write(out)
         return out
+
+    def write(self, out: Path) -> None:
+        """The files themselves (the lock is held): JSON, CSV and PNGs; results with other files override this."""
+        write_result_json(out / f"{self.stem}.json", self.to_dict())
+        write_rows_csv(out / f"{self.csv_stem or self.stem}.csv", self.rows())
+        for name, fig in self.figures().items():
+            write_bytes(out / name, figure_png(fig))
 
 
 def figure_png(fig: Any, dpi: int = 120) -> bytes:

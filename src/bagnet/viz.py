@@ -39,23 +39,23 @@ def confusion_matrix_figure(matrix: np.ndarray, categories: Sequence[str], title
                     ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def save_figure(fig, path) -> None:
-    """Write a figure to ``path`` (PNG at 120 dpi) and free it."""
-    import io
+    """Write a figure to ``path`` (PNG at 120 dpi, atomically: a reader never sees half a PNG) and free it."""
+    from .plumbing import figure_png, write_bytes
 
-    from .plumbing import write_bytes
+    write_bytes(path, figure_png(fig))
 
-    plt = _plt()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())  # atomic: a reader never sees half a PNG
+
+def _finish(fig, ax, title: Optional[str], fontsize: Optional[float] = None):
+    """Title (when given: on ``ax``, or over the whole figure when ``ax`` is None) and tight layout, the last step
+    of every figure."""
+    if title:
+        (ax.set_title if ax is not None else fig.suptitle)(title, fontsize=fontsize)
+    fig.tight_layout()
+    return fig
 
 
 def line_figure(series: dict, xlabel: str, ylabel: str, title: Optional[str] = None, log_x: bool = False):
@@ -70,10 +70,7 @@ def line_figure(series: dict, xlabel: str, ylabel: str, title: Optional[str] = N
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def image_row_figure(images: Sequence[np.ndarray], titles: Sequence[str]):
@@ -126,10 +123,7 @@ def grouped_bars_figure(groups: dict, names: Sequence[str], ylabel: str = "", ti
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, 10)
 
 
 def attribution_grid_figure(images: np.ndarray, maps: dict, signed: Sequence[str] = (),
@@ -162,10 +156,7 @@ def attribution_grid_figure(images: np.ndarray, maps: dict, signed: Sequence[str
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, None, title, 10)
 
 
 # ---------------------------------------------------------------------------------------------------- evidence overlays
@@ -246,18 +237,11 @@ def patch_gallery_figure(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequenc
             else:
                 ax.axis("off")
         axes[r, 0].set_ylabel(label, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, None, title, 9)
 
 
-def figure_png(fig) -> bytes:
-    """A figure as PNG bytes (for embedding in HTML), freeing it."""
-    import io
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """A figure as PNG bytes for embedding in HTML (100 dpi: pages stay small), freeing it."""
+    from .plumbing import figure_png as png
 
-    plt = _plt()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig, dpi=dpi)

@@ -179,9 +179,14 @@ def _saliency(model, images, targets, baselines, config, notes) -> Tensor:
     from captum.attr import Saliency
 
     out = []
-    for x, t in zip(images.split(config.batch_size), targets.split(config.batch_size)):
+    for x, t in _chunks(config.batch_size, images, targets):
         out.append(Saliency(model).attribute(x.clone().requires_grad_(True), target=t, abs=True).amax(dim=1))
     return torch.cat(out)
+
+
+def _chunks(size: int, *tensors: Tensor):
+    """The tensors split along the batch in step, ``size`` samples at a time."""
+    return zip(*(t.split(size) for t in tensors))
 
 
 def _integrated_gradients(model, images, targets, baselines, config, notes) -> Tensor:
@@ -189,8 +194,7 @@ def _integrated_gradients(model, images, targets, baselines, config, notes) -> T
 
     ig = IntegratedGradients(model)
     out = []
-    for x, b, t in zip(images.split(config.batch_size), baselines.split(config.batch_size),
-                       targets.split(config.batch_size)):
+    for x, b, t in _chunks(config.batch_size, images, baselines, targets):
         out.append(ig.attribute(x, baselines=b, target=t, n_steps=config.ig_steps, method="gausslegendre",
                                 internal_batch_size=config.batch_size).sum(dim=1))
     return torch.cat(out)
@@ -210,8 +214,7 @@ def _deeplift(model, images, targets, baselines, config, notes) -> Tensor:
                                  "nets); see completeness")
         dl = DeepLift(net)
         out = []
-        for x, b, t in zip(images.split(config.batch_size), baselines.split(config.batch_size),
-                           targets.split(config.batch_size)):
+        for x, b, t in _chunks(config.batch_size, images, baselines, targets):
             with warnings.catch_warnings():  # Captum announces its temporary hooks on every call
                 warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
                 out.append(dl.attribute(x.clone().requires_grad_(True), baselines=b, target=t).sum(dim=1))
@@ -230,7 +233,7 @@ def _lrp_epsilon(model, images, targets, baselines, config, notes) -> Tensor:
                                 f"(e.g. {left[0]}); relevance passes through them unchanged")
     out = []
     with separated_activations(model) as net:  # undone afterwards, like the composite's canonizers
-        for x, t in zip(images.split(config.batch_size), targets.split(config.batch_size)):
+        for x, t in _chunks(config.batch_size, images, targets):
             with Gradient(model=net, composite=composite) as attributor:
                 output, relevance = attributor(x.clone().requires_grad_(True),
                                                lambda y, t=t: y * F.one_hot(t, y.shape[1]).to(y.dtype))
@@ -244,7 +247,7 @@ def _gradcam(model, images, targets, baselines, config, notes) -> Tensor:
     layer_name, layer = gradcam_layer(model, images[:1], config.gradcam_layer)
     notes["gradcam"] = f"layer {layer_name}"
     out = []
-    for x, t in zip(images.split(config.batch_size), targets.split(config.batch_size)):
+    for x, t in _chunks(config.batch_size, images, targets):
         cam = LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)
         out.append(place_cells(cam[:, 0], model, images.shape[-2:]))
     return torch.cat(out)

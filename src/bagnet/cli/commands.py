@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..models.meta import model_meta
 from ..plumbing import output_lock
 
 
@@ -24,7 +25,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     rows = []
     for name in ("bagnet9", "bagnet17", "bagnet33"):
         model = models.load(name)
-        for tensor in (full, model.preprocess(photo)):
+        for tensor in (full, model_meta(model).preprocess(photo)):
             rows.append(models.summarize_model(model, tensor))
     if args.json:
         from ..plumbing import dumps_json
@@ -111,7 +112,7 @@ def model_and_data(args: argparse.Namespace, spec: str | None = None):
     from ..data import evaluation_dataset
 
     model = load(spec or args.model, device=args.device)
-    dataset, categories, name = evaluation_dataset(args.data, model.preprocess)
+    dataset, categories, name = evaluation_dataset(args.data, model_meta(model).preprocess)
     return model, dataset, categories, name
 
 
@@ -139,23 +140,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     models = load_models(args.models, device=args.device)
     by_spec = dict(zip(dict.fromkeys(args.models), models))
     first = next(iter(models.values()))
-    dataset, categories, data_name = evaluation_dataset(args.data, first.preprocess)
+    dataset, categories, data_name = evaluation_dataset(args.data, model_meta(first).preprocess)
     n = len(categories)
-    common = dict(limit=args.limit, seed=args.seed, device=args.device)
-    progress = not args.no_progress
+    run = dict(progress=not args.no_progress, limit=args.limit, seed=args.seed, device=args.device)
     if args.name == "scrambling":
-        result = ex.scrambling(models, dataset, n, ex.ScramblingConfig(grids=tuple(args.grids), **common), progress)
+        result = ex.scrambling(models, dataset, n, ex.ScramblingConfig(grids=tuple(args.grids)), **run)
         for m in result.models:
             print(f"{m:<28} " + "  ".join(f"{g}×{g}: {100 * a:5.1f}%" for g, a in zip(result.grids, result.top1[m])))
     elif args.name == "interactions":
         config = ex.InteractionConfig(region=args.region, gaps=tuple(args.gaps), fill=args.fill,
-                                      local_effects=not args.forward_effects, **common)
-        result = ex.interactions(models, dataset, n, config, progress)
+                                      local_effects=not args.forward_effects, limit=args.limit)  # None: all images
+        result = ex.interactions(models, dataset, n, config, **run)
         for m in result.models:
             print(f"{m:<28} " + "  ".join(f"gap {g}: {v:.3f}" for g, v in zip(result.gaps, result.normalised_interaction[m]))
                   + f"  (single effects: {result.effects_from[m]})")
     elif args.name == "similarity":
-        result = ex.similarity(models, dataset, n, ex.SimilarityConfig(**common), progress)
+        result = ex.similarity(models, dataset, n, ex.SimilarityConfig(), **run)
         for row in result.rows():
             print(f"{row['model_a']} vs {row['model_b']}: κ {row['error_consistency']:.3f}, "
                   f"logit r {row['logit_correlation']:.3f}, class-accuracy r {row['class_accuracy_correlation']:.3f}")
@@ -165,8 +165,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             rankings[model_label(spec)] = models[by_spec[spec]] if spec in by_spec else load(spec, device=args.device)
         for method in args.own_attribution:
             rankings[f"own {method}"] = ex.OwnAttribution(method)
-        config = ex.MaskingConfig(block=args.block, ks=tuple(args.ks), fill=args.fill, **common)
-        result = ex.masking(models, rankings, dataset, n, config, progress)
+        config = ex.MaskingConfig(block=args.block, ks=tuple(args.ks), fill=args.fill)
+        result = ex.masking(models, rankings, dataset, n, config, **run)
         for row in result.rows():
             print(f"{row['model']:<28} {row['ranking']:<24} k={row['k']:<3} top-1 {100 * row['top1']:5.1f}%")
     out = result.save(args.out)
@@ -261,7 +261,7 @@ def cmd_attribution(args: argparse.Namespace) -> int:
 
     models = load_models(args.models, device=args.device)
     first = next(iter(models.values()))
-    dataset, categories, data_name = evaluation_dataset(args.data, first.preprocess)
+    dataset, categories, data_name = evaluation_dataset(args.data, model_meta(first).preprocess)
     skips = SkipLog()
     images, labels_ = load_batch(dataset, args.limit, args.seed, skips)
     config = AttributionConfig(methods=tuple(args.methods), baseline=args.baseline, ig_steps=args.ig_steps,

@@ -14,6 +14,7 @@ from . import commands
 
 DATA_HELP = "imagenette | fashion-mnist | an ImageFolder folder (its val/ sub-folder when there is one)"
 MODELS_HELP = "registered names (bagnet models), weights files or training-run folders"
+BAGNET_HELP = "a BagNet: registered name (bagnet models), weights file or run folder (default: the embedded model)"
 
 
 # ---------------------------------------------------------------------------------------------------- flag types
@@ -95,9 +96,22 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- experiments
-def _models_and_data(p: argparse.ArgumentParser, name: str) -> None:
-    p.add_argument("--models", nargs="+", required=True, metavar="MODEL", help=MODELS_HELP)
+def add_data_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="imagenette", help=f"{DATA_HELP} (default: imagenette)")
+
+
+def add_model_flag(p: argparse.ArgumentParser, help: str = BAGNET_HELP, **kwargs) -> None:
+    """``--model`` (default: the embedded default model unless ``required=True`` is passed)."""
+    p.add_argument("--model", **({} if kwargs.get("required") else {"default": "default"}), **kwargs, help=help)
+
+
+def add_models_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", required=True, metavar="MODEL", help=MODELS_HELP)
+
+
+def _models_and_data(p: argparse.ArgumentParser, name: str) -> None:
+    add_models_flag(p)
+    add_data_flag(p)
     add_run_flags(p, f"out/{name}", limit=True)
 
 
@@ -149,7 +163,7 @@ def _add_experiments(sub: argparse._SubParsersAction) -> None:
 
     e = exp.add_parser("diagnostic", help="train BagNets of growing patch size and a CNN on a dataset: does it "
                                           "reward spatial relations?")
-    e.add_argument("--data", default="imagenette", help=f"{DATA_HELP} (default: imagenette)")
+    add_data_flag(e)
     e.add_argument("--config", type=Path, help="base training config (YAML/TOML) for every model")
     e.add_argument("--patch-sizes", nargs="+", type=positive_int, default=[9, 17, 33], metavar="Q",
                    help="BagNet patch sizes (default 9 17 33)")
@@ -184,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix and predictions")
-    p.add_argument("--model", required=True, help="a registered name, a weights file or a training run folder")
-    p.add_argument("--data", default="imagenette", help=f"{DATA_HELP} (default: imagenette)")
+    add_model_flag(p, "a registered name (bagnet models), a weights file or a training run folder", required=True)
+    add_data_flag(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=worker_count, default=2, help="data-loading processes, 0 to 64 (default 2)")
     add_run_flags(p, "out/evaluate", limit=True)
@@ -198,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "embedded model). Unreadable files are named on stderr and set exit code 1; the rest still run.")
     p.add_argument("inputs", nargs="*", help="image files or folders (searched recursively)")
     p.add_argument("--samples", action="store_true", help="also explain scikit-image's sample photos")
-    p.add_argument("--model", default="default", help="default | bagnet33:imagenet | a weights file or run folder")
+    add_model_flag(p)
     p.add_argument("--top", type=int, default=3, help="classes explained per image (default 3)")
     p.add_argument("--stride", type=int, default=1, help="heatmap stride: 1 exact per pixel; 2, 4, 8 faster")
     p.add_argument("--size", type=int, default=None, help="short side the model sees (default: its own; 0: native)")
@@ -211,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("patches", help="for each class, the dataset's patches with the highest and lowest evidence")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--model", default="default", help="a BagNet: registered name, weights file or run folder")
+    add_model_flag(p)
     p.add_argument("--per-class", type=positive_int, default=8, help="patches kept per class (default 8)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--workers", type=worker_count, default=0, help="data-loading processes, 0 to 64 (default 0)")
@@ -221,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("certify", help="certified accuracy against adversarial stickers (robust masking, clipping) "
                        "and a sticker attack", description="Certify each image against any sticker of the given "
                        "sizes; attack the undefended and defended BagNet with a sticker PGD attack.")
-    p.add_argument("--model", default="default", help="a BagNet: registered name, weights file or run folder")
-    p.add_argument("--data", default="imagenette", help=f"{DATA_HELP} (default: imagenette)")
+    add_model_flag(p)
+    add_data_flag(p)
     p.add_argument("--stickers", nargs="+", type=positive_int, default=[16, 24, 32], metavar="PX",
                    help="sticker sides in px (default 16 24 32)")
     p.add_argument("--defences", nargs="+", choices=["masking", "clipping"], default=["masking"],
@@ -242,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attribution", help="BagNet evidence next to saliency, IG, DeepLIFT, LRP and Grad-CAM, with "
                        "deletion/insertion faithfulness", description="Every model explains the same images and "
                        "targets; maps, a comparison figure per model and a table of deletion/insertion AUCs.")
-    p.add_argument("--models", nargs="+", required=True, metavar="MODEL", help=MODELS_HELP)
-    p.add_argument("--data", default="imagenette", help=f"{DATA_HELP} (default: imagenette)")
+    add_models_flag(p)
+    add_data_flag(p)
     p.add_argument("--methods", nargs="+", default=["evidence", "saliency", "integrated_gradients", "deeplift",
                                                      "lrp_epsilon", "gradcam"], metavar="METHOD",
                    help="attribution methods (default: all six)")

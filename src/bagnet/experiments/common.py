@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..plumbing import (SCHEMA_VERSION, eval_mode, model_device, model_dtype, out_dir,  # noqa: F401
                         write_result_json as write_json, write_rows_csv as write_csv)
 
@@ -29,10 +31,23 @@ def logits_of(model: nn.Module, images: Tensor, num_classes: int, name: str = "m
 
 
 
+def with_run_options(config: Any, **options: Any) -> Any:
+    """``config`` with the run-plumbing keyword arguments that were given (``device``, ``limit``, ``seed``,
+    ``batch_size``; None: keep the config's) in place of its fields, validated again. Plumbing is passed as keyword
+    arguments, the same names in every function; the config fields of the same names remain for one release."""
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in ("batch_size", "limit"):
+        value = given.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}", field=key)
+    seed = given.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}", field="seed")
+    return dataclasses.replace(config, **given) if given else config
+
+
 def read_result(cls: type, path: str | os.PathLike) -> Any:
     """Rebuild a result dataclass from the JSON its ``save`` wrote."""
-    import dataclasses
-
     data = json.loads(Path(path).read_text())
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})

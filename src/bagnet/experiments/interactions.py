@@ -34,7 +34,7 @@ from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, fill_image
 from ..models.bagnet import BagNet
 from ..models.receptive import block_pixels, cell_block, cells_reached
-from .common import logits_of, model_device
+from .common import logits_of, model_device, with_run_options
 
 
 
@@ -120,8 +120,14 @@ def interactions(
     num_classes: int,
     config: InteractionConfig = InteractionConfig(),
     progress: bool = True,
+    *,
+    device: Any = None,
+    limit: Optional[int] = None,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> InteractionResult:
     """Mean interaction of region pairs against their gap, for each model, on the same pairs and fills."""
+    config = with_run_options(config, device=device, limit=limit, seed=seed, batch_size=batch_size)
     if not models:
         raise ValueError("give at least one model")
     check_dataset(dataset)

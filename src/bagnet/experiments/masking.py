@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
-from .common import logits_of, model_device
+from .common import logits_of, model_device, with_run_options
 
 #: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
 PixelScores = Callable[[Tensor, Tensor], Tensor]
@@ -115,6 +115,11 @@ def masking(
     num_classes: int,
     config: MaskingConfig = MaskingConfig(),
     progress: bool = True,
+    *,
+    device: Any = None,
+    limit: Optional[int] = None,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> MaskingResult:
     """Accuracy of every model against the number of masked blocks, for every ranking.
 
@@ -122,6 +127,7 @@ def masking(
     per-pixel scores (N, H, W), to an :class:`OwnAttribution` (each model ranked by its own attribution map; a model
     the method cannot handle gets NaN accuracies and a note in ``skipped``), or to the string ``"random"``.
     """
+    config = with_run_options(config, device=device, limit=limit, seed=seed, batch_size=batch_size)
     if not models or not rankings:
         raise ValueError("give at least one model and one ranking")
     check_dataset(dataset)

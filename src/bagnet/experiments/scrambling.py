@@ -17,7 +17,7 @@ from ..plumbing import Result
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
-from .common import logits_of, model_device
+from .common import logits_of, model_device, with_run_options
 
 
 def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -97,8 +97,14 @@ def scrambling(
     num_classes: int,
     config: ScramblingConfig = ScramblingConfig(),
     progress: bool = True,
+    *,
+    device: Any = None,
+    limit: Optional[int] = None,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> ScramblingResult:
     """Top-1/top-5 of each model on the dataset's images scrambled at each grid size."""
+    config = with_run_options(config, device=device, limit=limit, seed=seed, batch_size=batch_size)
     if not models:
         raise ValueError("give at least one model")
     check_dataset(dataset)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..plumbing import Result
 from ..data import SkipLog, check_dataset, tracked_batches
-from .common import logits_of, model_device
+from .common import logits_of, model_device, with_run_options
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,14 @@ def similarity(
     num_classes: int,
     config: SimilarityConfig = SimilarityConfig(),
     progress: bool = True,
+    *,
+    device: Any = None,
+    limit: Optional[int] = None,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> SimilarityResult:
     """Pairwise similarity of the models' decisions on the same images."""
+    config = with_run_options(config, device=device, limit=limit, seed=seed, batch_size=batch_size)
     if len(models) < 2:
         raise ValueError(f"similarity compares models: give at least two, got {len(models)}")
     check_dataset(dataset)

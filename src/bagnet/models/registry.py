@@ -107,7 +107,7 @@ def _paper_meta(patch_size: int, imagenet: bool) -> ModelMeta:
         title=f"BagNet-{patch_size}, official ImageNet weights",
         source=f"official ImageNet weights released with the paper, downloaded once into torch.hub's cache "
                f"({official.url})",
-        metrics={"imagenet/val (as published)": {"top1": official.top1 / 100, "top5": official.top5 / 100}})
+        metrics={"imagenet/val (reported, 224 px fp32)": {"top1": official.top1 / 100, "top5": official.top5 / 100}})
 
 
 def _entries() -> dict[str, ModelEntry]:
