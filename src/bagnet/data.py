@@ -194,13 +194,19 @@ class ImageFolderDataset(datasets.ImageFolder):
 
     def __getitem__(self, index: int) -> Union[tuple[Any, int, int], Skipped]:
         path, label = self.samples[index]
-        try:
-            image = self.loader(path)
-        except (ImageReadError, OSError) as err:  # a bad file must not end a long run: hand it to the caller
-            return Skipped(path, str(err))
-        if self.transform is not None:  # transform errors are programming errors: they propagate
-            image = self.transform(image)
-        return image, label, index
+        return read_sample(path, label, index, self.transform)
+
+
+def read_sample(path: str, label: int, index: int,
+                transform: Optional[Callable[[Image.Image], Any]]) -> Union[tuple[Any, int, int], Skipped]:
+    """One dataset item: ``(image, label, index)``, or :class:`Skipped` for a file that cannot be read."""
+    try:
+        image = _dataset_loader(path)
+    except (ImageReadError, OSError) as err:  # a bad file must not end a long run: hand it to the caller
+        return Skipped(path, str(err))
+    if transform is not None:  # transform errors are programming errors: they propagate
+        image = transform(image)
+    return image, label, index
 
 
 def _dataset_loader(path: str) -> Image.Image:
@@ -347,8 +353,14 @@ def evaluation_dataset(
     spec: str, transform: Optional[Callable[[Image.Image], Any]] = None
 ) -> tuple[torch.utils.data.Dataset, list[str], str]:
     """The dataset a CLI ``--data`` names, for evaluation: ``imagenette`` (its val split), ``fashion-mnist`` (its
-    test split) or an ImageFolder folder (its ``val/`` sub-folder when there is one). Returns it with its class
-    names and a display name."""
+    test split), ``imagenet:ROOT`` (the ImageNet validation split in any of the layouts of :mod:`bagnet.imagenet`)
+    or an ImageFolder folder (its ``val/`` sub-folder when there is one). Returns it with its class names and a
+    display name."""
+    if spec.startswith("imagenet:"):
+        from .imagenet import ImageNetVal
+
+        inet = ImageNetVal(spec[len("imagenet:"):], transform)
+        return inet, inet.categories, f"imagenet/val ({inet.layout} layout)"
     if spec == "imagenette":
         ds = imagenette("val", transform)
         return ds, ds.categories, "imagenette/val"

@@ -17,19 +17,27 @@ def _plt():
 
 
 def confusion_matrix_figure(matrix: np.ndarray, categories: Sequence[str], title: Optional[str] = None):
-    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
+    """Row-normalised confusion matrix (rows: true class, columns: predicted), counts written in the cells.
+
+    With more than 30 classes only the classes that occur (as truth or prediction) are drawn, and beyond 60 of
+    those the figure keeps a fixed size without class names (ImageNet's 1000 classes: one pixel-sized cell each).
+    """
     plt = _plt()
     matrix = np.asarray(matrix)
     n = len(categories)
     if matrix.shape != (n, n):
         raise ValueError(f"confusion matrix of shape {matrix.shape} does not fit {n} categories")
+    if n > 30:
+        used = np.flatnonzero(matrix.sum(0) + matrix.sum(1))
+        matrix, categories, n = matrix[np.ix_(used, used)], [categories[i] for i in used], len(used)
     rows = matrix.sum(1, keepdims=True)
     norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
-    size = max(4.0, 0.45 * n + 2)
+    size = max(4.0, 0.45 * n + 2) if n <= 60 else 12.0
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), labels=list(categories), rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), labels=list(categories), fontsize=8)
+    if n <= 60:
+        ax.set_xticks(range(n), labels=list(categories), rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels=list(categories), fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 30:

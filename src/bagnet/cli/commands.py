@@ -99,7 +99,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = result.save(args.out)
     print(f"{args.model} on {name} ({len(result.predictions)} images): top-1 {100 * result.top1:.2f}%  "
           f"top-5 {100 * result.top5:.2f}%")
-    for cat, acc in zip(categories, result.per_class_top1):
+    counts = [sum(row) for row in result.confusion]
+    shown = [(cat, acc) for cat, acc, k in zip(categories, result.per_class_top1, counts) if k]  # classes seen
+    if len(shown) > 30:
+        print(f"  ({len(shown)} classes seen; the 10 with the lowest top-1 below, all in evaluation.json)")
+        shown = sorted(shown, key=lambda item: item[1])[:10]
+    for cat, acc in shown:
         print(f"  {cat:<24} {100 * acc:6.2f}%")
     print(f"files: {out / 'evaluation.json'}, {out / 'predictions.csv'}, {out / 'confusion.png'}")
     return exit_code(result.skipped)

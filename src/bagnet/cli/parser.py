@@ -12,8 +12,10 @@ import torch
 
 from . import commands
 
-DATA_HELP = "imagenette | fashion-mnist | an ImageFolder folder (its val/ sub-folder when there is one)"
-MODELS_HELP = "registered names (bagnet models), weights files or training-run folders"
+DATA_HELP = ("imagenette | fashion-mnist | imagenet:ROOT (the ImageNet validation split: torchvision, WordNet-id "
+             "folder or Kaggle layout) | an ImageFolder folder (its val/ sub-folder when there is one)")
+MODELS_HELP = ("registered names (bagnet models), torchvision:NAME[:WEIGHTS|:FILE], timm:NAME[:FILE], weights files "
+               "or training-run folders")
 BAGNET_HELP = "a BagNet: registered name (bagnet models), weights file or run folder (default: the embedded model)"
 
 
@@ -198,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix and predictions")
-    add_model_flag(p, "a registered name (bagnet models), a weights file or a training run folder", required=True)
+    add_model_flag(p, "a registered name (bagnet models), torchvision:NAME[:WEIGHTS|:FILE], timm:NAME[:FILE], a weights file or a training run folder", required=True)
     add_data_flag(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=worker_count, default=2, help="data-loading processes, 0 to 64 (default 2)")

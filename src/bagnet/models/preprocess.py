@@ -11,6 +11,8 @@ from torchvision import transforms
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+INTERPOLATIONS = {"bilinear": transforms.InterpolationMode.BILINEAR, "bicubic": transforms.InterpolationMode.BICUBIC,
+                  "nearest": transforms.InterpolationMode.NEAREST}
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Preprocess:
     crop: Optional[int] = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"  # of the resize: bilinear | bicubic | nearest
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -37,13 +40,15 @@ class Preprocess:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or a positive number of pixels, got {value!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
 
     @property
     def transforms(self) -> list:
         """The torchvision transforms this preprocessing applies, in order."""
         steps: list = [transforms.Lambda(_to_rgb)]
         if self.resize is not None:
-            steps.append(transforms.Resize(self.resize, interpolation=transforms.InterpolationMode.BILINEAR,
+            steps.append(transforms.Resize(self.resize, interpolation=INTERPOLATIONS[self.interpolation],
                                            antialias=True))
         if self.crop is not None:
             steps.append(transforms.CenterCrop(self.crop))
@@ -68,7 +73,10 @@ class Preprocess:
         return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None, None]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+        data = {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+        if self.interpolation != "bilinear":
+            data["interpolation"] = self.interpolation
+        return data
 
 
 def to_pixels(x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
@@ -81,9 +89,10 @@ def make_preprocess(
     crop: int | None = 224,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
 ) -> Preprocess:
     """PIL image → normalised float tensor (3, H, W): optional resize of the short side, centre crop, normalise."""
-    return Preprocess(resize, crop, tuple(mean), tuple(std))  # type: ignore[arg-type]
+    return Preprocess(resize, crop, tuple(mean), tuple(std), interpolation)  # type: ignore[arg-type]
 
 
 def preprocess_size(preprocess: Any) -> Optional[int]:

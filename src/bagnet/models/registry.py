@@ -16,8 +16,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .bagnet import BagNet, BagNetConfig
+from .external import is_external, load_external
 from .meta import ModelMeta, attach_meta, read_sidecar
-from .preprocess import imagenet_categories, make_preprocess
+from .preprocess import INTERPOLATIONS, imagenet_categories, make_preprocess
 
 from .weights import (
     OFFICIAL_WEIGHTS,
@@ -188,7 +189,8 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> Any:
-    """Load a model by registry name (``bagnet33:imagenet``), ``arch:PATH`` or a weights file path.
+    """Load a model by registry name (``bagnet33:imagenet``), ``arch:PATH``, a weights file path, or a torchvision or
+    timm model (``torchvision:NAME[:WEIGHTS|:PATH]``, ``timm:NAME[:PATH]``, see :mod:`bagnet.models.external`).
 
     The model is returned in eval mode, on ``device`` if given, with ``preprocess`` and ``categories`` set when
     the weights define them.
@@ -196,6 +198,8 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
     spec = os.fspath(name_or_path)
     if spec in _REGISTRY:
         model = _REGISTRY[spec].build(**kwargs)
+    elif is_external(spec):
+        model = load_external(spec, **kwargs)
     else:
         arch, sep, rest = spec.partition(":")
         if sep and f"{arch}" in _REGISTRY and not _REGISTRY[arch].pretrained and rest:
@@ -204,7 +208,8 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
             model = load_file(spec)
         else:
             raise KeyError(
-                f"unknown model {spec!r}: not a registered name ({', '.join(list_models())}) nor a weights file"
+                f"unknown model {spec!r}: not a registered name ({', '.join(list_models())}), not torchvision:NAME "
+                f"or timm:NAME, nor a weights file"
             )
     model.eval()
     return model.to(device) if device is not None else model
@@ -212,10 +217,13 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
 
 def model_label(spec: str | os.PathLike) -> str:
     """A short display name for a model spec: a file's or run folder's name without suffixes, else the spec."""
+    text = os.fspath(spec)
+    if is_external(text):  # torchvision:NAME:/some/file.pth → torchvision:NAME
+        return ":".join(text.split(":")[:2])
     path = Path(spec)
     if path.exists():
         return path.name.split(".")[0] if path.is_file() else path.name
-    return os.fspath(spec)
+    return text
 
 
 def load_models(specs: Sequence[str | os.PathLike], device: Any = None) -> dict[str, Any]:
@@ -285,7 +293,7 @@ def load_file(path: str | os.PathLike) -> Any:
 
 
 #: Metadata entries a weights file may carry that change how it is loaded, and the keys each allows.
-PREPROCESS_KEYS = ("resize", "crop", "mean", "std")
+PREPROCESS_KEYS = ("resize", "crop", "mean", "std", "interpolation")
 
 
 def validate_metadata(metadata: dict[str, Any], source: str) -> dict[str, Any]:
@@ -339,6 +347,9 @@ def validate_metadata(metadata: dict[str, Any], source: str) -> dict[str, Any]:
                                       or (key == "std" and min(value) <= 0)):
                 raise WeightsError(f"{source}: metadata preprocess {key}={value!r} must be 3 finite numbers"
                                    + (" > 0" if key == "std" else ""))
+        if prep.get("interpolation", "bilinear") not in INTERPOLATIONS:
+            raise WeightsError(f"{source}: metadata preprocess interpolation={prep['interpolation']!r} must be one of "
+                               f"{sorted(INTERPOLATIONS)}")
     if "name" in meta and not isinstance(meta["name"], str):
         raise WeightsError(f"{source}: metadata name must be a string, got {meta['name']!r}")
     return meta

@@ -68,29 +68,47 @@ def load_official_state_dict(patch_size: int, progress: bool = True) -> dict[str
     The file's SHA-256 is checked against the prefix in its name every time it is loaded.
     """
     info = _official(patch_size)
-    path = official_cache_path(patch_size)
+    return read_state_dict(fetch_verified(info.url, progress, f"the official BagNet-{patch_size} ImageNet weights"))
+
+
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
+
+
+def fetch_verified(url: str, progress: bool = True, what: str = "weights") -> Path:
+    """The file at ``url`` in torch.hub's cache (downloaded there once), its SHA-256 checked against the hash
+    prefix in its file name (``name-<hex>.pth``, the torchvision and torch.hub convention) every time."""
+    filename = url.rsplit("/", 1)[-1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    match = _HASH_IN_NAME.search(filename)
+    prefix = match.group(1) if match else None
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.hub.download_url_to_file(info.url, str(path), hash_prefix=info.sha256_prefix, progress=progress)
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=progress)
         except (urllib.error.URLError, OSError, TimeoutError) as err:
             raise WeightsUnavailableError(
-                f"could not download the official BagNet-{patch_size} ImageNet weights from {info.url} ({err}). "
+                f"could not download {what} from {url} ({err}). "
                 f"Without network, download that file elsewhere and put it by hand at {path}"
             ) from err
         except RuntimeError as err:  # torch.hub reports a hash mismatch as RuntimeError
-            raise WeightsError(f"download of {info.url} failed its hash check: {err}") from err
-    return _load_verified(path, info.sha256_prefix)
+            raise WeightsError(f"download of {url} failed its hash check: {err}") from err
+    if prefix:
+        _check_hash(path, prefix)
+    return path
 
 
 def _load_verified(path: Path, sha256_prefix: str) -> dict[str, Tensor]:
+    _check_hash(path, sha256_prefix)
+    return read_state_dict(path)
+
+
+def _check_hash(path: Path, sha256_prefix: str) -> None:
     digest = _sha256(path)
     if not digest.startswith(sha256_prefix):
         raise WeightsError(
             f"{path} has SHA-256 {digest[:16]}…, expected a hash starting with {sha256_prefix}; "
             f"the file is corrupt or not the released checkpoint. Delete it and try again"
         )
-    return read_state_dict(path)
 
 
 def _official(patch_size: int) -> OfficialWeights:
