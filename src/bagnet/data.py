@@ -421,9 +421,12 @@ def load_batch(dataset: torch.utils.data.Dataset, limit: Optional[int], seed: in
 
 def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
             skips: SkipLog, workers: int = 0) -> Iterator[Batch]:
-    """Batches of the items :func:`subset_indices` picks (all samples, in a seeded order, when ``limit`` is None)."""
+    """Batches of the items :func:`subset_indices` picks (all samples, in a seeded order, when ``limit`` is None);
+    under ``torchrun``, this process's shard of them (:func:`bagnet.parallel.shard`)."""
+    from .parallel import shard
+
     n = check_dataset(dataset)
-    order = subset_indices(n, limit, seed)
+    order = shard(subset_indices(n, limit, seed))
     subset = _Indexed(dataset, order)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
                                          generator=torch.Generator().manual_seed(seed))
@@ -435,17 +438,22 @@ def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[
 
 def tracked_batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
                     skips: SkipLog, desc: str, progress: bool = True, workers: int = 0) -> Iterator[Batch]:
-    """:func:`batches` with a progress bar counted in images; raises when no image of the dataset could be read."""
+    """:func:`batches` with a progress bar counted in images (rank 0's shard under ``torchrun``); raises when no
+    image of the dataset could be read (by any process)."""
     from tqdm.auto import tqdm
 
+    from .parallel import is_main, merged_sum, world
+
     n = check_dataset(dataset)
+    total = min(limit, n) if limit is not None else n
+    size = world()[1]
     seen = 0
-    with tqdm(total=min(limit, n) if limit is not None else n, desc=desc, unit="img", disable=not progress) as bar:
+    with tqdm(total=-(-total // size), desc=desc, unit="img", disable=not progress or not is_main()) as bar:
         for batch in batches(dataset, batch_size, limit, seed, skips, workers):
             yield batch
             seen += len(batch)
             bar.update(len(batch))
-    if seen == 0:
+    if merged_sum(seen) == 0:
         raise ValueError(f"no readable images in the dataset ({len(skips.paths)} unreadable)")
 
 

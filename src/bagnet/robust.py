@@ -206,6 +206,7 @@ def sticker_attack(
     survived = torch.ones(images.shape[0], dtype=torch.bool)
     with eval_mode(model):
         for n in range(images.shape[0]):
+            generator.manual_seed(config.seed)  # each image's attack starts alike, whatever batch it came in
             x0 = images[n : n + 1].to(device)
             y = int(labels[n])
             with torch.no_grad():
@@ -358,7 +359,8 @@ def robustness(
     """Certify every image of ``dataset`` (the first ``limit`` of a seeded order) under each defence; optionally
     attack the undefended and defended model on the first ``attack_limit`` of them (attacks cost far more).
     ``device``: where to compute (default: the model's device; the model is never moved)."""
-    from .data import SkipLog, check_dataset, tracked_batches
+    from .data import SkipLog, check_dataset, subset_indices, tracked_batches
+    from .parallel import merged_dict, merged_sum
 
     require_bagnet(model, "certificates (they bound each patch's evidence)")
     if not defences:
@@ -375,6 +377,8 @@ def robustness(
     stickers = sorted({d.sticker for d in defences})
     und_attacked = {p: 0 for p in stickers}
     clean_und, clean_und_sub, total, attacked_n = 0, 0, 0, 0
+    # the attacked images are the first ``attack_limit`` of the seeded order, decided by position, not by batch
+    position = {idx: p for p, idx in enumerate(subset_indices(len(dataset), limit, seed))}
     with eval_mode(model):
         for batch in tracked_batches(dataset, batch_size, limit, seed, skips, "certify", progress):
             x, labels = batch.images.to(device, model.fc.weight.dtype), batch.labels
@@ -382,26 +386,29 @@ def robustness(
                 ev = model.evidence(x)
                 und_ok = ev.mean((2, 3)).argmax(1).cpu() == labels
                 clean_und += int(und_ok.sum())
-            room = 0 if attack is None else len(labels) if attack_limit is None else max(0, attack_limit - attacked_n)
-            sub = slice(0, min(room, len(labels)))
+            sub = torch.tensor([attack is not None and (attack_limit is None or position[int(i)] < attack_limit)
+                                for i in batch.indices], dtype=torch.bool)
+            attacking = bool(sub.any())
             for i, d in enumerate(defences):
                 pred, cert = certify(ev, d, model)
                 ok = pred.cpu() == labels
                 cert = cert.cpu()
                 counts[i]["clean"] += int(ok.sum())
                 counts[i]["certified"] += int((ok & cert).sum())
-                if attack is not None and sub.stop > 0:
+                if attacking:
                     counts[i]["clean_sub"] += int(ok[sub].sum())
                     counts[i]["certified_sub"] += int((ok & cert)[sub].sum())
-                    held = sticker_attack(model, x[sub], labels[sub], d.sticker, d, attack).cpu()
+                    held = sticker_attack(model, x[sub.to(x.device)], labels[sub], d.sticker, d, attack).cpu()
                     counts[i]["attacked"] += int(held.sum())
                     counts[i]["broken"] += int(((ok & cert)[sub] & ~held).sum())  # must stay 0
-            if attack is not None and sub.stop > 0:
+            if attacking:
                 clean_und_sub += int(und_ok[sub].sum())
                 for p in stickers:
-                    und_attacked[p] += int(sticker_attack(model, x[sub], labels[sub], p, None, attack).sum())
-                attacked_n += sub.stop
+                    und_attacked[p] += int(sticker_attack(model, x[sub.to(x.device)], labels[sub], p, None, attack).sum())
+                attacked_n += int(sub.sum())
             total += len(labels)
+    counts, und_attacked = merged_sum(counts), merged_sum(und_attacked)
+    clean_und, clean_und_sub, total, attacked_n = merged_sum([clean_und, clean_und_sub, total, attacked_n])
     rows = []
     for i, d in enumerate(defences):
         rows.append({"defence": d.label(), "method": d.method, "sticker": d.sticker, "low": d.low, "high": d.high,
@@ -418,7 +425,7 @@ def robustness(
         clean_undefended_attacked_subset=clean_und_sub / attacked_n if attacked_n else None,
         config={"attack": asdict(attack) if attack else None, "limit": limit, "attack_limit": attack_limit,
                 "seed": seed},
-        skipped=dict(skips.paths),
+        skipped=merged_dict(dict(skips.paths)),
     )
 
 

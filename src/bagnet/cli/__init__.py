@@ -6,8 +6,13 @@ Exit codes: 0 all good, 1 some inputs or the run failed (named on stderr), 2 usa
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
-from typing import Optional, Sequence
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
 
 from ..errors import ConfigError
 from ..plumbing import output_lock
@@ -19,21 +24,22 @@ __all__ = ["main", "build_parser"]
 #: Commands whose whole run holds the lock of their --out folder (explain takes it itself, after checking its flags;
 #: train locks its run folder).
 LOCKED_COMMANDS = ("evaluate", "experiment", "patches", "certify", "attribution")
+#: Commands that split their images among the processes of a ``torchrun`` launch (see bagnet.parallel).
+SHARDED_COMMANDS = ("evaluate", "experiment", "certify")
 #: Exit codes: all good; some inputs or the run failed (named on stderr); a usage error (bad flag or config value).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; errors are one line on stderr (set BAGNET_DEBUG=1 for the traceback), never a traceback."""
-    import os
-
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse's own usage errors exit 2
     try:
-        if args.command in LOCKED_COMMANDS:  # a second process writing the same --out fails at once
-            with output_lock(args.out):
-                return int(args.func(args))
-        return int(args.func(args))
+        with _data_parallel(args):
+            if args.command in LOCKED_COMMANDS:  # a second process writing the same --out fails at once
+                with output_lock(args.out):
+                    return int(args.func(args))
+            return int(args.func(args))
     except KeyboardInterrupt:
         print(f"bagnet {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -50,6 +56,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if code == EXIT_USAGE:
             print(f"(usage: bagnet {args.command} --help)", file=sys.stderr)
         return code
+
+
+@contextlib.contextmanager
+def _data_parallel(args: Any) -> Iterator[None]:
+    """Under ``torchrun``, join the process group for the commands that shard their images (evaluate, the experiments,
+    certify); ranks other than 0 compute their shard but print nothing and write into a folder that is removed
+    afterwards, so the files in --out are rank 0's alone. ``train`` runs its own DDP; other commands run whole on
+    every rank."""
+    from ..parallel import init_from_env, launched, world
+
+    sharded = args.command in SHARDED_COMMANDS and getattr(args, "name", None) not in ("summary", "diagnostic")
+    if not launched() or not sharded:
+        yield
+        return
+    args.device = init_from_env(getattr(args, "device", None))
+    rank = world()[0]
+    scratch = None
+    stdout = sys.stdout
+    if rank != 0:
+        scratch = tempfile.mkdtemp(prefix=f"bagnet-rank{rank}-")
+        args.out = Path(scratch)
+        sys.stdout = open(os.devnull, "w")
+    try:
+        yield
+    finally:
+        if scratch is not None:
+            sys.stdout.close()
+            sys.stdout = stdout
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _unknown_name(err: Exception) -> bool:

@@ -34,6 +34,7 @@ from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, fill_image
 from ..models.bagnet import BagNet
 from ..models.receptive import block_pixels, cell_block, cells_reached
+from ..parallel import item_generator, merged_dict, merged_sum
 from .common import logits_of, model_device, with_run_options
 
 
@@ -131,7 +132,6 @@ def interactions(
     if not models:
         raise ValueError("give at least one model")
     check_dataset(dataset)
-    generator = torch.Generator().manual_seed(config.seed)
     r = config.region
     sums = {m: {k: [0.0] * len(config.gaps) for k in ("abs", "norm", "effect", "count", "excluded")} for m in models}
     skips = SkipLog()
@@ -140,6 +140,7 @@ def interactions(
         image, label = batch.images[0], int(batch.labels[0])
         _, h, w = image.shape
         filler = fill_image(image, config.fill, config.blur_sigma)
+        generator = item_generator(config.seed, int(batch.indices[0]))  # the image's own pairs, on any process
         pairs = [(i, pair) for i, gap in enumerate(config.gaps)
                  for pair in region_pairs(h, w, r, gap, config.pairs_per_gap, generator)]
         for name, model in models.items():
@@ -163,6 +164,8 @@ def interactions(
                     s["excluded"][i] += 1
         total += 1
 
+    sums, total = merged_sum(sums), merged_sum(total)
+
     def mean(values: list[float], counts: list[float]) -> list[float]:
         return [v / c if c else float("nan") for v, c in zip(values, counts)]
 
@@ -178,7 +181,7 @@ def interactions(
         effects_from={m: "evidence map + reached cells" if _local(model, config) else "forward passes"
                       for m, model in models.items()},
         config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
-        skipped=dict(skips.paths),
+        skipped=merged_dict(dict(skips.paths)),
     )
 
 

@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..masks import FILLS, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
+from ..parallel import gather, item_generator, merged_dict, merged_sum
 from .common import logits_of, model_device, with_run_options
 
 #: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
@@ -144,7 +145,6 @@ def masking(
         else:
             raise TypeError(f"ranking {name!r} must be a BagNet, a function, an OwnAttribution or 'random', got "
                             f"{type(r).__name__}")
-    generator = torch.Generator().manual_seed(config.seed)
     ks = sorted(set(config.ks))
     hits = {m: {r: [0] * len(ks) for r in rankings} for m in models}
     total, blocks = 0, 0
@@ -160,7 +160,8 @@ def masking(
         for rname, scorer in scorers.items():
             orders: dict[str, Optional[Tensor]] = {}
             if scorer is None:
-                shared = torch.stack([torch.randperm(blocks, generator=generator) for _ in range(n)])
+                shared = torch.stack([torch.randperm(blocks, generator=item_generator(config.seed, int(i)))
+                                      for i in batch.indices])
                 orders = {m: shared for m in models}
             elif isinstance(scorer, OwnAttribution):
                 for mname, model in models.items():
@@ -185,12 +186,13 @@ def masking(
                     pred = logits_of(model, masked.to(device), num_classes, mname).argmax(1).cpu()
                     hits[mname][rname][i] += int((pred == labels).sum())
         total += n
+    hits, total, blocks = merged_sum(hits), merged_sum(total), max(gather(blocks))
     return MaskingResult(
         models=list(models), rankings=list(rankings), ks=ks, block=config.block, blocks_per_image=blocks,
         fill=config.fill, images=total,
         accuracy={m: {r: [v / total for v in hits[m][r]] for r in rankings} for m in models},
         config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
-        skipped={**dict(skips.paths), **unavailable},
+        skipped=merged_dict({**dict(skips.paths), **unavailable}),
     )
 
 

@@ -17,6 +17,7 @@ from ..plumbing import Result
 from ..data import SkipLog, check_dataset, tracked_batches
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
+from ..parallel import gather, item_generator, merged_dict, merged_sum
 from .common import logits_of, model_device, with_run_options
 
 
@@ -109,7 +110,6 @@ def scrambling(
         raise ValueError("give at least one model")
     check_dataset(dataset)
     grids = sorted(set(config.grids))
-    generator = torch.Generator().manual_seed(config.seed)
     hits1 = {m: [0] * len(grids) for m in models}
     hits5 = {m: [0] * len(grids) for m in models}
     total, size, examples = 0, None, None
@@ -118,7 +118,10 @@ def scrambling(
         size = size or tuple(batch.images.shape[-2:])
         if tuple(batch.images.shape[-2:]) != size:
             raise ValueError(f"all images must have the same size for scrambling: {size} vs {tuple(batch.images.shape[-2:])}")
-        scrambled = [scramble(batch.images, g, generator) for g in grids]
+        # each image's tile orders come from its own generator: the result does not depend on batches or processes
+        generators = [item_generator(config.seed, int(i)) for i in batch.indices]
+        scrambled = [torch.cat([scramble(batch.images[k:k + 1], g, generators[k]) for k in range(len(batch))])
+                     for g in grids]
         if examples is None:
             own = model_meta(next(iter(models.values()))).preprocess
             mean, std = config.mean or own.mean, config.std or own.std
@@ -132,12 +135,14 @@ def scrambling(
                 hits1[name][i] += int((top[:, 0] == labels).sum())
                 hits5[name][i] += int((top == labels[:, None]).any(1).sum())
         total += len(batch)
+    hits1, hits5, total = merged_sum(hits1), merged_sum(hits5), merged_sum(total)
+    size = next((s for s in gather(size) if s is not None), None)
     assert size is not None
     return ScramblingResult(
         models=list(models), grids=grids, tile_sizes=[min(size) // g for g in grids], images=total,
         top1={m: [h / total for h in hits1[m]] for m in models}, top5={m: [h / total for h in hits5[m]] for m in models},
         config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
-        skipped=dict(skips.paths), examples=examples,
+        skipped=merged_dict(dict(skips.paths)), examples=examples,
     )
 
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..plumbing import Result
 from ..data import SkipLog, check_dataset, tracked_batches
+from ..parallel import merged_cat, merged_dict
 from .common import logits_of, model_device, with_run_options
 
 
@@ -120,18 +121,21 @@ def similarity(
     check_dataset(dataset)
     logits: dict[str, list[Tensor]] = {m: [] for m in models}
     labels: list[Tensor] = []
+    indices: list[Tensor] = []
     skips = SkipLog()
     for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "similarity", progress):
         for name, model in models.items():
             logits[name].append(logits_of(model, batch.images.to(model_device(model, config.device)), num_classes,
                                           name).cpu())
         labels.append(batch.labels)
-    y = torch.cat(labels)
-    all_logits = {m: torch.cat(v) for m, v in logits.items()}
+        indices.append(batch.indices)
+    names = list(models)
+    # every process's images, in dataset order (one process: the same images, reordered)
+    y, *stacked = merged_cat(torch.cat(labels), *(torch.cat(logits[m]) for m in names), key=torch.cat(indices))
+    all_logits = dict(zip(names, stacked))
     preds = {m: v.argmax(1) for m, v in all_logits.items()}
     correct = {m: p == y for m, p in preds.items()}
     class_acc = {m: per_class_accuracy(p, y, num_classes) for m, p in preds.items()}
-    names = list(models)
     return SimilarityResult(
         models=names, images=int(y.numel()),
         accuracy={m: float(correct[m].double().mean()) for m in names},
@@ -139,5 +143,5 @@ def similarity(
         error_consistency=[[error_consistency(correct[a], correct[b]) for b in names] for a in names],
         logit_correlation=[[mean_logit_correlation(all_logits[a], all_logits[b]) for b in names] for a in names],
         per_class_accuracy={m: class_acc[m].tolist() for m in names},
-        config=asdict(config), skipped=dict(skips.paths),
+        config=asdict(config), skipped=merged_dict(dict(skips.paths)),
     )

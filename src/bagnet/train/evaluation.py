@@ -19,23 +19,33 @@ from ..plumbing import Result, eval_mode, model_device
 @torch.no_grad()
 def predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 64, device: Any = None,
             workers: int = 2, progress: bool = False, skips: Optional[SkipLog] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits (N, C), labels (N,) and dataset indices (N,) of every readable sample (others go to ``skips``)."""
+    """Logits (N, C), labels (N,) and dataset indices (N,) of every readable sample (others go to ``skips``); under
+    ``torchrun`` each process predicts its shard and every process gets all of them, in dataset order."""
+    from ..parallel import merged_cat, merged_dict, shard, world
+
     device = model_device(model, device)
+    if world()[1] > 1:
+        dataset = torch.utils.data.Subset(dataset, shard(range(len(dataset))))
+    log = skips if skips is not None else SkipLog()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
                                          generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
     logits, labels, indices = [], [], []
     with eval_mode(model):
         for batch in _iter_progress(loader, progress, "evaluate"):
-            if skips is not None:
-                skips.add(batch.skipped)
+            log.add(batch.skipped)
             if len(batch) == 0:
                 continue
             logits.append(model(batch.images.to(device)).float().cpu())
             labels.append(batch.labels)
             indices.append(batch.indices)
-    if not logits:
+    log.paths.update(merged_dict(dict(log.paths)))
+    empty = torch.zeros(0, dtype=torch.long)
+    key = torch.cat(indices) if indices else empty
+    out_logits, out_labels, out_indices = merged_cat(torch.cat(logits) if logits else torch.zeros(0, 0),
+                                                     torch.cat(labels) if labels else empty, key, key=key)
+    if out_labels.numel() == 0:
         raise ValueError("no readable images to evaluate")
-    return torch.cat(logits), torch.cat(labels), torch.cat(indices)
+    return out_logits, out_labels, out_indices
 
 
 def _iter_progress(loader, enabled: bool, desc: str):
