@@ -1,6 +1,7 @@
 """Print the Markdown tables of docs/experiments.md from the saved result files (so the docs quote the files).
 
-Usage: python scripts/results_tables.py [RESULTS_DIR]     (default docs/results/experiments)
+Usage: python scripts/results_tables.py [RESULTS_DIR]     (default docs/results/experiments; for the ImageNet
+       results of scripts/imagenet_results.sh: docs/results/imagenet, which also holds evaluate/<model>/)
 """
 
 import json
@@ -18,7 +19,7 @@ def load(name: str) -> dict | None:
 
 
 def short(model: str) -> str:
-    return model.replace(":imagenette", "")
+    return model.replace(":imagenette", "").replace(":imagenet", "").replace("torchvision:", "")
 
 
 def pct(v: float | None) -> str:
@@ -33,10 +34,20 @@ def table(header: list[str], rows: list[list[str]]) -> None:
     print()
 
 
+evaluations = sorted((root / "evaluate").glob("*/evaluation.json")) if (root / "evaluate").is_dir() else []
+if evaluations:
+    print("Accuracy on the validation split")
+    rows = []
+    for path in evaluations:
+        e = json.loads(path.read_text())
+        rows.append([short(e["model"]), str(e["images"]), pct(e["top1"]), pct(e["top5"])])
+    table(["model", "images", "top-1 %", "top-5 %"], rows)
 if (d := load("scrambling")):
-    print(f"Scrambling, top-1 % ({d['images']} images)")
-    table(["model"] + [("original" if g == 1 else f"{g}×{g} ({t} px)") for g, t in zip(d["grids"], d["tile_sizes"])],
-          [[short(m)] + [pct(v) for v in d["top1"][m]] for m in d["models"]])
+    for key in ("top1", "top5"):
+        print(f"Scrambling, {key[:3]}-{key[3:]} % ({d['images']} images)")
+        table(["model"] + [("original" if g == 1 else f"{g}×{g} ({t} px)")
+                           for g, t in zip(d["grids"], d["tile_sizes"])],
+              [[short(m)] + [pct(v) for v in d[key][m]] for m in d["models"]])
 if (d := load("interactions")):
     print(f"Interactions: mean |interaction| / (|effect A| + |effect B|), {d['images']} images, "
           f"{d['region']}-px regions, fill {d['fill']}")

@@ -145,6 +145,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     models = load_models(args.models, device=args.device)
     by_spec = dict(zip(dict.fromkeys(args.models), models))
     first = next(iter(models.values()))
+    warn_other_preprocessing(models)
     dataset, categories, data_name = evaluation_dataset(args.data, model_meta(first).preprocess)
     n = len(categories)
     run = dict(progress=not args.no_progress, limit=args.limit, seed=args.seed, device=args.device)
@@ -177,6 +178,18 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     out = result.save(args.out)
     print(f"{args.name} on {data_name} ({result.images} images): files in {out}")
     return exit_code(result.skipped)
+
+
+def warn_other_preprocessing(models: dict) -> None:
+    """Every model of an experiment sees the same images, preprocessed as the first model's weights expect; say so
+    on stderr for each model whose weights expect something else (e.g. a timm model normalised with 0.5/0.5)."""
+    names = list(models)
+    expected = model_meta(models[names[0]]).preprocess
+    for name in names[1:]:
+        own = model_meta(models[name]).preprocess
+        if own != expected:
+            print(f"warning: {name} expects {own}, but every model gets the images preprocessed for {names[0]} "
+                  f"({expected}); its accuracy may suffer", file=sys.stderr)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -266,6 +279,7 @@ def cmd_attribution(args: argparse.Namespace) -> int:
 
     models = load_models(args.models, device=args.device)
     first = next(iter(models.values()))
+    warn_other_preprocessing(models)
     dataset, categories, data_name = evaluation_dataset(args.data, model_meta(first).preprocess)
     skips = SkipLog()
     images, labels_ = load_batch(dataset, args.limit, args.seed, skips)
