@@ -45,7 +45,7 @@ meta = model_entry(spec).meta if spec in bagnet.list_models() else bagnet.load(s
 print(model_label(spec), meta.patch_size)' "$REFERENCE")
 
 for m in $MODELS; do
-    safe="${m//:/_}"
+    safe=$(printf '%s' "$m" | sed 's#[/:]#_#g; s#^_*##')  # one folder per model, whatever its spec
     run evaluate "$OUT/evaluate/$safe/evaluation.json" \
         "${B[@]}" evaluate --model "$m" "${common[@]}" --limit "$(n 50000)" --workers "$WORKERS" --batch-size 100 \
         --out "$OUT/evaluate/$safe"

@@ -26,6 +26,10 @@ def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
 
 
+def num(v: float | None, fmt: str = ".2f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
 def table(header: list[str], rows: list[list[str]]) -> None:
     print("| " + " | ".join(header) + " |")
     print("| " + " | ".join("---" for _ in header) + " |")
@@ -52,14 +56,14 @@ if (d := load("interactions")):
     print(f"Interactions: mean |interaction| / (|effect A| + |effect B|), {d['images']} images, "
           f"{d['region']}-px regions, fill {d['fill']}")
     table(["model"] + [f"gap {g}" for g in d["gaps"]],
-          [[short(m)] + [f"{v:.3f}" for v in d["normalised_interaction"][m]] for m in d["models"]])
+          [[short(m)] + [num(v, ".3f") for v in d["normalised_interaction"][m]] for m in d["models"]])
     table(["model"] + [f"|effect| gap {g}" for g in d["gaps"]],
-          [[short(m)] + [f"{v:.3f}" for v in d["mean_abs_effect"][m]] for m in d["models"]])
+          [[short(m)] + [num(v, ".3f") for v in d["mean_abs_effect"][m]] for m in d["models"]])
 if (d := load("similarity")):
     ms = [short(m) for m in d["models"]]
     for key in ("error_consistency", "logit_correlation", "class_accuracy_correlation"):
         print(f"{key} ({d['images']} images)")
-        table([""] + ms, [[a] + [f"{v:.2f}" for v in row] for a, row in zip(ms, d[key])])
+        table([""] + ms, [[a] + [num(v) for v in row] for a, row in zip(ms, d[key])])
 if (d := load("masking")):
     print(f"Masking, top-1 % ({d['images']} images, {d['block']}-px blocks of {d['blocks_per_image']}, fill {d['fill']})")
     rows = []

@@ -286,3 +286,13 @@ def test_experiments_and_attribution_run_on_torchvision_and_timm_models(tmp_path
     assert _cli("certify", "--model", local_models["tv"], *data, "--out", str(tmp_path / "c")) == 2
     err = capsys.readouterr().err
     assert "BagNet" in err and "Traceback" not in err
+
+
+def test_timm_pretrained_offline_names_the_source_and_the_way_out(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never reach the network from tests
+    with pytest.raises(bagnet.models.WeightsUnavailableError) as err:
+        bagnet.load("timm:resnet18")
+    message = str(err.value)
+    assert "timm/resnet18" in message and "timm:resnet18:/path/to/file" in message
