@@ -12,3 +12,9 @@ if [ ! -x "$PY" ] || [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" 
     "$PY" -m pip install --quiet -c "$ROOT/constraints.txt" -e "$ROOT[dev]" >&2
     touch "$STAMP"
 fi
+
+# run STEP FILE COMMAND...: run COMMAND when STEP is among "$steps" and FILE (its result) does not exist yet.
+run() { local step=$1 file=$2; shift 2
+    if [[ " $steps " != *" $step "* ]]; then return; fi
+    if [ -f "$file" ]; then echo "[${TAG:-results}] $step: $file exists, skipped"; return; fi
+    echo "[${TAG:-results}] $step: $*"; "$@"; }

@@ -31,10 +31,7 @@ MODELS="${MODELS:-$BAGNETS $CNNS $VIT}"
 REFERENCE="${REFERENCE:-bagnet33:imagenet}"  # the BagNet that ranks patches for masking and anchors the summary
 ATTRIBUTION_MODELS="${ATTRIBUTION_MODELS:-bagnet33:imagenet torchvision:vgg16 torchvision:resnet50 torchvision:densenet169}"
 steps="${*:-evaluate scrambling interactions similarity masking summary attribution tables}"
-run() { local step=$1 file=$2; shift 2
-    if [[ " $steps " != *" $step "* ]]; then return; fi
-    if [ -f "$file" ]; then echo "[imagenet] $step: $file exists, skipped"; return; fi
-    echo "[imagenet] $step: $*"; "$@"; }
+TAG=imagenet
 common=(--data "$DATA" --device "$DEVICE" --no-progress)
 # the reference's label in the result files and its patch size (read from its metadata, nothing downloaded)
 read -r REF_LABEL REF_Q < <("$PY" -c '

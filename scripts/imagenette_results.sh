@@ -10,10 +10,6 @@ B="$VENV/bin/bagnet"
 R=docs/results
 MODELS="bagnet9:imagenette bagnet17:imagenette bagnet33:imagenette resnet18:imagenette vgg11:imagenette"
 steps="${*:-scrambling interactions similarity masking summary diagnostic diagnostic-fashion attribution certify attack}"
-run() { local step=$1 file=$2; shift 2
-    if [[ " $steps " != *" $step "* ]]; then return; fi
-    if [ -f "$file" ]; then echo "[results] $step: $file exists, skipped"; return; fi
-    echo "[results] $step: $*"; "$@"; }
 run scrambling "$R/experiments/scrambling/scrambling.json" \
     "$B" experiment scrambling --models $MODELS --data imagenette --limit 1000 --grids 1 2 4 8 16 --out "$R/experiments/scrambling"
 run interactions "$R/experiments/interactions/interactions.json" \

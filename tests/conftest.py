@@ -29,3 +29,19 @@ def _seed():
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """torch.hub's cache in a fresh folder (returned) and every download failing as without network."""
+    import urllib.error
+
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "hub"

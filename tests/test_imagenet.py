@@ -191,20 +191,12 @@ def test_model_spec_errors_name_the_problem(tmp_path):
         bagnet.load(f"torchvision:resnet18:{tmp_path / 'wrong.pth'}")
 
 
-def test_torchvision_weights_offline_name_the_cache_file_and_a_wrong_file_is_refused(tmp_path, monkeypatch):
-    import urllib.error
-
+def test_torchvision_weights_offline_name_the_cache_file_and_a_wrong_file_is_refused(offline_hub):
     from bagnet.models import weights as weights_mod
 
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(weights_mod.WeightsUnavailableError) as err:
         bagnet.load("torchvision:resnet18")
-    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached = offline_hub / "checkpoints" / "resnet18-f37072fd.pth"
     assert str(cached) in str(err.value) and "by hand" in str(err.value)
     cached.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"x": torch.zeros(1)}, cached)  # a file of that name whose hash is not torchvision's

@@ -151,18 +151,12 @@ def test_preprocess_gives_normalised_224_crop():
 
 
 # ------------------------------------------------------------------------------------ official weights, offline
-def test_official_weights_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+def test_official_weights_offline_error_says_where_to_put_the_file(offline_hub):
     with pytest.raises(weights_mod.WeightsUnavailableError) as err:
         bagnet.bagnet33(weights="imagenet")
     msg = str(err.value)
     assert "bagnet32-2ddd53ed.pth.tar" in msg
-    assert str(tmp_path / "hub" / "checkpoints" / "bagnet32-2ddd53ed.pth.tar") in msg
+    assert str(offline_hub / "checkpoints" / "bagnet32-2ddd53ed.pth.tar") in msg
 
 
 def test_official_download_uses_the_hub_cache_and_hash_prefix(tmp_path, monkeypatch):
