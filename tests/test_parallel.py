@@ -108,3 +108,24 @@ def test_helpers_are_the_identity_for_one_process():
     assert merged_sum({"a": [1, 2], "b": 3}) == {"a": [1, 2], "b": 3}
     x, = merged_cat(torch.tensor([10.0, 20.0, 30.0]), key=torch.tensor([2, 0, 1]))
     assert x.tolist() == [20.0, 30.0, 10.0]
+
+
+def test_a_process_group_of_someone_else_does_not_split_anything(tmp_path, monkeypatch):
+    """DDP training evaluates on rank 0 alone: without ``sharded()`` nothing waits for the other ranks."""
+    import torch.distributed as dist
+
+    from bagnet.parallel import sharded
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29533")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        assert world() == (0, 1)
+        with sharded():
+            assert world() == (0, 1) and dist.is_initialized()
+        assert world() == (0, 1)
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(RuntimeError, match="process group"):
+        with sharded():
+            pass

@@ -1,7 +1,9 @@
 """Data-parallel evaluation under ``torchrun``: each process takes a disjoint shard of the same seeded image list,
 the partial results are merged on every rank, and only rank 0 writes files.
 
-Nothing here is needed for a single process: every helper is the identity when no process group is running.
+Splitting is opt-in: inside ``with sharded():`` (the CLI enters it under ``torchrun`` for the commands that split
+their images) the helpers split and merge; outside it — one process, or a process group that belongs to
+something else, such as DDP training evaluating on rank 0 alone — every helper is the identity.
 Randomness that belongs to an image (scrambling orders, region pairs, random masking orders) is drawn from a
 generator seeded by the run's seed and the image's dataset index (:func:`item_generator`), so a result does not
 depend on how the images were split among processes.
@@ -9,22 +11,40 @@ depend on how the images were split among processes.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
 
+_SHARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("bagnet_sharded", default=False)
+
+
+@contextlib.contextmanager
+def sharded() -> Iterator[None]:
+    """Within this block, dataset iteration takes this process's shard and results are merged across the running
+    process group (every process must enter it and run the same calls)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("sharded() needs a running process group (launch with torchrun; see init_from_env)")
+    token = _SHARDED.set(True)
+    try:
+        yield
+    finally:
+        _SHARDED.reset(token)
+
+
 def world() -> tuple[int, int]:
-    """``(rank, number of processes)`` of the running process group; ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
+    """``(rank, number of processes)`` inside :func:`sharded`; ``(0, 1)`` outside it."""
+    if _SHARDED.get() and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def is_main() -> bool:
-    """Whether this process writes files and prints results (rank 0, or the only process)."""
+    """Whether this process writes files and prints results (rank 0 of a :func:`sharded` run, or the only one)."""
     return world()[0] == 0
 
 

@@ -64,13 +64,15 @@ def _data_parallel(args: Any) -> Iterator[None]:
     certify); ranks other than 0 compute their shard but print nothing and write into a folder that is removed
     afterwards, so the files in --out are rank 0's alone. ``train`` runs its own DDP; other commands run whole on
     every rank."""
-    from ..parallel import init_from_env, launched, world
+    from ..parallel import init_from_env, launched, sharded, world
 
-    sharded = args.command in SHARDED_COMMANDS and getattr(args, "name", None) not in ("summary", "diagnostic")
-    if not launched() or not sharded:
+    splits = args.command in SHARDED_COMMANDS and getattr(args, "name", None) not in ("summary", "diagnostic")
+    if not launched() or not splits:
         yield
         return
     args.device = init_from_env(getattr(args, "device", None))
+    stack = contextlib.ExitStack()
+    stack.enter_context(sharded())
     rank = world()[0]
     scratch = None
     stdout = sys.stdout
@@ -81,6 +83,7 @@ def _data_parallel(args: Any) -> Iterator[None]:
     try:
         yield
     finally:
+        stack.close()
         if scratch is not None:
             sys.stdout.close()
             sys.stdout = stdout
