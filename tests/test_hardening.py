@@ -209,7 +209,7 @@ def test_diverged_training_stops_keeps_the_last_checkpoint_and_saves_no_model(tm
     cfg = tiny_config(data, tmp_path / "run", epochs=2, batch_size=4)
     train(cfg, progress=False, stop_after_steps=4)  # 3 steps per epoch: a checkpoint in epoch 2
     kept = (tmp_path / "run" / "checkpoint.pt").read_bytes()
-    monkeypatch.setattr(train_module, "_train_step", lambda *a, **k: (float("nan"), 0, 4))
+    monkeypatch.setattr(train_module, "train_step", lambda *a, **k: (float("nan"), 0, 4))
     with pytest.raises(bagnet.errors.TrainingDiverged, match="checkpoint"):
         train(cfg, resume=True, progress=False)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == kept

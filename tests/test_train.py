@@ -222,3 +222,32 @@ def test_evaluate_cli_writes_json_csv_and_png(tmp_path, capsys):
     assert sum(map(sum, result["confusion"])) == 12 and result["top5"] == 1.0  # 3 classes: top-5 is everything
     png = (tmp_path / "ev" / "confusion.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_activation_checkpointing_trains_the_same_numbers():
+    """One training step with stages recomputed in the backward pass: the same loss, gradients and BatchNorm running
+    statistics as keeping every activation (fp32, bit for bit up to summation order)."""
+    import copy
+
+    from bagnet.train import TrainConfig, build_model
+
+    config = TrainConfig(arch="bagnet", patch_size=17, width=8, layers=(1, 2, 1, 1), image_size=48)
+    torch.manual_seed(0)
+    plain = build_model(config, 5).train()
+    saved = build_model(config.replace(activation_checkpointing=True), 5).train()
+    saved.load_state_dict(plain.state_dict())
+    assert saved.checkpoint_stages and not plain.checkpoint_stages
+    x, y = torch.randn(6, 3, 48, 48), torch.randint(0, 5, (6,))
+    losses = []
+    for net in (plain, saved):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), saved.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+    for (name, b), c in zip(plain.named_buffers(), saved.buffers()):
+        assert torch.equal(b, c), name  # running statistics updated once, not again by the recomputation
+    # eval mode and no-grad use no checkpointing at all (nothing to recompute)
+    with torch.no_grad():
+        torch.testing.assert_close(copy.deepcopy(saved).eval()(x), plain.eval()(x))

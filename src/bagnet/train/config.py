@@ -54,6 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     amp: bool = True  # mixed precision where the hardware has it (CUDA; bf16 on CPUs with AVX-512 BF16)
     channels_last: bool = True
+    activation_checkpointing: bool = False  # BagNets: recompute each stage in the backward pass (less memory)
     workers: int = 2
     sync_bn: bool = True  # distributed runs: BatchNorm statistics over the global batch, as in one process
     seed: int = 0
@@ -210,6 +211,8 @@ FIELD_HELP: dict[str, str] = {
     "label_smoothing": "label smoothing of the cross-entropy loss, in [0, 1)",
     "amp": "mixed precision where the hardware has it (CUDA; bf16 on CPUs with AVX-512 BF16)",
     "channels_last": "channels-last memory layout",
+    "activation_checkpointing": "BagNets: keep no activations inside the stages, recompute them in the backward pass "
+                                "(much less memory for about one more forward pass per step; same results)",
     "workers": "data-loading worker processes",
     "sync_bn": "distributed runs: BatchNorm statistics over the global batch",
     "seed": "seed of the data order, augmentation and initialisation",
@@ -280,6 +283,7 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         bag_config = BagNetConfig.for_patch_size(config.patch_size, layers=config.layers, width=config.width,
                                                  num_classes=num_classes)
         model: nn.Module = BagNet(bag_config)
+        model.checkpoint_stages = config.activation_checkpointing
     elif config.arch == "vit":
         model = build_cnn("vit", num_classes=num_classes, **_vit_kwargs(config), drop_path=config.drop_path)
     else:

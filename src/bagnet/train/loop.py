@@ -237,7 +237,7 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 mix_rng = np.random.default_rng([config.seed, global_step, rank])
-                loss, n_correct, n = _train_step(net, batch, loss_fn, optimizer, scaler, device, amp_dtype,
+                loss, n_correct, n = train_step(net, batch, loss_fn, optimizer, scaler, device, amp_dtype,
                                                  config.channels_last, config, mix_rng)
                 check_finite(loss, epoch, step)
                 seen += n
@@ -355,10 +355,12 @@ def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     return None
 
 
-def _train_step(net: nn.Module, batch: Batch, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+def train_step(net: nn.Module, batch: Batch, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, device: torch.device, amp_dtype: Optional[torch.dtype],
                 channels_last: bool, config: Optional[TrainConfig] = None,
                 mix_rng: Optional[np.random.Generator] = None) -> tuple[float, int, int]:
+    """One optimiser step on ``batch`` exactly as ``bagnet train`` takes it (the benchmarks time this function):
+    mixing, channels-last, autocast, backward, step; returns (loss, correct, images)."""
     if len(batch) == 0:
         return 0.0, 0, 0
     images = batch.images.to(device, non_blocking=True)
