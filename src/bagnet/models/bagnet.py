@@ -225,7 +225,7 @@ class BagNet(nn.Module):
         self.preprocess: Optional[Callable[[Any], Tensor]] = None
         #: On CUDA, allow TF32 in convolutions and matmuls (off by default: the released weights lose accuracy).
         self.allow_tf32: bool = False
-        #: While training, recompute each stage's activations in the backward pass instead of keeping them
+        #: While training, recompute each residual block's activations in the backward pass instead of keeping them
         #: (activation checkpointing): less memory, about one more forward pass of compute. Same results.
         self.checkpoint_stages: bool = False
         #: In eval mode without autograd, run large batches in chunks of at most this many input pixels: the
@@ -305,7 +305,11 @@ class BagNet(nn.Module):
             x = self.relu(self.bn1(self.conv2(self.conv1(x))))
             recompute = self.checkpoint_stages and self.training and torch.is_grad_enabled()
             for stage in self.stages:
-                x = _checkpointed(stage, x) if recompute else stage(x)
+                if recompute:  # block by block: only each block's input is kept
+                    for block in stage:
+                        x = _checkpointed(block, x)
+                else:
+                    x = stage(x)
         return x
 
     def _inference_chunk(self, x: Tensor) -> int:
@@ -363,13 +367,13 @@ def strict_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = mm
 
 
-def _checkpointed(stage: nn.Module, x: Tensor) -> Tensor:
-    """``stage(x)`` whose activations are recomputed in the backward pass; the recomputation leaves BatchNorm's
+def _checkpointed(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` whose activations are recomputed in the backward pass; the recomputation leaves BatchNorm's
     running statistics alone (they are updated once, by the forward pass, as without checkpointing)."""
     from torch.utils.checkpoint import checkpoint
 
-    return checkpoint(stage, x, use_reentrant=False,
-                      context_fn=lambda: (contextlib.nullcontext(), _frozen_batchnorm_stats(stage)))
+    return checkpoint(module, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _frozen_batchnorm_stats(module)))
 
 
 @contextlib.contextmanager

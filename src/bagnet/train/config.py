@@ -54,7 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     amp: bool = True  # mixed precision where the hardware has it (CUDA; bf16 on CPUs with AVX-512 BF16)
     channels_last: bool = True
-    activation_checkpointing: bool = False  # BagNets: recompute each stage in the backward pass (less memory)
+    activation_checkpointing: bool = False  # BagNets: recompute each block in the backward pass (less memory)
     workers: int = 2
     sync_bn: bool = True  # distributed runs: BatchNorm statistics over the global batch, as in one process
     seed: int = 0
@@ -211,8 +211,8 @@ FIELD_HELP: dict[str, str] = {
     "label_smoothing": "label smoothing of the cross-entropy loss, in [0, 1)",
     "amp": "mixed precision where the hardware has it (CUDA; bf16 on CPUs with AVX-512 BF16)",
     "channels_last": "channels-last memory layout",
-    "activation_checkpointing": "BagNets: keep no activations inside the stages, recompute them in the backward pass "
-                                "(much less memory for about one more forward pass per step; same results)",
+    "activation_checkpointing": "BagNets: keep only each residual block's input and recompute the rest in the "
+                                "backward pass (less memory for about one more forward pass per step; same results)",
     "workers": "data-loading worker processes",
     "sync_bn": "distributed runs: BatchNorm statistics over the global batch",
     "seed": "seed of the data order, augmentation and initialisation",
