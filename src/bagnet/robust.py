@@ -404,7 +404,8 @@ def robustness(
             if attacking:
                 clean_und_sub += int(und_ok[sub].sum())
                 for p in stickers:
-                    und_attacked[p] += int(sticker_attack(model, x[sub.to(x.device)], labels[sub], p, None, attack).sum())
+                    held = sticker_attack(model, x[sub.to(x.device)], labels[sub], p, None, attack)
+                    und_attacked[p] += int(held.sum())
                 attacked_n += int(sub.sum())
             total += len(labels)
     counts, und_attacked = merged_sum(counts), merged_sum(und_attacked)
