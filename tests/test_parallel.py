@@ -50,7 +50,8 @@ def _models(folder: Path) -> tuple[str, str]:
 
 
 def _close(a, b, path="") -> list[str]:
-    """Where two JSON values differ (numbers up to float summation order)."""
+    """Where two JSON values differ (numbers up to float summation order: rel 1e-4, since ratios of a random
+    model's tiny effects amplify rounding)."""
     if isinstance(a, dict) and isinstance(b, dict):
         if set(a) != set(b):
             return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
@@ -60,7 +61,7 @@ def _close(a, b, path="") -> list[str]:
             return [f"{path}: {len(a)} vs {len(b)} items"]
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in _close(x, y, f"{path}[{i}]")]
     if isinstance(a, float) or isinstance(b, float):
-        if a is None or b is None or not (math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+        if a is None or b is None or not (math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
                                           or (math.isnan(a) and math.isnan(b))):
             return [f"{path}: {a} vs {b}"]
         return []
@@ -79,7 +80,12 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
 
     data = str(_dataset(tmp_path / "data"))
     bag, cnn = _models(tmp_path)
-    assert run_all(str(tmp_path / "one"), data, bag, cnn) == 1  # 1: the broken file is named and skipped
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process: the same kernels, so only the split of the images differs
+    try:
+        assert run_all(str(tmp_path / "one"), data, bag, cnn) == 1  # 1: the broken file is named and skipped
+    finally:
+        torch.set_num_threads(threads)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone",
                            "--nproc_per_node", "2", str(HERE / "parallel_driver.py"), str(tmp_path / "two"), data,
