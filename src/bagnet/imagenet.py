@@ -110,7 +110,11 @@ def _wnid_folders(folder: Path) -> list[Path]:
 
 
 def _folder_pairs(root: Path) -> list[tuple[Path, str]]:
-    folders = _wnid_folders(root / "val") or _wnid_folders(root)
+    return _pairs_in(_wnid_folders(root / "val") or _wnid_folders(root))
+
+
+def _pairs_in(folders: list[Path]) -> list[tuple[Path, str]]:
+    """Every image in WordNet-id class folders, with its folder's id."""
     return [(image, folder.name) for folder in folders for image in _images(folder)]
 
 
@@ -150,7 +154,7 @@ def _kaggle_pairs(root: Path) -> list[tuple[Path, str]]:
 def _torchvision_pairs(root: Path) -> list[tuple[Path, str]]:
     folders = _wnid_folders(root / "val")
     if folders:
-        return [(image, folder.name) for folder in folders for image in _images(folder)]
+        return _pairs_in(folders)
     flat = _images(root / "val") if (root / "val").is_dir() else []
     if not flat:
         raise ValueError(f"{root}: the devkit is there but {root / 'val'} holds neither class folders nor images; "

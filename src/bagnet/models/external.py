@@ -23,7 +23,7 @@ from torch import nn
 
 from .meta import ModelMeta, attach_meta
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, imagenet_categories
-from .weights import WeightsError, WeightsUnavailableError, fetch_verified, read_checkpoint
+from .weights import WeightsError, WeightsUnavailableError, fetch_verified, read_state_dict
 
 PREFIXES = ("torchvision", "timm")
 
@@ -38,9 +38,10 @@ def load_external(spec: str, progress: bool = True) -> nn.Module:
     library, _, rest = spec.partition(":")
     name, _, weights = rest.partition(":")
     if not name:
-        raise WeightsError(f"{spec!r} names no model; write {library}:NAME (e.g. torchvision:resnet50, timm:vit_small_patch16_224)")
+        raise WeightsError(f"{spec!r} names no model; write {library}:NAME (e.g. torchvision:resnet50, "
+                           f"timm:vit_small_patch16_224)")
     if library == "torchvision":
-        return _torchvision(spec, name, weights, progress)
+        return _torchvision(name, weights, progress)
     return _timm(spec, name, weights)
 
 
@@ -50,7 +51,7 @@ def _looks_like_path(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- torchvision
-def _torchvision(spec: str, name: str, weights: str, progress: bool) -> nn.Module:
+def _torchvision(name: str, weights: str, progress: bool) -> nn.Module:
     import torchvision.models as tvm
 
     known = tvm.list_models(module=tvm)
@@ -59,8 +60,7 @@ def _torchvision(spec: str, name: str, weights: str, progress: bool) -> nn.Modul
     enum = tvm.get_model_weights(name)
     if _looks_like_path(weights):
         path = Path(weights)
-        checkpoint = read_checkpoint(path)
-        state = _fix_torchvision_keys(name, checkpoint.state_dict)
+        state = _fix_torchvision_keys(name, read_state_dict(path))
         num_classes = _classifier_outputs(state, path)
         model = tvm.get_model(name, weights=None, num_classes=num_classes)
         _load_state(model, state, path)
@@ -76,7 +76,7 @@ def _torchvision(spec: str, name: str, weights: str, progress: bool) -> nn.Modul
         raise WeightsError(f"torchvision's {name} has no weights {weights!r}; known: "
                            f"{', '.join(w.name for w in enum)} (or a path to a local state dict)") from None
     path = fetch_verified(entry.url, progress=progress, what=f"torchvision's {name} weights {entry.name}")
-    state = _fix_torchvision_keys(name, _read_verified(path))
+    state = _fix_torchvision_keys(name, read_state_dict(path))
     model = tvm.get_model(name, weights=None, num_classes=len(entry.meta["categories"]))
     _load_state(model, state, path)
     metrics = {f"imagenet/val (reported by torchvision, {entry.name})": {
@@ -87,10 +87,6 @@ def _torchvision(spec: str, name: str, weights: str, progress: bool) -> nn.Modul
                      categories=tuple(entry.meta["categories"]), resolution=preprocess.crop,
                      source=f"torchvision {name} {entry.name} ({entry.url})", metrics=metrics)
     return attach_meta(model.eval(), meta)
-
-
-def _read_verified(path: Path) -> dict:
-    return read_checkpoint(path).state_dict
 
 
 def _torchvision_preprocess(entry: Any) -> Preprocess:
@@ -124,7 +120,7 @@ def _timm(spec: str, name: str, weights: str) -> nn.Module:
         raise WeightsError(f"timm has no model {name!r} (timm.list_models() lists them)")
     if _looks_like_path(weights):
         path = Path(weights)
-        state = read_checkpoint(path).state_dict
+        state = read_state_dict(path)
         num_classes = _classifier_outputs(state, path)
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
         _load_state(model, state, path)
