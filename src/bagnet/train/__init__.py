@@ -16,7 +16,7 @@ from .config import (AUGMENTS, CHECKPOINT, TrainConfig, build_model,  # noqa: F4
 from .distributed import GlobalBatchNorm2d, any_rank, dist_info, use_global_batchnorm  # noqa: F401
 from .evaluation import (EvaluationResult, check_categories, evaluate, evaluate_accuracy,  # noqa: F401
                          model_outputs, predict, topk_accuracy)
-from .loop import (EpochMetrics, TrainResult, autocast_dtype, lr_at, read_run_checkpoint,  # noqa: F401
+from .loop import (EpochMetrics, TrainResult, autocast_dtype, compiled, lr_at, read_run_checkpoint,  # noqa: F401
                    train, train_step)
 from .splits import (EpochBatches, SeededSamples, Splits, eval_transform, make_splits,  # noqa: F401
                      mix_batch, sample_seed, train_transform)
@@ -24,7 +24,7 @@ from ..data import sample_path  # noqa: F401  (lived here before 0.2)
 
 __all__ = [
     "TrainConfig", "build_model", "model_metadata", "train", "train_step", "TrainResult", "EpochMetrics", "read_run_checkpoint",
-    "autocast_dtype", "lr_at", "make_splits", "Splits", "train_transform", "eval_transform", "mix_batch",
+    "autocast_dtype", "compiled", "lr_at", "make_splits", "Splits", "train_transform", "eval_transform", "mix_batch",
     "EpochBatches", "SeededSamples", "sample_seed", "GlobalBatchNorm2d", "use_global_batchnorm", "evaluate",
     "predict", "topk_accuracy", "evaluate_accuracy", "EvaluationResult", "check_categories", "model_outputs",
 ]

@@ -55,6 +55,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision where the hardware has it (CUDA; bf16 on CPUs with AVX-512 BF16)
     channels_last: bool = True
     activation_checkpointing: bool = False  # BagNets: recompute each block in the backward pass (less memory)
+    compile: bool = False  # torch.compile the training step's network (fused BatchNorm/ReLU; slow first step)
     workers: int = 2
     sync_bn: bool = True  # distributed runs: BatchNorm statistics over the global batch, as in one process
     seed: int = 0
@@ -213,6 +214,8 @@ FIELD_HELP: dict[str, str] = {
     "channels_last": "channels-last memory layout",
     "activation_checkpointing": "BagNets: keep only each residual block's input and recompute the rest in the "
                                 "backward pass (less memory for about one more forward pass per step; same results)",
+    "compile": "torch.compile the network for training steps (BatchNorm and ReLU fused; the first step compiles "
+               "for a minute or two; same computation within float rounding)",
     "workers": "data-loading worker processes",
     "sync_bn": "distributed runs: BatchNorm statistics over the global batch",
     "seed": "seed of the data order, augmentation and initialisation",

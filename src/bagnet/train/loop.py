@@ -176,6 +176,7 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
             use_global_batchnorm(model, device)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                   broadcast_buffers=not config.sync_bn)
+    net = compiled(net, config)
     skips = SkipLog(say)
     skips.paths.update(skipped_paths)
     if command:
@@ -353,6 +354,16 @@ def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
         check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
         return torch.bfloat16 if check is not None and check() else None
     return None
+
+
+def compiled(net: nn.Module, config: TrainConfig) -> nn.Module:
+    """``net`` wrapped by ``torch.compile`` when ``config.compile`` is set, else ``net`` itself.
+
+    The wrapper shares ``net``'s parameters and buffers, so checkpoints are written from ``net`` unchanged. Training
+    batches all have one shape (only full batches are used), so the graph is compiled once, on the first step."""
+    if not config.compile:
+        return net
+    return torch.compile(net)
 
 
 def train_step(net: nn.Module, batch: Batch, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
