@@ -11,7 +11,10 @@ grid from
   after canonizers that fold BatchNorm into the layer before it and route residual sums through a proportional
   rule — torchvision's BasicBlock/Bottleneck and BagNet's own (cropping) Bottleneck;
 - ``gradcam``: Grad-CAM on the last convolutional stage (Captum's LayerGradCam), ReLU applied, placed on the pixel
-  grid: for BagNets each cell at the centre of the patch it sees, for other models bilinearly resized.
+  grid: for BagNets each cell at the centre of the patch it sees, for other models bilinearly resized; for a ViT
+  (timm's ``VisionTransformer``) on the tokens entering the last block's attention, on the token grid;
+- ``attention_rollout``: ViTs only, attention rollout of the class token (Abnar & Zuidema 2020; :mod:`.tokens`),
+  the same map for every class. DeepLIFT and LRP-ε are unavailable for attention models (no rule for attention).
 
 A method that cannot handle a model is listed in ``Attributions.unavailable`` with the reason; it is never dropped
 silently. Where a method has a completeness property, the gap is measured and reported
@@ -28,6 +31,7 @@ from .compare import AttributionComparison, compare
 from .faithfulness import Faithfulness, FaithfulnessConfig, deletion_insertion
 from .methods import (BASELINES, METHODS, SIGNED, AttributionConfig, Attributions, attribute,
                       predicted_classes)
+from .tokens import attention_maps, attention_rollout, is_token_model, token_gradcam
 from .surgery import (bagnet_canonizer, epsilon_composite, gradcam_layer, place_cells, reused_activations,
                       separate_activations, separated_activations, unmerged_batchnorms)
 
@@ -35,5 +39,5 @@ __all__ = [
     "METHODS", "SIGNED", "BASELINES", "AttributionConfig", "Attributions", "attribute", "predicted_classes",
     "FaithfulnessConfig", "Faithfulness", "deletion_insertion", "AttributionComparison", "compare",
     "separate_activations", "separated_activations", "reused_activations", "unmerged_batchnorms", "epsilon_composite", "bagnet_canonizer",
-    "gradcam_layer", "place_cells",
+    "gradcam_layer", "place_cells", "attention_maps", "attention_rollout", "is_token_model", "token_gradcam",
 ]

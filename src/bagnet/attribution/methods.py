@@ -22,10 +22,11 @@ from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
 from ..plumbing import check_image_batch, eval_mode, model_device, model_dtype, out_dir as _out_dir
 from ..plumbing import write_result_json as _write_json
+from .tokens import attention_modules, attention_rollout, is_token_model, token_gradcam
 from .surgery import (_Unavailable, epsilon_composite, gradcam_layer, place_cells, reused_activations,
                       separated_activations, unmerged_batchnorms)
 
-METHODS = ("evidence", "saliency", "integrated_gradients", "deeplift", "lrp_epsilon", "gradcam")
+METHODS = ("evidence", "saliency", "integrated_gradients", "deeplift", "lrp_epsilon", "gradcam", "attention_rollout")
 #: Methods whose maps are signed (the others are non-negative).
 SIGNED = ("evidence", "integrated_gradients", "deeplift", "lrp_epsilon")
 BASELINES = ("zero", "mean", "blur")
@@ -200,9 +201,20 @@ def _integrated_gradients(model, images, targets, baselines, config, notes) -> T
     return torch.cat(out)
 
 
+def _no_attention(model: nn.Module, method: str) -> None:
+    """Refuse a propagation rule that has no rule for attention (a product of two activations)."""
+    if attention_modules(model) or any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        raise _Unavailable(f"{method} has no rule for self-attention here: softmax(QKᵀ)·V multiplies two activations "
+                           "and LayerNorm divides by one, which the layer-wise rules of Captum's DeepLIFT and "
+                           "Zennit's LRP-ε do not cover (transformers need their own rules, e.g. AttnLRP), so the "
+                           "map would not be the method's; use saliency, integrated gradients, Grad-CAM on the token "
+                           "grid or attention rollout")
+
+
 def _deeplift(model, images, targets, baselines, config, notes) -> Tensor:
     from captum.attr import DeepLift
 
+    _no_attention(model, "DeepLIFT")
     with separated_activations(model) as net:
         reused = reused_activations(net, images[:1])
         if reused:
@@ -226,6 +238,7 @@ def _lrp_epsilon(model, images, targets, baselines, config, notes) -> Tensor:
         from zennit.attribution import Gradient
     except ImportError as err:  # pragma: no cover - zennit is an optional dependency
         raise _Unavailable(f"zennit is not installed ({err}); pip install 'bagnet[attribution]'") from None
+    _no_attention(model, "LRP-ε")
     composite = epsilon_composite(config.lrp_epsilon)
     left = unmerged_batchnorms(model)
     if left:
@@ -244,6 +257,9 @@ def _lrp_epsilon(model, images, targets, baselines, config, notes) -> Tensor:
 def _gradcam(model, images, targets, baselines, config, notes) -> Tensor:
     from captum.attr import LayerGradCam
 
+    if is_token_model(model):
+        notes["gradcam"] = "the tokens entering the last block's attention (blocks[-1].norm1), on the token grid"
+        return torch.cat([token_gradcam(model, x, t) for x, t in _chunks(config.batch_size, images, targets)])
     layer_name, layer = gradcam_layer(model, images[:1], config.gradcam_layer)
     notes["gradcam"] = f"layer {layer_name}"
     out = []
@@ -253,9 +269,17 @@ def _gradcam(model, images, targets, baselines, config, notes) -> Tensor:
     return torch.cat(out)
 
 
+def _attention_rollout(model, images, targets, baselines, config, notes) -> Tensor:
+    if not is_token_model(model):
+        raise _Unavailable(f"attention rollout needs a transformer's attention (a timm VisionTransformer), not "
+                           f"{type(model).__name__}")
+    notes["attention_rollout"] = "class-independent: the same map for every target"
+    return torch.cat([attention_rollout(model, x) for (x,) in _chunks(config.batch_size, images)])
+
+
 _METHOD_FUNCS = {
     "evidence": _evidence, "saliency": _saliency, "integrated_gradients": _integrated_gradients,
-    "deeplift": _deeplift, "lrp_epsilon": _lrp_epsilon, "gradcam": _gradcam,
+    "deeplift": _deeplift, "lrp_epsilon": _lrp_epsilon, "gradcam": _gradcam, "attention_rollout": _attention_rollout,
 }
 
 

@@ -150,7 +150,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     n = len(categories)
     run = dict(progress=not args.no_progress, limit=args.limit, seed=args.seed, device=args.device)
     if args.name == "scrambling":
-        result = ex.scrambling(models, dataset, n, ex.ScramblingConfig(grids=tuple(args.grids)), **run)
+        result = ex.scrambling(models, dataset, n, ex.ScramblingConfig(grids=tuple(args.grids), offset=args.offset), **run)
         for m in result.models:
             print(f"{m:<28} " + "  ".join(f"{g}×{g}: {100 * a:5.1f}%" for g, a in zip(result.grids, result.top1[m])))
     elif args.name == "interactions":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..attribution.methods import METHODS
 from . import commands
 
 DATA_HELP = ("imagenette | fashion-mnist | imagenet:ROOT (the ImageNet validation split: torchvision, WordNet-id "
@@ -128,6 +129,9 @@ def _add_experiments(sub: argparse._SubParsersAction) -> None:
     _models_and_data(e, "scrambling")
     e.add_argument("--grids", nargs="+", type=positive_int, default=[1, 2, 4, 8, 16], metavar="N",
                    help="n of the n×n tile grids (1 = unscrambled; default 1 2 4 8 16)")
+    e.add_argument("--offset", type=non_negative_int, default=0, metavar="PX",
+                   help="shift the tile grid by PX pixels (wrapping around the border): tiles that do not line up "
+                        "with a ViT's tokens (default 0)")
 
     e = exp.add_parser("interactions", help="how much two image regions interact, against their distance")
     _models_and_data(e, "interactions")
@@ -260,9 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "targets; maps, a comparison figure per model and a table of deletion/insertion AUCs.")
     add_models_flag(p)
     add_data_flag(p)
-    p.add_argument("--methods", nargs="+", default=["evidence", "saliency", "integrated_gradients", "deeplift",
-                                                     "lrp_epsilon", "gradcam"], metavar="METHOD",
-                   help="attribution methods (default: all six)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
+                   help=f"attribution methods (default: all: {', '.join(METHODS)}; each model gets those that apply "
+                        f"to it, the others are listed with the reason)")
     p.add_argument("--target", choices=["true", "predicted"], default="true", help="class to explain (default true)")
     p.add_argument("--baseline", choices=["zero", "mean", "blur"], default="zero", help="IG/DeepLIFT baseline")
     p.add_argument("--ig-steps", type=positive_int, default=32, help="Integrated Gradients steps (default 32)")

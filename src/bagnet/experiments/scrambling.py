@@ -21,10 +21,13 @@ from ..parallel import gather, item_generator, merged_dict, merged_sum
 from .common import logits_of, model_device, with_run_options
 
 
-def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = None) -> Tensor:
+def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = None, offset: int = 0) -> Tensor:
     """Cut each image of (N, C, H, W) into grid×grid tiles and put them back in a random order (one per image).
 
     H and W are first cropped (bottom/right) to multiples of ``grid``; grid 1 returns the images unchanged.
+    ``offset`` shifts the tile grid by that many pixels down and right (the image is rolled before cutting and
+    rolled back after, so the last tile row/column wraps around the border): tiles of a ViT's token size that do
+    not coincide with its tokens.
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
@@ -34,6 +37,11 @@ def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = N
     if grid == 1:
         return images
     th, tw = h // grid, w // grid
+    if not 0 <= offset < min(th, tw):
+        raise ValueError(f"offset must lie in [0, {min(th, tw) - 1}] for {th}×{tw}-px tiles, got {offset}")
+    if offset:
+        rolled = torch.roll(images[:, :, : th * grid, : tw * grid], shifts=(-offset, -offset), dims=(2, 3))
+        return torch.roll(scramble(rolled, grid, generator), shifts=(offset, offset), dims=(2, 3))
     tiles = images[:, :, : th * grid, : tw * grid].reshape(n, c, grid, th, grid, tw)
     tiles = tiles.permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, c, th, tw)
     order = torch.stack([torch.randperm(grid * grid, generator=generator) for _ in range(n)]).to(images.device)
@@ -45,6 +53,7 @@ def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = N
 @dataclass(frozen=True)
 class ScramblingConfig:
     grids: tuple[int, ...] = (1, 2, 4, 8, 16)
+    offset: int = 0  # shift of the tile grid in pixels (tiles that do not line up with a ViT's tokens)
     batch_size: int = 32
     limit: Optional[int] = None
     seed: int = 0
@@ -120,8 +129,8 @@ def scrambling(
             raise ValueError(f"all images must have the same size for scrambling: {size} vs {tuple(batch.images.shape[-2:])}")
         # each image's tile orders come from its own generator: the result does not depend on batches or processes
         generators = [item_generator(config.seed, int(i)) for i in batch.indices]
-        scrambled = [torch.cat([scramble(batch.images[k:k + 1], g, generators[k]) for k in range(len(batch))])
-                     for g in grids]
+        scrambled = [torch.cat([scramble(batch.images[k:k + 1], g, generators[k], config.offset if g > 1 else 0)
+                                for k in range(len(batch))]) for g in grids]
         if examples is None:
             own = model_meta(next(iter(models.values()))).preprocess
             mean, std = config.mean or own.mean, config.std or own.std
