@@ -18,7 +18,7 @@ from .models import (
 from .heatmaps import heatmap, heatmap_reference
 from .explanation import explain
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BagNet", "BagNetConfig", "ModelMeta", "Preprocess", "model_meta", "WeightsError", "bagnet9", "bagnet17", "bagnet33", "list_models", "load",

@@ -1,0 +1,92 @@
+"""Where users already are (issue 19): the wheel is the whole product, torch.hub, timm, ONNX and the Hugging Face
+layout."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bagnet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                           "-q", "-w", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (path,) = out.glob("bagnet-*.whl")
+    return path
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_weights_and_runs_the_main_job_outside_the_checkout(wheel, tmp_path):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = sorted(p.name for p in (ROOT / "src" / "bagnet" / "weights").iterdir() if p.is_file())
+    for name in shipped:  # weights, cards, metrics and the DEFAULT pointer
+        assert f"bagnet/weights/{name}" in names, name
+    assert "bagnet/py.typed" in names
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("dist-info/METADATA"))).decode()
+    for field in ("Requires-Python: >=3.10", "License-Expression: MIT", "Classifier: ", "Project-URL: ",
+                  f"Version: {bagnet.__version__}", "Requires-Dist: torch"):
+        assert field in metadata, field
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                           str(wheel)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    env.pop("BAGNET_DATA", None)
+    probe = subprocess.run([sys.executable, "-c", "import bagnet; m = bagnet.load('default'); "
+                            "print(bagnet.__file__); print(m.name, len(m.categories))"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    file, model = probe.stdout.split("\n")[:2]
+    assert Path(file).is_relative_to(site) and model == "bagnet33 10"  # the installed copy, not the checkout
+    version = subprocess.run([sys.executable, "-m", "bagnet", "--version"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True)
+    assert version.stdout.strip().endswith(bagnet.__version__)
+    pytest.importorskip("skimage")
+    explained = subprocess.run([sys.executable, "-m", "bagnet", "explain", "--samples", "--out", "out"],
+                               cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert explained.returncode == 0, explained.stderr[-2000:]
+    assert (elsewhere / "out" / "report.html").is_file()
+    assert len(list((elsewhere / "out" / "images").rglob("*.png"))) >= 4
+
+
+def test_torch_hub_entry_points_from_a_local_checkout(tmp_path, offline_hub):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hubconf", ROOT / "hubconf.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    names = [n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_")]  # what torch.hub.list lists
+    assert set(hub.dependencies) >= {"torch", "torchvision", "safetensors"}
+    for name in ("bagnet9", "bagnet17", "bagnet33", "bagnet33_imagenette", "resnet18_imagenette"):
+        assert name in names, names
+    random = torch.hub.load(str(ROOT), "bagnet9", source="local", weights=None, num_classes=7)
+    assert isinstance(random, bagnet.BagNet) and random.num_classes == 7 and random.patch_size == 9
+    # a weights file by path
+    bagnet.save_weights(random, tmp_path / "b9.safetensors")
+    again = torch.hub.load(str(ROOT), "bagnet9", source="local", weights=str(tmp_path / "b9.safetensors"),
+                           num_classes=7)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), random.eval()(x))
+    # the official weights go through the same hash-checked download; offline, the error names the file
+    with pytest.raises(bagnet.WeightsError, match="bagnet33|no network|download"):
+        torch.hub.load(str(ROOT), "bagnet33", source="local", weights="imagenet")
+    shipped = torch.hub.load(str(ROOT), "bagnet33_imagenette", source="local")
+    reference = bagnet.load("bagnet33:imagenette")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(shipped(x), reference(x), rtol=0, atol=0)
+    assert shipped.meta == reference.meta
