@@ -90,3 +90,33 @@ def test_torch_hub_entry_points_from_a_local_checkout(tmp_path, offline_hub):
     with torch.no_grad():
         torch.testing.assert_close(shipped(x), reference(x), rtol=0, atol=0)
     assert shipped.meta == reference.meta
+
+
+def test_timm_builds_bagnets_own_model_with_the_pretrained_config(tmp_path, offline_hub):
+    timm = pytest.importorskip("timm")
+    assert set(timm.list_models("bagnet*")) >= {"bagnet9", "bagnet17", "bagnet33"}
+    assert "bagnet33" in timm.list_models("bagnet*", pretrained=True)
+    model = timm.create_model("bagnet33", num_classes=7)
+    assert isinstance(model, bagnet.BagNet) and model.num_classes == 7 and model.patch_size == 33
+    assert model.evidence(torch.randn(1, 3, 48, 48)).shape == (1, 7, 2, 2)
+    cfg = timm.data.resolve_data_config(model=model)
+    assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875 and cfg["mean"] == bagnet.models.IMAGENET_MEAN
+    assert "bagnet32-2ddd53ed" in model.pretrained_cfg["url"]  # the official weights' source
+    # pretrained=True goes through bagnet's hash-checked download: offline, the error names the file to place
+    with pytest.raises(bagnet.WeightsError, match="bagnet16-105524de.pth.tar"):
+        timm.create_model("bagnet17", pretrained=True)
+    # a local file through timm's own overlay; another num_classes gets a fresh classifier on the same features
+    source = bagnet.bagnet17(num_classes=1000).eval()
+    bagnet.save_weights(source, tmp_path / "b17.safetensors")
+    same = timm.create_model("bagnet17", pretrained=True,
+                             pretrained_cfg_overlay={"file": str(tmp_path / "b17.safetensors")}).eval()
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), source(x))
+    tuned = timm.create_model("bagnet17", pretrained=True, num_classes=4,
+                              pretrained_cfg_overlay={"file": str(tmp_path / "b17.safetensors")}).eval()
+    assert tuned.num_classes == 4 and tuned.get_classifier().out_features == 4
+    with torch.no_grad():
+        torch.testing.assert_close(tuned.features(x), source.features(x))
+    with pytest.raises(TypeError, match="does not take"):
+        timm.create_model("bagnet9", global_pool="max")

@@ -18,7 +18,11 @@ from .models import (
 from .heatmaps import heatmap, heatmap_reference
 from .explanation import explain
 
+from .models.timm_registry import register as _register_with_timm
+
 __version__ = "0.2.0"
+
+_register_with_timm()  # timm.create_model("bagnet33", ...) builds bagnet's BagNet
 
 __all__ = [
     "BagNet", "BagNetConfig", "ModelMeta", "Preprocess", "model_meta", "WeightsError", "bagnet9", "bagnet17", "bagnet33", "list_models", "load",

@@ -8,6 +8,7 @@ logits are the spatial mean of that evidence.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -250,6 +251,17 @@ class BagNet(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
+
+    def get_classifier(self) -> nn.Linear:
+        """The linear classifier applied to every patch's features (timm's convention)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier for ``num_classes`` classes (fine-tuning; timm's convention)."""
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+        self.fc = nn.Linear(self.config.feature_dim, num_classes).to(self.fc.weight.device, self.fc.weight.dtype)
 
     @property
     def stages(self) -> list[nn.Sequential]:
