@@ -120,3 +120,71 @@ def test_timm_builds_bagnets_own_model_with_the_pretrained_config(tmp_path, offl
         torch.testing.assert_close(tuned.features(x), source.features(x))
     with pytest.raises(TypeError, match="does not take"):
         timm.create_model("bagnet9", global_pool="max")
+
+
+@pytest.mark.slow
+def test_onnx_graph_gives_logits_and_evidence_at_odd_non_square_sizes(tmp_path):
+    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install 'bagnet[export]')")
+    ort = pytest.importorskip("onnxruntime", reason="the check runs the graph in onnxruntime")
+    from bagnet.export import export_onnx
+
+    model = bagnet.load("bagnet17:imagenette")
+    path = export_onnx(model, tmp_path / "b17.onnx")
+    assert model.inference_chunk_pixels is not None and not model.training  # the model is left as it was
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "evidence"]
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    for shape in [(1, 3, 17, 17), (3, 3, 45, 101), (2, 3, 130, 77)]:
+        x = torch.randn(*shape)
+        logits, evidence = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            ref_logits, ref_evidence = model(x), model.evidence(x)
+        assert evidence.shape == tuple(ref_evidence.shape) and logits.shape == tuple(ref_logits.shape)
+        # tolerance: 1e-4 of the evidence's range (fp32 kernels of two runtimes sum in different orders)
+        scale = float(ref_evidence.abs().max())
+        np.testing.assert_allclose(evidence, ref_evidence.numpy(), rtol=0, atol=1e-4 * scale)
+        np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=0, atol=1e-4 * scale)
+        np.testing.assert_allclose(evidence.mean(axis=(2, 3)), logits, rtol=0, atol=1e-4 * scale)
+
+
+def test_hub_layout_export_loads_from_the_folder_and_from_a_prefilled_hub_cache(tmp_path):
+    from bagnet.export import export_hf
+
+    model = bagnet.load("bagnet9:imagenette")
+    out = export_hf(model, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = __import__("json").loads((out / "config.json").read_text())
+    assert config["patch_size"] == 9 and config["num_classes"] == 10 and config["id2label"]["0"] == "tench"
+    assert config["preprocess"]["crop"] == 128 and config["bagnet_config"]["layers"] == [1, 2, 2, 1]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: bagnet\n") and "Accuracy on the full validation split" in card
+    again = bagnet.load(out)
+    x = torch.randn(2, 3, 64, 72)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+    assert again.categories == model.categories and again.preprocess == model.preprocess
+    # hf-hub:ORG/NAME through huggingface_hub's cache, offline: a cache laid out as a download leaves it
+    pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hf-cache"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = cache / "models--someone--bagnet9-imagenette" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for p in out.iterdir():
+        (snapshot / p.name).write_bytes(p.read_bytes())
+    (cache / "models--someone--bagnet9-imagenette" / "refs").mkdir()
+    (cache / "models--someone--bagnet9-imagenette" / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    code = ("import bagnet, torch; torch.manual_seed(0); x = torch.randn(1, 3, 40, 40); "
+            "m = bagnet.load('hf-hub:someone/bagnet9-imagenette'); print(m.patch_size, m(x).argmax().item());"
+            "print(m(x).tolist())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        expected = model(x)
+    assert done.stdout.split("\n")[0] == f"9 {expected.argmax().item()}"
+    np.testing.assert_allclose(np.array(__import__("json").loads(done.stdout.split("\n")[1])), expected.numpy(), rtol=0, atol=1e-6)
+    missing = subprocess.run([sys.executable, "-c", "import bagnet; bagnet.load('hf-hub:someone/absent')"],
+                             env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "someone/absent" in missing.stderr and str(cache) in missing.stderr

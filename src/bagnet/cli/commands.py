@@ -57,6 +57,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export_hf, export_onnx
+    from ..models import load
+
+    model = load(args.model)
+    if args.format == "onnx":
+        if args.out.suffix != ".onnx":
+            raise ValueError(f"--out {args.out}: an ONNX export is one file ending in .onnx")
+        path = export_onnx(model, args.out)
+        outputs = "logits and evidence" if hasattr(model, "evidence") else "logits"
+        print(f"{path}: {model_meta(model).name} as ONNX (input 'image', normalised (N, 3, H, W) float32; "
+              f"outputs {outputs}; dynamic batch, height and width)")
+    else:
+        path = export_hf(model, args.out)
+        print(f"{path}: model.safetensors, config.json, README.md (upload with: huggingface-cli upload ORG/NAME "
+              f"{path}; load with bagnet.load('hf-hub:ORG/NAME') or bagnet.load('{path}'))")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, train
 

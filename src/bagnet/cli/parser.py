@@ -283,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print each model's full metadata (preprocessing, classes, patch size, source, metrics) as "
                         "JSON instead of one line per model")
     p.set_defaults(func=commands.cmd_models)
+
+    p = sub.add_parser("export", help="write a model as an ONNX graph or in the Hugging Face Hub's folder layout",
+                       description="onnx: one graph with dynamic batch, height and width; a BagNet's outputs are "
+                       "logits and the evidence map (preprocessing is not in the graph). hf: model.safetensors, "
+                       "config.json and a README.md model card, ready to upload with your own token.")
+    p.add_argument("model", metavar="MODEL", help=BAGNET_HELP)
+    p.add_argument("--format", choices=["onnx", "hf"], required=True, help="onnx (a .onnx file) or hf (a folder)")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file (onnx) or folder (hf) to write")
+    p.set_defaults(func=commands.cmd_export)
     return parser
 
 

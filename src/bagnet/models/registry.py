@@ -189,14 +189,20 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> Any:
-    """Load a model by registry name (``bagnet33:imagenet``), ``arch:PATH``, a weights file path, or a torchvision or
-    timm model (``torchvision:NAME[:WEIGHTS|:PATH]``, ``timm:NAME[:PATH]``, see :mod:`bagnet.models.external`).
+    """Load a model by registry name (``bagnet33:imagenet``), ``arch:PATH``, a weights file path, a folder holding
+    ``model.safetensors`` (a training run, an exported Hub folder), a Hugging Face Hub repository written by
+    ``bagnet export --format hf`` (``hf-hub:ORG/NAME[@REVISION]``, through huggingface_hub's cache), or a torchvision
+    or timm model (``torchvision:NAME[:WEIGHTS|:PATH]``, ``timm:NAME[:PATH]``, see :mod:`bagnet.models.external`).
 
     The model is returned in eval mode, on ``device`` if given, with ``preprocess`` and ``categories`` set when
     the weights define them.
     """
     spec = os.fspath(name_or_path)
-    if spec in _REGISTRY:
+    if spec.startswith("hf-hub:"):
+        from ..export import hf_folder
+
+        model = load_file(hf_folder(spec))
+    elif spec in _REGISTRY:
         model = _REGISTRY[spec].build(**kwargs)
     elif is_external(spec):
         model = load_external(spec, **kwargs)
