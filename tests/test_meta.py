@@ -17,7 +17,7 @@ from bagnet.models import ModelMeta, Preprocess, attach_meta, list_models, model
 
 
 def _shipped() -> list[str]:
-    return [n for n in list_models(pretrained=True) if not n.endswith(":imagenet") and n != "default"]
+    return [n for n in list_models(pretrained=True) if n.split(":")[-1] not in ("imagenet", "imagenet-v2") and n != "default"]
 
 
 @pytest.mark.parametrize("name", _shipped())

@@ -48,6 +48,7 @@ class _Block:
     conv2: _Conv
     conv3: _Conv
     downsample: Optional[_Conv]
+    centre: int = 0  # the residual's shift (in undilated pixels) when it is taken around the centre
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype, device: torch.device) -> _Conv:
@@ -68,7 +69,7 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype, device: torch
 class FoldedBagNet:
     """Inference-only copy of a BagNet's parameters with BatchNorm folded in (the model itself is not touched)."""
 
-    stem1: Tensor
+    stem1: Optional[Tensor]  # the paper's 1×1 conv1 (None for the v2 stem: one 3×3 conv)
     stem2: _Conv
     blocks: tuple[_Block, ...]
     fc_weight: Tensor
@@ -80,8 +81,16 @@ class FoldedBagNet:
     def from_model(cls, model: BagNet, device: Optional[torch.device] = None) -> "FoldedBagNet":
         dtype = model.fc.weight.dtype
         device = model.fc.weight.device if device is None else torch.device(device)
-        # conv1 (1×1) is followed directly by conv2 (3×3): fold conv1 into nothing, keep it as a plain matrix.
-        stem1 = model.conv1.weight.detach().to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        # The dense map evaluates every patch with unpadded convolutions, whatever the model's padding (a same-padded
+        # BagNet's map is that of its unpadded twin: see BagNetConfig.unpadded).
+        centre = model.config.align == "centre"
+        if model.config.stem == "paper":
+            # conv1 (1×1) is followed directly by conv2 (3×3): fold conv1 into nothing, keep it as a plain matrix.
+            stem1: Optional[Tensor] = model.conv1.weight.detach().to(device=device, dtype=dtype).contiguous(
+                memory_format=torch.channels_last)
+            stem2 = _fold(model.conv2, model.bn1, dtype, device)
+        else:
+            stem1, stem2 = None, _fold(model.conv1, model.bn1, dtype, device)
         blocks = []
         for stage in model.stages:
             for block in stage:
@@ -95,11 +104,12 @@ class FoldedBagNet:
                         _fold(block.conv2, block.bn2, dtype, device),
                         _fold(block.conv3, block.bn3, dtype, device),
                         down,
+                        (block.conv2.kernel_size[0] - 1) // 2 if centre else 0,
                     )
                 )
         return cls(
             stem1=stem1,
-            stem2=_fold(model.conv2, model.bn1, dtype, device),
+            stem2=stem2,
             blocks=tuple(blocks),
             fc_weight=model.fc.weight.detach().to(device=device, dtype=dtype),
             fc_bias=model.fc.bias.detach().to(device=device, dtype=dtype),
@@ -117,7 +127,7 @@ class FoldedBagNet:
 
     def peak_channels(self) -> int:
         """Most channels alive at once per pixel while a block runs (input, branch, residual, output)."""
-        peak = self.stem1.shape[0] * 2 + 3
+        peak = self.stem2.weight.shape[0] * 2 + 3
         for b in self.blocks:
             cin, planes, cout = b.conv1.weight.shape[1], b.conv1.weight.shape[0], b.conv3.weight.shape[0]
             peak = max(peak, cin + planes * 2 + cout * (2 if b.downsample is not None else 1))
@@ -127,7 +137,8 @@ class FoldedBagNet:
         """Features at every ``out_stride``-th window position of ``x`` (strides beyond it become dilations)."""
         real = 1  # stride applied so far as a real convolution stride
         dil = 1  # dilation the next spatial convolution needs
-        x = F.conv2d(x, self.stem1)
+        if self.stem1 is not None:
+            x = F.conv2d(x, self.stem1)
         x = F.relu_(F.conv2d(x, self.stem2.weight, self.stem2.bias))
         for b in self.blocks:
             s = b.conv2.stride
@@ -136,10 +147,11 @@ class FoldedBagNet:
             out = F.relu_(F.conv2d(x, b.conv1.weight, b.conv1.bias))
             out = F.relu_(F.conv2d(out, b.conv2.weight, b.conv2.bias, stride=stride, dilation=dil))
             out = F.conv2d(out, b.conv3.weight, b.conv3.bias)
+            shifted = x[..., b.centre * dil:, b.centre * dil:] if b.centre else x
             if b.downsample is not None:
-                identity = F.conv2d(x, b.downsample.weight, b.downsample.bias, stride=stride)
+                identity = F.conv2d(shifted, b.downsample.weight, b.downsample.bias, stride=stride)
             else:
-                identity = x
+                identity = shifted
             del x
             h, w = out.shape[-2:]
             out += identity[..., :h, :w]
@@ -239,9 +251,13 @@ def heatmap_reference(
     """The slow reference: cut every q×q patch out of the zero-padded image and run the network on each.
 
     Returns (N, K, ceil(H/s), ceil(W/s)), or (N, K, P) for an explicit list of P pixel ``positions`` (y, x).
-    Kept for tests and benchmarks; this is the method of the paper's released code, generalised.
+    Kept for tests and benchmarks; this is the method of the paper's released code, generalised. A same-padded
+    BagNet (v2) would pad each q×q patch again inside the network, so its patches go through its unpadded twin
+    (the same weights, no padding: one evidence cell per patch), which is the patch-by-patch definition.
     """
     _check_model(model)
+    if model.config.padding:
+        model = unpadded_twin(model)
     _check_stride(model, stride)
     device = model.fc.weight.device
     images = _check_images(images, model).to(device=device, dtype=model.fc.weight.dtype)
@@ -275,6 +291,16 @@ def heatmap_reference(
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def unpadded_twin(model: BagNet) -> BagNet:
+    """A same-padded BagNet's twin without padding: the same parameters (copied), residuals centred,
+    so that a q×q patch gives exactly one evidence cell; away from the border the two compute the same map."""
+    twin = BagNet(model.config.unpadded())
+    twin.load_state_dict(model.state_dict(), strict=True)
+    twin.to(device=model.fc.weight.device, dtype=model.fc.weight.dtype)
+    twin.train(model.training)
+    return twin
+
+
 def _check_model(model: object) -> None:
     require_bagnet(model, "heatmaps (the evidence is defined patch by patch)",
                    "for other models use bagnet.attribution")

@@ -11,11 +11,13 @@ from .registry import (bagnet9, bagnet17, bagnet33, list_models, load, load_file
                        model_label)
 from .weights import (
     OFFICIAL_WEIGHTS,
+    V2_WEIGHTS,
     WeightsError,
     WeightsUnavailableError,
     infer_config,
     load_into,
     load_official_state_dict,
+    load_v2_state_dict,
     official_cache_path,
     read_checkpoint,
     save_weights,
@@ -29,6 +31,6 @@ __all__ = [
     "ReceptiveField", "output_length", "receptive_field", "cells_reached", "reach_window", "cell_block",
     "block_pixels",
     "bagnet9", "bagnet17", "bagnet33", "list_models", "load", "load_file", "load_models", "model_entry", "model_label",
-    "OFFICIAL_WEIGHTS", "WeightsError", "WeightsUnavailableError", "infer_config", "load_into",
+    "OFFICIAL_WEIGHTS", "V2_WEIGHTS", "load_v2_state_dict", "WeightsError", "WeightsUnavailableError", "infer_config", "load_into",
     "load_official_state_dict", "official_cache_path", "read_checkpoint", "save_weights",
 ]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .receptive import ReceptiveField, output_length, receptive_field
+from .receptive import ReceptiveField, output_length, output_length_padded, receptive_field
 
 EXPANSION = 4
 
@@ -31,6 +31,14 @@ class BagNetConfig:
         strides: stride of the first block of each stage.
         width: channels of the stem and of the first stage's bottleneck; stage ``s`` uses ``width * 2**s``.
         num_classes: number of output classes.
+        stem: ``"paper"`` (the released BagNets: a 1×1 ``conv1`` then a 3×3 ``conv2``) or ``"v2"`` (one 3×3
+            ``conv1``, as in berenslab's BagNets v2; the two are the same function class, a 1×1 followed by a 3×3
+            convolution being one 3×3 convolution).
+        padding: same-padded 3×3 convolutions (BagNets v2) instead of none: the evidence map then has ⌈H/8⌉×⌈W/8⌉
+            cells and the cells near the border see zeros beyond it (in every padded layer's features).
+        align: where a block's residual is taken when its 3×3 convolution shrinks the map: ``"corner"`` (the
+            released BagNets crop it at the bottom/right) or ``"centre"`` (the centre, which is what a same-padded
+            network computes; its unpadded twin with ``align="centre"`` equals it wherever no padding is reached).
     """
 
     layers: tuple[int, ...] = (3, 4, 6, 3)
@@ -38,6 +46,9 @@ class BagNetConfig:
     strides: tuple[int, ...] = (2, 2, 2, 1)
     width: int = 64
     num_classes: int = 1000
+    stem: str = "paper"
+    padding: bool = False
+    align: str = "corner"
 
     def __post_init__(self) -> None:
         for name in ("layers", "kernel3", "strides"):
@@ -57,6 +68,18 @@ class BagNetConfig:
             raise ValueError(f"strides must be >= 1, got {self.strides}")
         if self.width < 1 or self.num_classes < 1:
             raise ValueError(f"width and num_classes must be >= 1, got width={self.width}, num_classes={self.num_classes}")
+        if self.stem not in ("paper", "v2"):
+            raise ValueError(f"stem must be 'paper' or 'v2', got {self.stem!r}")
+        if self.align not in ("corner", "centre"):
+            raise ValueError(f"align must be 'corner' or 'centre', got {self.align!r}")
+        if not isinstance(self.padding, bool):
+            raise ValueError(f"padding must be true or false, got {self.padding!r}")
+        if self.padding and self.align != "centre":
+            raise ValueError("a same-padded BagNet (padding=True) keeps its residuals centred: use align='centre'")
+
+    def unpadded(self) -> "BagNetConfig":
+        """The same network without padding (its residuals centred): equal to this one away from the border."""
+        return dataclasses.replace(self, padding=False, align="centre")
 
     @property
     def feature_dim(self) -> int:
@@ -65,7 +88,7 @@ class BagNetConfig:
 
     def conv_chain(self) -> list[tuple[int, int]]:
         """``(kernel, stride)`` of every spatial layer on the main path, stem included."""
-        chain = [(1, 1), (3, 1)]  # stem conv1 (1×1) and conv2 (3×3, no padding)
+        chain = [(1, 1), (3, 1)] if self.stem == "paper" else [(3, 1)]  # the stem's convolutions
         for blocks, k3, stride in zip(self.layers, self.kernel3, self.strides):
             for i in range(blocks):
                 chain.append((3 if i < k3 else 1, stride if i == 0 else 1))
@@ -155,13 +178,15 @@ def use_subsample_convs(model: nn.Module) -> nn.Module:
     return model
 
 
-def _conv(inplanes: int, planes: int, kernel_size: int, stride: int) -> nn.Conv2d:
+def _conv(inplanes: int, planes: int, kernel_size: int, stride: int, padding: bool = False) -> nn.Conv2d:
     cls = SubsampleConv2d if kernel_size == 1 and stride > 1 else nn.Conv2d
-    return cls(inplanes, planes, kernel_size=kernel_size, stride=stride, padding=0, bias=False)
+    return cls(inplanes, planes, kernel_size=kernel_size, stride=stride,
+               padding=(kernel_size - 1) // 2 if padding else 0, bias=False)
 
 
 class Bottleneck(nn.Module):
-    """ResNet bottleneck without padding; the residual is cropped at the bottom and right to the output size."""
+    """ResNet bottleneck without padding (the residual cropped to the output size: at the bottom and right, or
+    around the centre with ``align="centre"``), or same-padded (BagNets v2)."""
 
     def __init__(
         self,
@@ -170,12 +195,16 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         kernel_size: int = 1,
         downsample: Optional[nn.Module] = None,
+        padding: bool = False,
+        align: str = "corner",
     ) -> None:
         super().__init__()
+        #: pixels the residual is shifted by before cropping (centred residuals of an unpadded block)
+        self.shift = (kernel_size - 1) // 2 if align == "centre" and not padding else 0
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu1 = nn.ReLU()
-        self.conv2 = _conv(planes, planes, kernel_size, stride)
+        self.conv2 = _conv(planes, planes, kernel_size, stride, padding)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu2 = nn.ReLU()
         self.conv3 = nn.Conv2d(planes, planes * EXPANSION, kernel_size=1, bias=False)
@@ -188,8 +217,9 @@ class Bottleneck(nn.Module):
         return self.relu3(self.add_residual(out, identity))
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The residual branch's output and the shortcut, cropped at the bottom and right to the branch's size."""
-        identity = x if self.downsample is None else self.downsample(x)
+        """The residual branch's output and the shortcut, cropped to the branch's size."""
+        shifted = x[..., self.shift:, self.shift:] if self.shift else x
+        identity = shifted if self.downsample is None else self.downsample(shifted)
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -236,14 +266,19 @@ class BagNet(nn.Module):
         self.name: str = f"bagnet{self.patch_size}"
 
         width = config.width
-        self.conv1 = nn.Conv2d(3, width, kernel_size=1, stride=1, padding=0, bias=False)
-        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=1, padding=0, bias=False)
+        pad = 1 if config.padding else 0
+        if config.stem == "paper":
+            self.conv1 = nn.Conv2d(3, width, kernel_size=1, stride=1, padding=0, bias=False)
+            self.conv2: nn.Module = nn.Conv2d(width, width, kernel_size=3, stride=1, padding=pad, bias=False)
+        else:  # BagNets v2: one 3×3 convolution
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=pad, bias=False)
+            self.conv2 = nn.Identity()
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
         inplanes = width
         for stage, (blocks, k3, stride) in enumerate(zip(config.layers, config.kernel3, config.strides)):
             planes = width * 2**stage
-            layer, inplanes = _make_stage(inplanes, planes, blocks, stride, k3)
+            layer, inplanes = _make_stage(inplanes, planes, blocks, stride, k3, config.padding, config.align)
             self.add_module(f"layer{stage + 1}", layer)
         self.fc = nn.Linear(config.feature_dim, config.num_classes)
 
@@ -271,14 +306,20 @@ class BagNet(nn.Module):
     def evidence_size(self, height: int, width: int) -> tuple[int, int]:
         """Size (h, w) of the evidence map for an input of ``height × width`` pixels."""
         chain = self.config.conv_chain()
+        if self.config.padding:  # same padding: every layer gives ⌈n / stride⌉
+            return output_length_padded(height, chain), output_length_padded(width, chain)
         return output_length(height, chain), output_length(width, chain)
 
     def patch_box(self, i: int, j: int) -> tuple[int, int, int, int]:
-        """Pixel box ``(top, left, bottom, right)`` (bottom/right exclusive) seen by evidence cell ``(i, j)``."""
+        """Pixel box ``(top, left, bottom, right)`` (bottom/right exclusive) seen by evidence cell ``(i, j)``.
+
+        For a same-padded BagNet (v2) the box is centred on pixel (s·i, s·j) and reaches beyond the image at the
+        border (negative or too large coordinates): that part of the cell's view is the padding's zeros."""
         if i < 0 or j < 0:
             raise ValueError(f"evidence cell indices must be non-negative, got ({i}, {j})")
         s, q = self.stride, self.patch_size
-        return s * i, s * j, s * i + q, s * j + q
+        c = (q - 1) // 2 if self.config.padding else 0
+        return s * i - c, s * j - c, s * i - c + q, s * j - c + q
 
     # ----------------------------------------------------------------------------------------------- forward
     def check_input(self, x: Tensor) -> None:
@@ -296,7 +337,7 @@ class BagNet(nn.Module):
                 f"(input shape {tuple(x.shape)}); convert grayscale/RGBA images to RGB first"
             )
         h, w = x.shape[-2:]
-        if h < self.patch_size or w < self.patch_size:
+        if not self.config.padding and (h < self.patch_size or w < self.patch_size):
             raise ValueError(
                 f"{self.name} needs images of at least {self.patch_size}×{self.patch_size} pixels (its patch size); "
                 f"got {h}×{w}. Upscale the image or use a BagNet with a smaller patch size"
@@ -355,14 +396,15 @@ class BagNet(nn.Module):
         return f"patch_size={self.patch_size}, stride={self.stride}"
 
 
-def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, kernel3: int) -> tuple[nn.Sequential, int]:
+def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, kernel3: int, padding: bool = False,
+                align: str = "corner") -> tuple[nn.Sequential, int]:
     outplanes = planes * EXPANSION
     downsample = None
     if stride != 1 or inplanes != outplanes:
         downsample = nn.Sequential(_conv(inplanes, outplanes, 1, stride), nn.BatchNorm2d(outplanes))
-    layers = [Bottleneck(inplanes, planes, stride, 3 if kernel3 > 0 else 1, downsample)]
+    layers = [Bottleneck(inplanes, planes, stride, 3 if kernel3 > 0 else 1, downsample, padding, align)]
     for i in range(1, blocks):
-        layers.append(Bottleneck(outplanes, planes, 1, 3 if i < kernel3 else 1))
+        layers.append(Bottleneck(outplanes, planes, 1, 3 if i < kernel3 else 1, None, padding, align))
     return nn.Sequential(*layers), outplanes
 
 

@@ -17,7 +17,10 @@ def fuse_batchnorm(model: BagNet) -> BagNet:
     no longer matches the released parameter names. The original model is not changed.
     """
     fused = copy.deepcopy(model).eval()
-    fused.conv2 = fuse_conv_bn_eval(fused.conv2, fused.bn1)
+    if model.config.stem == "paper":  # conv1 (1×1) → conv2 (3×3) → bn1
+        fused.conv2 = fuse_conv_bn_eval(fused.conv2, fused.bn1)
+    else:  # BagNets v2: conv1 (3×3) → bn1
+        fused.conv1 = fuse_conv_bn_eval(fused.conv1, fused.bn1)
     fused.bn1 = nn.Identity()
     for stage in fused.stages:
         for block in stage:

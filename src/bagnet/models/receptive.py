@@ -41,6 +41,13 @@ def output_length(length: int, layers: Sequence[tuple[int, int]]) -> int:
     return length
 
 
+def output_length_padded(length: int, layers: Sequence[tuple[int, int]]) -> int:
+    """Length of the output of a same-padded conv chain (odd kernels): ⌈n / stride⌉ per layer."""
+    for _, stride in layers:
+        length = -(-length // stride)
+    return length
+
+
 def cells_reached(patch_size: int, stride: int, top: int, left: int, height: int, width: int,
                   cells: tuple[int, int]) -> tuple[range, range]:
     """Rows and columns of the evidence cells whose ``patch_size`` patches (cell i sees pixels

@@ -29,7 +29,9 @@ from .weights import (
     infer_config,
     load_into,
     load_official_state_dict,
+    load_v2_state_dict,
     read_checkpoint,
+    V2_WEIGHTS,
 )
 
 PAPER_KERNEL3: dict[int, tuple[int, int, int, int]] = {
@@ -41,40 +43,52 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".tar", ".bin", ".ckpt")
 Weights = Optional[str | os.PathLike]
 
 
-def _paper_bagnet(patch_size: int, weights: Weights, num_classes: int, progress: bool) -> BagNet:
-    config = BagNetConfig(layers=(3, 4, 6, 3), kernel3=PAPER_KERNEL3[patch_size], num_classes=num_classes)
+def _paper_bagnet(patch_size: int, weights: Weights, num_classes: int, progress: bool, variant: str) -> BagNet:
+    if variant not in ("paper", "v2"):
+        raise ValueError(f"variant must be 'paper' (the released BagNets) or 'v2' (BagNets v2), got {variant!r}")
+    v2 = variant == "v2" or weights == "imagenet-v2"
+    config = BagNetConfig(layers=(3, 4, 6, 3), kernel3=PAPER_KERNEL3[patch_size], num_classes=num_classes,
+                          **({"stem": "v2", "padding": True, "align": "centre"} if v2 else {}))
     model = BagNet(config)
     if weights is None:
-        return attach_meta(model, _paper_meta(patch_size, False))
-    if isinstance(weights, str) and weights == "imagenet":
+        return attach_meta(model, _paper_meta(patch_size, False, v2))
+    if isinstance(weights, str) and weights in ("imagenet", "imagenet-v2"):
         if num_classes != 1000:
             raise ValueError(
                 f"the ImageNet weights have 1000 classes, not num_classes={num_classes}; to fine-tune, load them "
-                f"with num_classes=1000 and replace model.fc"
+                f"with num_classes=1000 and replace the classifier (model.reset_classifier(n))"
             )
-        load_into(model, load_official_state_dict(patch_size, progress=progress), f"official BagNet-{patch_size} weights")
-        return attach_meta(model, _paper_meta(patch_size, True))
+        if v2:
+            load_into(model, load_v2_state_dict(patch_size, progress=progress),
+                      f"BagNet-{patch_size} v2 weights")
+        else:
+            load_into(model, load_official_state_dict(patch_size, progress=progress),
+                      f"official BagNet-{patch_size} weights")
+        return attach_meta(model, _paper_meta(patch_size, True, v2))
     path = Path(weights)
     checkpoint = read_checkpoint(path)
     load_into(model, checkpoint.state_dict, str(path))
-    default = _paper_meta(patch_size, False).replace(source=os.fspath(path))
+    default = _paper_meta(patch_size, False, v2).replace(source=os.fspath(path))
     return attach_meta(model, _file_meta(validate_metadata(checkpoint.metadata, str(path)), path, default,
                                          model.num_classes))
 
 
-def bagnet9(weights: Weights = None, num_classes: int = 1000, progress: bool = True) -> BagNet:
-    """BagNet-9 (patch size 9) as released; ``weights`` is None, ``"imagenet"`` or a file path."""
-    return _paper_bagnet(9, weights, num_classes, progress)
+def bagnet9(weights: Weights = None, num_classes: int = 1000, progress: bool = True, variant: str = "paper") -> BagNet:
+    """BagNet-9 (patch size 9) as released; ``weights`` is None, ``"imagenet"``, ``"imagenet-v2"`` (BagNets v2,
+    which also selects ``variant="v2"``: same-padded, one 3×3 stem) or a file path."""
+    return _paper_bagnet(9, weights, num_classes, progress, variant)
 
 
-def bagnet17(weights: Weights = None, num_classes: int = 1000, progress: bool = True) -> BagNet:
-    """BagNet-17 (patch size 17) as released; ``weights`` is None, ``"imagenet"`` or a file path."""
-    return _paper_bagnet(17, weights, num_classes, progress)
+def bagnet17(weights: Weights = None, num_classes: int = 1000, progress: bool = True, variant: str = "paper") -> BagNet:
+    """BagNet-17 (patch size 17) as released; ``weights`` is None, ``"imagenet"``, ``"imagenet-v2"`` (BagNets v2,
+    which also selects ``variant="v2"``: same-padded, one 3×3 stem) or a file path."""
+    return _paper_bagnet(17, weights, num_classes, progress, variant)
 
 
-def bagnet33(weights: Weights = None, num_classes: int = 1000, progress: bool = True) -> BagNet:
-    """BagNet-33 (patch size 33) as released; ``weights`` is None, ``"imagenet"`` or a file path."""
-    return _paper_bagnet(33, weights, num_classes, progress)
+def bagnet33(weights: Weights = None, num_classes: int = 1000, progress: bool = True, variant: str = "paper") -> BagNet:
+    """BagNet-33 (patch size 33) as released; ``weights`` is None, ``"imagenet"``, ``"imagenet-v2"`` (BagNets v2,
+    which also selects ``variant="v2"``: same-padded, one 3×3 stem) or a file path."""
+    return _paper_bagnet(33, weights, num_classes, progress, variant)
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,21 @@ class ModelEntry:
         return "; ".join(filter(None, (meta.title, meta.describe(), meta.source)))
 
 
-def _paper_meta(patch_size: int, imagenet: bool) -> ModelMeta:
+def _paper_meta(patch_size: int, imagenet: bool, v2: bool = False) -> ModelMeta:
+    if v2:
+        meta = ModelMeta(name=f"bagnet{patch_size}-v2", arch="bagnet", patch_size=patch_size,
+                         title=f"BagNet-{patch_size} v2 (same padding, one 3×3 stem; berenslab/bagnetsv2)")
+        if not imagenet:
+            return meta
+        info = V2_WEIGHTS[patch_size]
+        metrics = ({"imagenet/val (reported by berenslab, 224 px fp32)": {"top1": info.top1 / 100,
+                                                                            "top5": info.top5 / 100}}
+                   if info.top1 is not None and info.top5 is not None else {})
+        return meta.replace(
+            name=f"bagnet{patch_size}:imagenet-v2", categories=imagenet_categories(), resolution=224,
+            title=f"BagNet-{patch_size} v2, ImageNet weights of berenslab/bagnetsv2",
+            source=f"BagNets v2 ImageNet weights (berenslab/bagnetsv2), downloaded once into torch.hub's cache "
+                   f"({info.url})", metrics=metrics)
     meta = ModelMeta(name=f"bagnet{patch_size}", arch="bagnet", patch_size=patch_size,
                      title=f"BagNet-{patch_size} as in the paper")
     if not imagenet:
@@ -120,6 +148,12 @@ def _entries() -> dict[str, ModelEntry]:
             lambda progress=True, _fn=fn: _fn(weights="imagenet", progress=progress),
             True,
             lambda _q=q: _paper_meta(_q, True),
+        )
+        entries[f"bagnet{q}:imagenet-v2"] = ModelEntry(
+            f"bagnet{q}:imagenet-v2",
+            lambda progress=True, _fn=fn: _fn(weights="imagenet-v2", progress=progress),
+            True,
+            lambda _q=q: _paper_meta(_q, True, True),
         )
     return entries
 

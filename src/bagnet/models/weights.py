@@ -48,6 +48,37 @@ OFFICIAL_WEIGHTS: dict[int, OfficialWeights] = {
 }
 
 
+#: berenslab/bagnetsv2: the BagNets retrained with same padding and one 3×3 stem (robust to TF32 and fp16).
+V2_BASE_URL = "https://github.com/berenslab/bagnetsv2/raw/main/models/"
+
+
+@dataclass(frozen=True)
+class V2Weights:
+    """One BagNets-v2 ImageNet state dict (``bagnet{q}_imagenet_pretrained.pt``); its reported accuracy (fp32,
+    224 px, the authors' README) where they give one. bagnet holds no pinned SHA-256 for these files (they are not
+    named by hash): the first download records its digest beside the file and every later load is checked
+    against it."""
+
+    patch_size: int
+    top1: Optional[float] = None
+    top5: Optional[float] = None
+
+    @property
+    def filename(self) -> str:
+        return f"bagnet{self.patch_size}_imagenet_pretrained.pt"
+
+    @property
+    def url(self) -> str:
+        return V2_BASE_URL + self.filename
+
+    @property
+    def cache_name(self) -> str:
+        return f"bagnetsv2-{self.filename}"
+
+
+V2_WEIGHTS: dict[int, V2Weights] = {9: V2Weights(9), 17: V2Weights(17), 33: V2Weights(33, 65.51, 86.35)}
+
+
 class WeightsError(ValueError):
     """A weights file cannot be read or does not fit the model; the message names the file and the problem."""
 
@@ -62,6 +93,18 @@ def official_cache_path(patch_size: int) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / _official(patch_size).filename
 
 
+def load_v2_state_dict(patch_size: int, progress: bool = True) -> dict[str, Tensor]:
+    """The BagNets-v2 ImageNet state dict for BagNet-``patch_size`` (berenslab/bagnetsv2), downloaded once into
+    torch.hub's cache as ``bagnetsv2-bagnet{q}_imagenet_pretrained.pt``."""
+    try:
+        info = V2_WEIGHTS[patch_size]
+    except KeyError:
+        raise WeightsError(f"there are BagNets-v2 weights only for patch sizes {sorted(V2_WEIGHTS)}, "
+                           f"not {patch_size}") from None
+    return read_state_dict(fetch_verified(info.url, progress, f"the BagNet-{patch_size} v2 ImageNet weights",
+                                          cache_name=info.cache_name))
+
+
 def load_official_state_dict(patch_size: int, progress: bool = True) -> dict[str, Tensor]:
     """The official ImageNet state dict for BagNet-``patch_size``, downloaded once into torch.hub's cache.
 
@@ -74,13 +117,16 @@ def load_official_state_dict(patch_size: int, progress: bool = True) -> dict[str
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
-def fetch_verified(url: str, progress: bool = True, what: str = "weights") -> Path:
-    """The file at ``url`` in torch.hub's cache (downloaded there once), its SHA-256 checked against the hash
-    prefix in its file name (``name-<hex>.pth``, the torchvision and torch.hub convention) every time."""
+def fetch_verified(url: str, progress: bool = True, what: str = "weights", cache_name: Optional[str] = None) -> Path:
+    """The file at ``url`` in torch.hub's cache (downloaded there once, as ``cache_name`` if given), its SHA-256
+    checked every time: against the hash prefix in its file name (``name-<hex>.pth``, the torchvision and torch.hub
+    convention) or, for a file not named by its hash, against the digest recorded beside it (``FILE.sha256``) when
+    it was first downloaded (trust on first use: say so, and compare with the publisher's hash if there is one)."""
     filename = url.rsplit("/", 1)[-1]
-    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    path = Path(torch.hub.get_dir()) / "checkpoints" / (cache_name or filename)
     match = _HASH_IN_NAME.search(filename)
     prefix = match.group(1) if match else None
+    pin = path.with_name(path.name + ".sha256")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -92,8 +138,17 @@ def fetch_verified(url: str, progress: bool = True, what: str = "weights") -> Pa
             ) from err
         except RuntimeError as err:  # torch.hub reports a hash mismatch as RuntimeError
             raise WeightsError(f"download of {url} failed its hash check: {err}") from err
+        if not prefix:
+            digest = _sha256(path)
+            pin.write_text(digest + "\n")
+            import sys
+
+            print(f"bagnet: {path.name} has no published SHA-256; recorded {digest} in {pin}, and every later load "
+                  f"is checked against it", file=sys.stderr)
     if prefix:
         _check_hash(path, prefix)
+    elif pin.is_file():
+        _check_hash(path, pin.read_text().strip(), pin)
     return path
 
 
@@ -102,11 +157,12 @@ def _load_verified(path: Path, sha256_prefix: str) -> dict[str, Tensor]:
     return read_state_dict(path)
 
 
-def _check_hash(path: Path, sha256_prefix: str) -> None:
+def _check_hash(path: Path, sha256_prefix: str, recorded: Optional[Path] = None) -> None:
     digest = _sha256(path)
     if not digest.startswith(sha256_prefix):
+        where = f" (recorded in {recorded} at its first download)" if recorded else ""
         raise WeightsError(
-            f"{path} has SHA-256 {digest[:16]}…, expected a hash starting with {sha256_prefix}; "
+            f"{path} has SHA-256 {digest[:16]}…, expected a hash starting with {sha256_prefix[:16]}{where}; "
             f"the file is corrupt or not the released checkpoint. Delete it and try again"
         )
 
@@ -206,7 +262,12 @@ def parse_bagnet_config(data: Any, path: Path) -> BagNetConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise WeightsError(f"{path}: its metadata 'config' has unknown keys {unknown}; known: {sorted(known)}")
+    choices = {"stem": ("paper", "v2"), "align": ("corner", "centre"), "padding": (True, False)}
     for key, value in data.items():
+        if key in choices:
+            if value not in choices[key] or (key == "padding") != isinstance(value, bool):
+                raise WeightsError(f"{path}: metadata config {key} must be one of {choices[key]}, got {value!r}")
+            continue
         values = value if isinstance(value, (list, tuple)) else [value]
         if key in ("layers", "kernel3", "strides") and (not isinstance(value, (list, tuple)) or len(value) > 16):
             raise WeightsError(f"{path}: metadata config {key} must be a list of at most 16 integers, got {value!r}")
@@ -302,6 +363,8 @@ def infer_config(state_dict: Mapping[str, Tensor], strides: tuple[int, ...] | No
     if "conv1.weight" not in state_dict or "fc.weight" not in state_dict:
         raise WeightsError("the state dict has no 'conv1.weight' or 'fc.weight': it is not a BagNet checkpoint")
     width = int(state_dict["conv1.weight"].shape[0])
+    # BagNets v2: one 3×3 stem convolution and no conv2; their layers are same-padded (not visible in the weights)
+    v2 = "conv2.weight" not in state_dict and state_dict["conv1.weight"].shape[-1] == 3
     layers: list[int] = []
     kernel3: list[int] = []
     stage = 1
@@ -326,6 +389,7 @@ def infer_config(state_dict: Mapping[str, Tensor], strides: tuple[int, ...] | No
         strides=tuple(strides),
         width=width,
         num_classes=int(state_dict["fc.weight"].shape[0]),
+        **({"stem": "v2", "padding": True, "align": "centre"} if v2 else {}),
     )
 
 
