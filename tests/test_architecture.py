@@ -247,3 +247,25 @@ def test_precision_context_turns_tf32_off_on_cuda_only_and_restores_the_callers_
             assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def test_inference_chunking_is_decided_by_the_device():
+    """CPU: chunks of inference_chunk_pixels; CUDA: as many images as fit half its free memory; other devices (the
+    meta device stands in for an accelerator without a memory query): the whole batch in one pass."""
+    from bagnet.models.bagnet import inference_chunk
+
+    model = bagnet.bagnet33().eval()
+    per_pixel = model.peak_floats_per_pixel() * 4
+    assert 500 < model.peak_floats_per_pixel() < 2000
+    assert inference_chunk("cpu", 256, 224 * 224, 2 * 224 * 224, per_pixel) == 2
+    assert inference_chunk("cuda", 256, 224 * 224, 2 * 224 * 224, per_pixel, free_bytes=78 * 2**30) == 256
+    few = inference_chunk("cuda", 256, 224 * 224, 2 * 224 * 224, per_pixel, free_bytes=20 * 2**30)
+    assert 32 <= few < 256  # a smaller GPU: a few passes, never one image at a time
+    assert inference_chunk("cuda", 256, 224 * 224, 2 * 224 * 224, per_pixel, free_bytes=0) == 1
+    assert inference_chunk("mps", 256, 224 * 224, 2 * 224 * 224, per_pixel) == 256
+    with torch.no_grad():
+        on_meta = model.to("meta")
+        x = torch.empty(256, 3, 224, 224, device="meta")
+        assert on_meta._inference_chunk(x) == 256
+        assert on_meta(x).shape == (256, 1000)
+        assert bagnet.bagnet33().eval()._inference_chunk(torch.empty(256, 3, 224, 224)) == 2

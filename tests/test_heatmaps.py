@@ -172,3 +172,28 @@ def test_bad_input_gets_clear_errors(call, error, match):
     model = bagnet.bagnet9(num_classes=3).eval()
     with pytest.raises(error, match=match):
         call(model)
+
+
+def test_batched_heatmaps_equal_per_image_maps_and_precision_is_a_choice():
+    """images_per_pass > 1 computes each tile for several images at once: the same numbers as one at a time; bf16 is
+    a stated approximation of the strict map, tf32 is the strict map on a CPU."""
+    model = bagnet.BagNet(bagnet.BagNetConfig.for_patch_size(17, layers=(1, 1, 1, 1), width=8, num_classes=5)).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(5, 3, 41, 37)
+    one = heatmap(model, x, target=[1, 3], images_per_pass=1, tile_size=3)
+    together = heatmap(model, x, target=[1, 3], images_per_pass=3, tile_size=3)
+    torch.testing.assert_close(together, one, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(heatmap(model, x, target=[1, 3], images_per_pass=5), one, rtol=1e-5, atol=1e-6)
+    assert torch.equal(heatmap(model, x, target=[1, 3], precision="tf32", images_per_pass=1, tile_size=3), one)
+    rough = heatmap(model, x, target=[1, 3], precision="bf16")
+    assert rough.dtype == torch.float32
+    scale = float(one.abs().max())
+    err = float((rough - one).abs().max())
+    assert 0 < err < 0.05 * scale, (err, scale)  # bf16 differs, within a few percent of the map's range
+    with pytest.raises(ValueError, match="precision"):
+        heatmap(model, x, precision="fp8")
+    with pytest.raises(ValueError, match="images_per_pass"):
+        heatmap(model, x, images_per_pass=0)

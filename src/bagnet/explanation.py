@@ -57,6 +57,7 @@ class ExplainConfig:
     patches: int = 5  # most and least supportive patches shown per class
     percentile: float = 99.0  # overlays clip the colour scale at this percentile of |evidence|
     background: str = "faded"  # overlays show the image faded | by its edges
+    precision: str = "strict"  # heatmap precision: strict | tf32 (CUDA) | bf16 (see bagnet.heatmap)
 
     def __post_init__(self) -> None:
         if self.top < 1 or self.patches < 0:
@@ -68,6 +69,8 @@ class ExplainConfig:
                               f"{self.size}")
         if self.stride not in (1, 2, 4, 8):
             raise ConfigError(f"stride (--stride) must be 1, 2, 4 or 8, got {self.stride}")
+        if self.precision not in ("strict", "tf32", "bf16"):
+            raise ConfigError(f"precision (--precision) must be strict, tf32 or bf16, got {self.precision!r}")
         if self.background not in ("faded", "edges"):
             raise ConfigError(f"background must be 'faded' or 'edges', got {self.background!r}")
         if not 50 <= self.percentile <= 100:
@@ -257,7 +260,7 @@ def explain_image(model: BagNet, image: Image.Image, source: str = "image", conf
             k = min(config.top, logits.numel())
             top = probs.topk(k).indices
             hm = heatmap(model, x, top[None], stride=config.stride,
-                         upsample="bilinear" if config.stride > 1 else None)[0]
+                         upsample="bilinear" if config.stride > 1 else None, precision=config.precision)[0]
             evidence = model.evidence(x)[0, top]
     categories = model.categories or [str(i) for i in range(logits.numel())]
     support, oppose = [], []

@@ -30,6 +30,13 @@ LOCK_NAME = ".bagnet.lock"
 
 
 # ---------------------------------------------------------------------------------------------------- models
+def resolve_device(device: Any = "auto") -> torch.device:
+    """``"auto"`` (or None): the first CUDA GPU when PyTorch can use one, else the CPU; anything else as given."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def model_device(model: nn.Module, device: Any = None) -> torch.device:
     """The device to compute on: ``device`` if given, else where the model's parameters are (CPU for none)."""
     if device is not None:

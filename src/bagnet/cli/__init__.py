@@ -34,6 +34,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; errors are one line on stderr (set BAGNET_DEBUG=1 for the traceback), never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse's own usage errors exit 2
+    if getattr(args, "device", None) == "auto":  # every command that computes: --device auto unless told
+        from ..plumbing import resolve_device
+
+        args.device = str(resolve_device("auto"))
+    if getattr(args, "device", None) is not None and not _quiet_rank():
+        print(f"bagnet {args.command}: device {args.device}", file=sys.stderr)
     try:
         with _data_parallel(args):
             if args.command in LOCKED_COMMANDS:  # a second process writing the same --out fails at once
@@ -88,6 +94,11 @@ def _data_parallel(args: Any) -> Iterator[None]:
             sys.stdout.close()
             sys.stdout = stdout
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _quiet_rank() -> bool:
+    """A torchrun process other than rank 0 (which prints for all)."""
+    return int(os.environ.get("RANK", "0")) != 0
 
 
 def _unknown_name(err: Exception) -> bool:

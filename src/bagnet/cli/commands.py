@@ -221,7 +221,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not inputs:
         raise ConfigError("give image files or folders to explain (or --samples for scikit-image's sample photos)")
     config = ExplainConfig(top=args.top, stride=args.stride, size=args.size, max_side=args.max_side,
-                           upscale_small=args.upscale_small, patches=args.patches, background=args.background)
+                           upscale_small=args.upscale_small, patches=args.patches, background=args.background,
+                           precision=args.precision)
     with output_lock(args.out):
         return explain_locked(args, inputs, config)
 

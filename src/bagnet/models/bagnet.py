@@ -259,9 +259,10 @@ class BagNet(nn.Module):
         #: While training, recompute each residual block's activations in the backward pass instead of keeping them
         #: (activation checkpointing): less memory, about one more forward pass of compute. Same results.
         self.checkpoint_stages: bool = False
-        #: In eval mode without autograd, run large batches in chunks of at most this many input pixels: the
-        #: full-resolution early layers make big batches memory-bound (benchmarks/forward.py: 2× faster at batch 32
-        #: on a 2-core CPU). Results are the same; ``None`` turns it off.
+        #: On the CPU, in eval mode without autograd, run large batches in chunks of at most this many input pixels:
+        #: the full-resolution early layers make big batches memory-bound (benchmarks/forward.py: 2× faster at batch
+        #: 32 on a 2-core CPU). Results are the same; ``None`` turns it off. On a GPU batches are split only to fit
+        #: its free memory (see :func:`inference_chunk`); elsewhere (mps, meta) never.
         self.inference_chunk_pixels: Optional[int] = 2 * 224 * 224
         self.name: str = f"bagnet{self.patch_size}"
 
@@ -366,10 +367,28 @@ class BagNet(nn.Module):
         return x
 
     def _inference_chunk(self, x: Tensor) -> int:
-        """Images per chunk: the whole batch while training or recording gradients (BatchNorm, autograd)."""
+        """Images per chunk: the whole batch while training or recording gradients (BatchNorm, autograd), else as
+        :func:`inference_chunk` decides for ``x``'s device."""
         if self.training or torch.is_grad_enabled() or self.inference_chunk_pixels is None:
             return x.shape[0]
-        return max(1, self.inference_chunk_pixels // (x.shape[-2] * x.shape[-1]))
+        free = None
+        if x.device.type == "cuda":
+            free = torch.cuda.mem_get_info(x.device)[0]
+        return inference_chunk(x.device.type, x.shape[0], x.shape[-2] * x.shape[-1], self.inference_chunk_pixels,
+                               self.peak_floats_per_pixel() * x.element_size(), free)
+
+    def peak_floats_per_pixel(self) -> int:
+        """Values alive per input pixel at the widest point of a forward pass (a full-resolution block: its input,
+        its branch's two maps, the shortcut and the output), for memory planning."""
+        c = self.config
+        planes, inplanes = c.width, c.width
+        peak = 3 + 2 * c.width
+        for stage in range(len(c.layers)):
+            scale = 4 ** sum(1 for s in c.strides[:stage] if s > 1)  # fewer pixels in later stages
+            out = planes * EXPANSION
+            peak = max(peak, (inplanes + 2 * planes + 2 * out) // scale)
+            inplanes, planes = out, planes * 2
+        return int(peak)
 
     def evidence(self, x: Tensor) -> Tensor:
         """Class evidence of every patch, shape (N, num_classes, h, w); its spatial mean is ``self(x)``."""
@@ -394,6 +413,19 @@ class BagNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, stride={self.stride}"
+
+
+def inference_chunk(device_type: str, batch: int, pixels: int, cpu_pixels: int, bytes_per_pixel: int,
+                    free_bytes: Optional[int] = None, memory_fraction: float = 0.5) -> int:
+    """Images per chunk of an inference batch, by where it runs: on the CPU at most ``cpu_pixels`` input pixels
+    (measured to pay there); on CUDA as many images as fit in ``memory_fraction`` of the ``free_bytes`` at
+    ``bytes_per_pixel``, at least one (by this estimate a 256-image 224² batch of the paper-size BagNet-33 in fp32 needs
+    36 GB and goes through an 80 GB GPU in one pass); elsewhere (mps, the meta device) the whole batch."""
+    if device_type == "cpu":
+        return max(1, min(batch, cpu_pixels // max(pixels, 1)))
+    if device_type == "cuda" and free_bytes is not None:
+        return max(1, min(batch, int(free_bytes * memory_fraction) // max(pixels * bytes_per_pixel, 1)))
+    return batch
 
 
 def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, kernel3: int, padding: bool = False,

@@ -123,6 +123,7 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
         device = torch.device("cpu")
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    say(f"training on {device}" + (f" ({world} processes)" if distributed else ""))
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT
     resume = state is not None
