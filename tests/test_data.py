@@ -104,3 +104,50 @@ def test_fashion_mnist_from_debian_files(tmp_path):
 def test_default_data_root_honours_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("BAGNET_DATA", str(tmp_path))
     assert default_data_root() == tmp_path
+
+
+def test_imagenette_is_fetched_from_its_archive_with_a_checked_md5_and_found_without_classes_csv(tmp_path,
+                                                                                                  monkeypatch):
+    """fetch_imagenette on a local archive laid out like fast.ai's (file:// URL: no network); the official archive
+    has no classes.csv, so the ten classes come from the built-in table. A wrong MD5 is refused."""
+    import hashlib
+    import tarfile
+
+    from PIL import Image
+
+    from bagnet.data import IMAGENETTE_TABLE, fetch_imagenette, imagenette
+
+    src = tmp_path / "src" / "imagenette2-160"
+    for split in ("train", "val"):
+        for wnid, _, _ in IMAGENETTE_TABLE:
+            (src / split / wnid).mkdir(parents=True)
+            Image.new("RGB", (40, 30), (10, 200, 30)).save(src / split / wnid / f"{wnid}_1.JPEG")
+    archive = tmp_path / "imagenette2-160.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="imagenette2-160")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    with pytest.raises(OSError, match="could not fetch Imagenette"):
+        fetch_imagenette(tmp_path / "bad", url=archive.as_uri(), md5="0" * 32, progress=False)
+    folder = fetch_imagenette(tmp_path / "data", url=archive.as_uri(), md5=md5, progress=False)
+    assert folder == tmp_path / "data" / "imagenette2-160" and not (folder / "classes.csv").exists()
+    assert fetch_imagenette(tmp_path / "data", url="file:///nonexistent", md5=md5) == folder  # there already
+    val = imagenette("val", root=folder)
+    assert len(val) == 10 and val.categories[5] == "French_horn"
+    # found through BAGNET_DATA, and a missing copy names the command that fetches it
+    monkeypatch.setenv("BAGNET_DATA", str(tmp_path / "data"))
+    assert len(imagenette("train")) == 10
+    monkeypatch.setenv("BAGNET_DATA", str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="bagnet fetch imagenette"):
+        imagenette("val")
+
+
+def test_default_data_root_does_not_depend_on_the_installed_package(tmp_path, monkeypatch):
+    from bagnet.data import default_data_root, user_data_dir
+
+    monkeypatch.setenv("BAGNET_DATA", str(tmp_path / "mine"))
+    assert default_data_root() == tmp_path / "mine"
+    monkeypatch.delenv("BAGNET_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert user_data_dir() == tmp_path / "cache" / "bagnet" / "data"
+    root = default_data_root()  # a checkout with ../shared/data uses it; anything else the user's cache
+    assert root == user_data_dir() or (root.name == "data" and root.parent.name == "shared")

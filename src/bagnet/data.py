@@ -252,12 +252,76 @@ class SkipLog:
 
 
 # ---------------------------------------------------------------------------------------------------- Imagenette
+#: The official Imagenette archive with 160-px images (fast.ai; the MD5 torchvision's Imagenette dataset checks).
+IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz"
+IMAGENETTE_MD5 = "e793b78cc4c9e9a4ccc0c1155377a412"
+IMAGENETTE_DIR = "imagenette2-160"
+#: (WordNet id, ImageNet class index, name) of the ten classes, in folder (= label) order.
+IMAGENETTE_TABLE = (
+    ("n01440764", 0, "tench"), ("n02102040", 217, "English_springer"), ("n02979186", 482, "cassette_player"),
+    ("n03000684", 491, "chain_saw"), ("n03028079", 497, "church"), ("n03394916", 566, "French_horn"),
+    ("n03417042", 569, "garbage_truck"), ("n03425413", 571, "gas_pump"), ("n03445777", 574, "golf_ball"),
+    ("n03888257", 701, "parachute"),
+)
+
+
+def user_data_dir() -> Path:
+    """bagnet's data folder in the user's cache: ``$XDG_CACHE_HOME/bagnet/data`` (default ``~/.cache/bagnet/data``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "bagnet" / "data"
+
+
 def default_data_root() -> Path:
-    """Where the shared datasets live: ``$BAGNET_DATA`` or ``../shared/data`` beside the repository."""
+    """Where datasets are looked for (and :func:`fetch_imagenette` puts Imagenette): ``$BAGNET_DATA`` if set; in a
+    source checkout that has a ``shared/data`` folder beside it (the project's development machines and CI), that
+    folder; else :func:`user_data_dir`. Nothing depends on where the installed package lies."""
     env = os.environ.get("BAGNET_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    package = Path(__file__).resolve().parent
+    checkout = package.parents[1]  # src/bagnet → the repository root, when this is a source checkout
+    if (checkout / "pyproject.toml").is_file() and package.parent.name == "src":
+        shared = checkout.parent / "shared" / "data"
+        if shared.is_dir():
+            return shared
+    return user_data_dir()
+
+
+def fetch_imagenette(root: Optional[PathLike] = None, url: str = IMAGENETTE_URL, md5: Optional[str] = IMAGENETTE_MD5,
+                     progress: bool = True) -> Path:
+    """Download and unpack Imagenette (160 px, 94 MB, MD5-checked) into ``root`` (default :func:`default_data_root`)
+    unless ``root/imagenette2-160`` already holds its ``train`` and ``val`` folders; returns that folder.
+
+    The official archive keeps each photo's aspect ratio (short side 160 px); the copy the shipped models were trained
+    on squashed every image to 160×160 first (its SOURCE.txt), so accuracies on the two differ a little."""
+    import hashlib
+    import tarfile
+    import tempfile
+
+    root = Path(root) if root is not None else default_data_root()
+    folder = root / IMAGENETTE_DIR
+    if (folder / "train").is_dir() and (folder / "val").is_dir():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
+        archive = Path(tmp) / "archive.tgz"
+        try:
+            torch.hub.download_url_to_file(url, str(archive), progress=progress)
+            digest = hashlib.md5(archive.read_bytes()).hexdigest()
+            if md5 is not None and digest != md5:
+                raise OSError(f"the archive's MD5 is {digest}, expected {md5}")
+            with tarfile.open(archive) as tar:  # members that would land outside root are refused
+                tar.extractall(tmp, filter="data") if hasattr(tarfile, "data_filter") else _safe_extract(tar, tmp)
+        except (OSError, RuntimeError, tarfile.TarError) as err:
+            raise OSError(f"could not fetch Imagenette from {url} into {root} ({err}); download it elsewhere, unpack "
+                          f"it so that {folder}/train and {folder}/val exist, or set BAGNET_DATA to the folder holding "
+                          f"{IMAGENETTE_DIR}/") from None
+        unpacked = Path(tmp) / IMAGENETTE_DIR
+        if unpacked.is_dir() and not folder.exists():
+            os.replace(unpacked, folder)
+    if not ((folder / "train").is_dir() and (folder / "val").is_dir()):
+        raise OSError(f"{url} did not unpack into {folder}/train and {folder}/val")
+    return folder
 
 
 @dataclass(frozen=True)
@@ -270,10 +334,12 @@ class ImagenetteClass:
 
 def imagenette_classes(root: Optional[PathLike] = None) -> list[ImagenetteClass]:
     """The ten Imagenette classes from its ``classes.csv`` (index order = sorted folder names)."""
-    root = Path(root) if root is not None else default_data_root() / "imagenette2-160"
+    root = Path(root) if root is not None else default_data_root() / IMAGENETTE_DIR
     path = root / "classes.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"no classes.csv in {root}; expected the Imagenette copy with its classes.csv")
+    if not path.is_file():  # the official archive has none: the ten classes are known
+        if not (root / "train").is_dir() and not (root / "val").is_dir():
+            raise FileNotFoundError(_missing_imagenette(root))
+        return [ImagenetteClass(i, w, k, n) for i, (w, k, n) in enumerate(IMAGENETTE_TABLE)]
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     classes = [ImagenetteClass(int(r["index"]), r["wnid"], int(r["imagenet_index"]), r["name"]) for r in rows]
@@ -290,7 +356,9 @@ def imagenette(
     ``train_subset300.txt`` whose lines are paths relative to the root."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    root = Path(root) if root is not None else default_data_root() / "imagenette2-160"
+    root = Path(root) if root is not None else default_data_root() / IMAGENETTE_DIR
+    if not (root / split).is_dir():
+        raise FileNotFoundError(_missing_imagenette(root))
     classes = imagenette_classes(root)
     samples = None
     if subset is not None:
@@ -300,6 +368,21 @@ def imagenette(
     if dataset.classes != [c.wnid for c in classes]:
         raise ValueError(f"class folders {dataset.classes} under {root / split} do not match classes.csv")
     return dataset
+
+
+def _safe_extract(tar: Any, dest: str) -> None:
+    """``extractall`` for Pythons without tarfile filters: refuse links and paths that leave ``dest``."""
+    base = Path(dest).resolve()
+    for member in tar.getmembers():
+        target = (base / member.name).resolve()
+        if member.issym() or member.islnk() or not target.is_relative_to(base):
+            raise OSError(f"refusing archive member {member.name!r}")
+    tar.extractall(dest)
+
+
+def _missing_imagenette(root: Path) -> str:
+    return (f"Imagenette is not at {root} (no train/ and val/ folders there): run `bagnet fetch imagenette` "
+            f"(downloads 94 MB into {root.parent}), or set BAGNET_DATA to the folder that holds {IMAGENETTE_DIR}/")
 
 
 # ---------------------------------------------------------------------------------------------------- Fashion-MNIST

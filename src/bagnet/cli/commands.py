@@ -57,6 +57,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from ..data import fetch_imagenette
+
+    folder = fetch_imagenette(args.root)
+    print(f"imagenette: {folder} (use --data imagenette; set BAGNET_DATA={folder.parent} if it is not the default)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..export import export_hf, export_onnx
     from ..models import load

@@ -289,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "JSON instead of one line per model")
     p.set_defaults(func=commands.cmd_models)
 
+    p = sub.add_parser("fetch", help="download a dataset into the data folder (Imagenette: 94 MB, MD5-checked)",
+                       description="Download and unpack Imagenette (fast.ai's imagenette2-160) into --root (default: "
+                       "$BAGNET_DATA, else ~/.cache/bagnet/data); nothing happens when it is there already.")
+    p.add_argument("dataset", choices=["imagenette"], help="the dataset to fetch")
+    p.add_argument("--root", type=Path, default=None, help="folder to put imagenette2-160/ in")
+    p.set_defaults(func=commands.cmd_fetch)
+
     p = sub.add_parser("export", help="write a model as an ONNX graph or in the Hugging Face Hub's folder layout",
                        description="onnx: one graph with dynamic batch, height and width; a BagNet's outputs are "
                        "logits and the evidence map (preprocessing is not in the graph). hf: model.safetensors, "
