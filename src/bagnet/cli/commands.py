@@ -72,7 +72,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = load(args.model)
     if args.format == "onnx":
         if args.out.suffix != ".onnx":
-            raise ValueError(f"--out {args.out}: an ONNX export is one file ending in .onnx")
+            raise ConfigError(f"--out {args.out}: an ONNX export is one file ending in .onnx")
         path = export_onnx(model, args.out)
         outputs = "logits and evidence" if hasattr(model, "evidence") else "logits"
         print(f"{path}: {model_meta(model).name} as ONNX (input 'image', normalised (N, 3, H, W) float32; "
@@ -281,6 +281,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
     attack = None if args.attack_steps == 0 else AttackConfig(steps=args.attack_steps, step_size=args.attack_step_size,
                                                               position_stride=args.attack_stride, top_positions=args.attack_top,
                                                               seed=args.seed)
+    if attack is not None and str(args.device).startswith("cpu") and args.attack_top is None:
+        attacked = min(x for x in (args.attack_limit, args.limit, len(dataset)) if x is not None)
+        print(f"bagnet certify: warning: the sticker attack takes {args.attack_steps} gradient steps at every position "
+              f"of a grid over each of {attacked} images and every sticker size; on a CPU that is minutes per image "
+              f"(measured: 20 images at the defaults did not finish in 5 min). --attack-limit N attacks only the "
+              f"first N images, --attack-top N only the N most evidential positions, --attack-steps 0 certifies "
+              f"without attacking (seconds)", file=sys.stderr)
     result = robustness(model, dataset, defences, attack, limit=args.limit, attack_limit=args.attack_limit,
                         seed=args.seed, progress=not args.no_progress, device=args.device)
     print(f"{result.model} on {data_name} ({result.images} images): clean accuracy {100 * result.clean_undefended:.1f} %")
