@@ -44,12 +44,18 @@ def fused(model: torch.nn.Module) -> torch.nn.Module:
 
 def macs_per_image(model: torch.nn.Module, size: int) -> float:
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(torch.randn(1, 3, size, size))
+        model(torch.randn(1, 3, size, size, device=next(model.parameters()).device))
     return counter.get_total_flops() / 2
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def images_per_s(model: torch.nn.Module, batch: int, size: int, repeats: int, channels_last: bool) -> float:
-    x = torch.randn(batch, 3, size, size)
+    device = next(model.parameters()).device
+    x = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -57,8 +63,10 @@ def images_per_s(model: torch.nn.Module, batch: int, size: int, repeats: int, ch
             model(x)
         times = []
         for _ in range(repeats):
+            _sync(device)
             start = time.perf_counter()
             model(x)
+            _sync(device)
             times.append(time.perf_counter() - start)
     return batch / statistics.median(times)
 
@@ -86,13 +94,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; name the --json per device")
     args = parser.parse_args()
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, device {device} ({card})")
 
     rows = []
     for name in args.models:
-        macs = macs_per_image(build(name), args.size)
+        macs = macs_per_image(build(name).to(device), args.size)
         for variant, model, channels_last in variants(name, args.compile):
+            model = model.to(device)
             for batch in args.batches:
                 ips = images_per_s(model, batch, args.size, args.repeats if batch > 1 else 3 * args.repeats, channels_last)
                 rows.append({"model": name, "variant": variant, "batch": batch, "images_per_s": ips,
@@ -110,7 +123,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "size": args.size, "rows": rows}, indent=2))
+                                         "size": args.size, "device": str(device), "device_name": card, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

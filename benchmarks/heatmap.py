@@ -30,17 +30,27 @@ import bagnet
 from bagnet.heatmaps import heatmap, heatmap_reference
 
 
+DEVICE = torch.device("cpu")  # set from --device in main()
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     a @ b  # warm-up
     return 2 * n**3 / median_time(lambda: a @ b, repeats) / 1e9
 
@@ -72,8 +82,8 @@ def memory_probe(name: str, size: int) -> dict:
 
 def run(name: str, size: int, repeats: int, ref_patches: int) -> dict:
     torch.manual_seed(0)
-    model = bagnet.load(name)
-    x = torch.randn(1, 3, size, size)
+    model = bagnet.load(name).to(DEVICE)
+    x = torch.randn(1, 3, size, size, device=DEVICE)
     heatmap(model, x[..., :64, :64], 0)  # warm-up
     dense_s = median_time(lambda: heatmap(model, x, 0), repeats)
     flops = dense_flops(model, x)
@@ -91,11 +101,18 @@ def run(name: str, size: int, repeats: int, ref_patches: int) -> dict:
     ys, xs = zip(*positions[:200])
     rel = ((dense[list(ys), list(xs)] - ref).abs().max() / ref.abs().max()).item()
 
-    probe = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", name, "--size", str(size)],
-        capture_output=True, text=True, check=True,
-    )
-    memory = json.loads(probe.stdout)
+    if DEVICE.type == "cuda":  # GPU memory of one map, measured in this process
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        before = torch.cuda.memory_allocated(DEVICE)
+        heatmap(model, x, 0)
+        peak = torch.cuda.max_memory_allocated(DEVICE)
+        memory = {"peak_rss_bytes": peak, "baseline_rss_bytes": before, "increase_bytes": peak - before}
+    else:
+        probe = subprocess.run(
+            [sys.executable, __file__, "--memory-probe", name, "--size", str(size)],
+            capture_output=True, text=True, check=True,
+        )
+        memory = json.loads(probe.stdout)
     return {
         "model": name,
         "image": f"{size}x{size}",
@@ -119,7 +136,11 @@ def main() -> None:
     parser.add_argument("--ref-patches", type=int, default=2000)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--memory-probe", metavar="MODEL", help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; name the --json per device "
+                        "(benchmarks/results/heatmap-cuda.json); on CUDA the memory columns are GPU memory")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args.size)))
         return
@@ -129,11 +150,12 @@ def main() -> None:
     mm_after = matmul_gflops()
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
+                    "torch": torch.__version__, "device": str(DEVICE),
+                    "device_name": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"},
         "matmul_gflops_per_s": {"before": mm, "after": mm_after},
         "rows": rows,
     }
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"torch {torch.__version__}, device {result['machine']['device_name']}, {torch.get_num_threads()} threads; "
           f"fp32 matmul 4096²: {mm:.0f} GFLOP/s before, {mm_after:.0f} after the runs")
     print(f"{'model':<9} {'dense':>8} {'reference*':>11} {'ratio':>6} {'GFLOP':>7} {'GFLOP/s':>8} "
           f"{'% matmul':>8} {'peak RSS':>9} {'increase':>9} {'rel.diff':>9}")

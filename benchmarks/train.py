@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -49,15 +50,15 @@ def forward_counts(model: nn.Module, size: int) -> tuple[float, float]:
     return counter.get_total_flops() / 2e9, elements[0] / 1e9
 
 
-def images_per_s(config: TrainConfig, steps: int, num_classes: int = 10) -> tuple[float, int, float, float, float,
-                                                                                 float]:
+def images_per_s(config: TrainConfig, steps: int, num_classes: int = 10,
+                 device: torch.device = torch.device("cpu")) -> tuple[float, int, float, float, float, float]:
     """(images/s, parameters, median seconds per step, forward GMAC per image, seconds of the first step, normalised
     activations per MAC) of
     ``train_step`` for ``config`` (the network wrapped by ``compiled`` as ``bagnet train`` wraps it)."""
     torch.manual_seed(0)
-    device = torch.device("cpu")
     model = build_model(config.replace(init=None), num_classes)
     gmac, normalised = forward_counts(model, config.image_size)
+    model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -65,14 +66,18 @@ def images_per_s(config: TrainConfig, steps: int, num_classes: int = 10) -> tupl
     n = config.batch_size
     batch = Batch(torch.randn(n, 3, config.image_size, config.image_size), torch.randint(0, num_classes, (n,)),
                   torch.arange(n), [])
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     amp = autocast_dtype(device) if config.amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     loss_fn = nn.CrossEntropyLoss()
     net = compiled(model, config)
     times, first = [], 0.0
     for i in range(steps + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         train_step(net, batch, loss_fn, opt, scaler, device, amp, config.channels_last)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         if i == 0:
             first = time.perf_counter() - start
         if i >= 2:
@@ -87,19 +92,22 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", type=Path)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; name the --json per device")
     parser.add_argument("--compile", choices=["config", "on", "off", "both"], default="config",
                         help="torch.compile as the config says (default), always, never, or each config both ways")
     args = parser.parse_args()
     configs = args.configs or sorted((ROOT / "configs" / "imagenette").glob("*.yaml"))
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    device = torch.device(args.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"torch {torch.__version__}, device {device} ({card}), {torch.get_num_threads()} threads")
     settings = {"config": [None], "on": [True], "off": [False], "both": [False, True]}[args.compile]
     for path in configs:
         for compile_ in settings:
             config = TrainConfig.load(path)
             if compile_ is not None:
                 config = config.replace(compile=compile_)
-            ips, params, step_s, gmac, first, per_mac = images_per_s(config, args.steps)
+            ips, params, step_s, gmac, first, per_mac = images_per_s(config, args.steps, device=device)
             name = path.name + (" compiled" if config.compile else "")
             rows.append({"config": name, "arch": config.arch, "params": params, "image_size": config.image_size,
                          "batch_size": config.batch_size, "compile": config.compile, "images_per_s": ips,
@@ -119,6 +127,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                                         "device": str(device), "device_name": card,
                                          "cpu_bf16": autocast_dtype(torch.device("cpu")) is not None,
                                          "rows": rows}, indent=2))
 

@@ -163,6 +163,15 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (DataLoader's ``pin_memory=True``: faster, asynchronous GPU copies)."""
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices, self.skipped)
+
+
+def pin_for(device: Any) -> bool:
+    """Whether loaders feeding ``device`` should pin their batches: only for CUDA."""
+    return device is not None and torch.device(device).type == "cuda"
+
 
 class ImageFolderDataset(datasets.ImageFolder):
     """torchvision's ImageFolder (one sub-folder per class, sorted) that returns :class:`Skipped` for bad files.
@@ -503,16 +512,17 @@ def load_batch(dataset: torch.utils.data.Dataset, limit: Optional[int], seed: in
 
 
 def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
-            skips: SkipLog, workers: int = 0) -> Iterator[Batch]:
+            skips: SkipLog, workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
     """Batches of the items :func:`subset_indices` picks (all samples, in a seeded order, when ``limit`` is None);
-    under ``torchrun``, this process's shard of them (:func:`bagnet.parallel.shard`)."""
+    under ``torchrun``, this process's shard of them (:func:`bagnet.parallel.shard`). ``pin_memory``: page-locked
+    batches for fast copies to a GPU."""
     from .parallel import shard
 
     n = check_dataset(dataset)
     order = shard(subset_indices(n, limit, seed))
     subset = _Indexed(dataset, order)
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(seed))
+                                         generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)
     for batch in loader:
         skips.add(batch.skipped)
         if len(batch):
@@ -520,7 +530,8 @@ def batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[
 
 
 def tracked_batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: Optional[int], seed: int,
-                    skips: SkipLog, desc: str, progress: bool = True, workers: int = 0) -> Iterator[Batch]:
+                    skips: SkipLog, desc: str, progress: bool = True, workers: int = 0,
+                    pin_memory: bool = False) -> Iterator[Batch]:
     """:func:`batches` with a progress bar counted in images (rank 0's shard under ``torchrun``); raises when no
     image of the dataset could be read (by any process)."""
     from tqdm.auto import tqdm
@@ -532,7 +543,7 @@ def tracked_batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: O
     size = world()[1]
     seen = 0
     with tqdm(total=-(-total // size), desc=desc, unit="img", disable=not progress or not is_main()) as bar:
-        for batch in batches(dataset, batch_size, limit, seed, skips, workers):
+        for batch in batches(dataset, batch_size, limit, seed, skips, workers, pin_memory):
             yield batch
             seen += len(batch)
             bar.update(len(batch))

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..plumbing import Result
 from ..plumbing import eval_mode
 from ..errors import ConfigError
-from ..data import SkipLog, check_dataset, tracked_batches
+from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..masks import FILLS, fill_image
 from ..models.bagnet import BagNet
 from ..models.receptive import block_pixels, cell_block, cells_reached
@@ -136,7 +136,8 @@ def interactions(
     sums = {m: {k: [0.0] * len(config.gaps) for k in ("abs", "norm", "effect", "count", "excluded")} for m in models}
     skips = SkipLog()
     total = 0
-    for batch in tracked_batches(dataset, 1, config.limit, config.seed, skips, "interactions", progress):
+    for batch in tracked_batches(dataset, 1, config.limit, config.seed, skips, "interactions", progress,
+                                 pin_memory=pin_for(config.device)):
         image, label = batch.images[0], int(batch.labels[0])
         _, h, w = image.shape
         filler = fill_image(image, config.fill, config.blur_sigma)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..plumbing import Result
 from ..errors import ConfigError
-from ..data import SkipLog, check_dataset, tracked_batches
+from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..masks import FILLS, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
 from ..parallel import gather, item_generator, merged_dict, merged_sum
@@ -150,7 +150,8 @@ def masking(
     total, blocks = 0, 0
     skips = SkipLog()
     unavailable: dict[str, str] = {}
-    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "masking", progress):
+    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "masking", progress,
+                                 pin_memory=pin_for(config.device)):
         images, labels = batch.images, batch.labels
         n, _, h, w = images.shape
         blocks = (h // config.block) * (w // config.block)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..plumbing import Result
-from ..data import SkipLog, check_dataset, tracked_batches
+from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
 from ..parallel import gather, item_generator, merged_dict, merged_sum
@@ -123,7 +123,8 @@ def scrambling(
     hits5 = {m: [0] * len(grids) for m in models}
     total, size, examples = 0, None, None
     skips = SkipLog()
-    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "scrambling", progress):
+    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "scrambling", progress,
+                                 pin_memory=pin_for(config.device)):
         size = size or tuple(batch.images.shape[-2:])
         if tuple(batch.images.shape[-2:]) != size:
             raise ValueError(f"all images must have the same size for scrambling: {size} vs {tuple(batch.images.shape[-2:])}")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..plumbing import Result
-from ..data import SkipLog, check_dataset, tracked_batches
+from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..parallel import merged_cat, merged_dict
 from .common import logits_of, model_device, with_run_options
 
@@ -123,7 +123,8 @@ def similarity(
     labels: list[Tensor] = []
     indices: list[Tensor] = []
     skips = SkipLog()
-    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "similarity", progress):
+    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "similarity", progress,
+                                 pin_memory=pin_for(config.device)):
         for name, model in models.items():
             logits[name].append(logits_of(model, batch.images.to(model_device(model, config.device)), num_classes,
                                           name).cpu())

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data import SkipLog, collate, sample_path
+from ..data import SkipLog, collate, pin_for, sample_path
 from ..models import BagNet
 from .config import TrainConfig
 from ..plumbing import Result, eval_mode, model_device
@@ -28,14 +28,15 @@ def predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int
         dataset = torch.utils.data.Subset(dataset, shard(range(len(dataset))))
     log = skips if skips is not None else SkipLog()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+                                         generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone
+                                         pin_memory=pin_for(device), persistent_workers=False)
     logits, labels, indices = [], [], []
     with eval_mode(model):
         for batch in _iter_progress(loader, progress, "evaluate"):
             log.add(batch.skipped)
             if len(batch) == 0:
                 continue
-            logits.append(model(batch.images.to(device)).float().cpu())
+            logits.append(model(batch.images.to(device, non_blocking=True)).float().cpu())
             labels.append(batch.labels)
             indices.append(batch.indices)
     log.paths.update(merged_dict(dict(log.paths)))
