@@ -486,3 +486,24 @@ def test_run_plumbing_is_keyword_arguments_that_override_the_config():
                    limit=6).images == 6
     with pytest.raises(ValueError):
         scrambling(models, data, 2, progress=False, batch_size=0)
+
+
+def test_summary_infers_the_reference_bagnet_from_registered_names_and_reads_the_default_folders(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    """Results whose models are registered names: `bagnet experiment summary` with no flags reads out/scrambling …
+    and takes the first BagNet as the reference, with its patch size and class count; unknown names ask for flags."""
+    from bagnet.cli import main
+
+    config = ScramblingConfig(grids=(1, 2, 4), batch_size=16)
+    models = {"resnet18:imagenette": TwoRegionModel(), "bagnet17:imagenette": colour_model()}
+    scrambling(models, colour_data(), 2, config, progress=False).save(tmp_path / "out" / "scrambling")
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", "summary"]) == 0
+    out = capsys.readouterr().out
+    assert "reference bagnet17:imagenette (q = 17, 10 classes)" in out
+    saved = json.loads((tmp_path / "out" / "summary" / "summary.json").read_text())
+    assert saved["reference"] == "bagnet17:imagenette" and saved["patch_size"] == 17
+    scrambling({"a": TwoRegionModel()}, colour_data(), 2, config, progress=False).save(tmp_path / "other")
+    assert main(["experiment", "summary", "--results", "other", "--out", "s2"]) == 2
+    assert "pass --reference NAME --patch-size Q --num-classes C" in capsys.readouterr().err
+    assert main(["experiment", "summary", "--results", "nothing-here"]) == 2

@@ -341,20 +341,49 @@ def experiment_summary(args: argparse.Namespace) -> int:
     from ..experiments import InteractionResult, ScramblingResult, SimilarityResult, likeness_score
     from ..experiments.common import read_result
 
-    if not args.reference or not args.patch_size or not args.num_classes:
-        raise ConfigError("summary needs --reference NAME, --patch-size Q and --num-classes C")
     found = {}
     for cls, name in ((ScramblingResult, "scrambling"), (InteractionResult, "interactions"),
                       (SimilarityResult, "similarity")):
         path = next((d / f"{name}.json" for d in args.results if (d / f"{name}.json").is_file()), None)
         found[name] = read_result(cls, path) if path else None
-    result = likeness_score(args.reference, args.patch_size, args.num_classes, **found)
+    if not any(found.values()):
+        raise ConfigError(f"no scrambling.json, interactions.json or similarity.json in {', '.join(map(str, args.results))}"
+                          f" (run the experiments with those --out folders first, or pass --results DIR ...)")
+    names = list(dict.fromkeys(m for r in found.values() if r is not None for m in r.models))
+    reference, patch_size, num_classes = args.reference, args.patch_size, args.num_classes
+    if reference is None or patch_size is None or num_classes is None:
+        for name in ([reference] if reference else names):
+            meta = _meta_of(name)
+            if meta is not None and meta.patch_size is not None and meta.arch == "bagnet":
+                reference = reference or name
+                patch_size = patch_size or meta.patch_size
+                num_classes = num_classes or meta.num_classes
+                break
+    if not reference or not patch_size or not num_classes:
+        raise ConfigError(f"summary could not tell the reference BagNet, its patch size or the number of classes from "
+                          f"the models {names}; pass --reference NAME --patch-size Q --num-classes C")
+    print(f"reference {reference} (q = {patch_size}, {num_classes} classes)")
+    result = likeness_score(reference, patch_size, num_classes, **found)
     for row in result.rows():
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     for note in result.notes:
         print(f"note: {note}")
     print(f"files in {result.save(args.out)}")
     return 0
+
+
+def _meta_of(name: str):
+    """A model's metadata by its name in results (registry names without loading tensors; files are loaded)."""
+    from ..models import load, model_entry
+
+    try:
+        return model_entry(name).meta
+    except KeyError:
+        pass
+    try:
+        return model_meta(load(name))
+    except Exception:  # not a loadable spec (a label from a Python run): cannot infer
+        return None
 
 
 def experiment_diagnostic(args: argparse.Namespace) -> int:

@@ -162,11 +162,16 @@ def _add_experiments(sub: argparse._SubParsersAction) -> None:
                    help="what replaces a masked block (default mean)")
 
     e = exp.add_parser("summary", help="the bag-of-local-features likeness score from saved experiment results")
-    e.add_argument("--results", nargs="+", type=Path, required=True, metavar="DIR",
-                   help="folders holding scrambling.json, interactions.json and/or similarity.json")
-    e.add_argument("--reference", required=True, help="the reference BagNet's name in those results")
-    e.add_argument("--patch-size", type=positive_int, required=True, help="the reference BagNet's patch size q")
-    e.add_argument("--num-classes", type=positive_int, required=True, help="number of classes (for chance level)")
+    e.add_argument("--results", nargs="+", type=Path, metavar="DIR",
+                   default=[Path("out/scrambling"), Path("out/interactions"), Path("out/similarity")],
+                   help="folders holding scrambling.json, interactions.json and/or similarity.json (default: the "
+                        "experiments' default folders out/scrambling out/interactions out/similarity)")
+    e.add_argument("--reference", help="the reference BagNet's name in those results (default: the first BagNet "
+                                       "among their models)")
+    e.add_argument("--patch-size", type=positive_int,
+                   help="the reference BagNet's patch size q (default: read from the model)")
+    e.add_argument("--num-classes", type=positive_int,
+                   help="number of classes, for chance level (default: read from the reference model)")
     add_run_flags(e, "out/summary", seed=False)
 
     e = exp.add_parser("diagnostic", help="train BagNets of growing patch size and a CNN on a dataset: does it "
