@@ -126,6 +126,12 @@ def attribute(
     in parallel threads). ``mean``/``std`` only turn the images back into pictures for figures (default: the
     model's own preprocessing, ``model_meta(model)``).
     """
+    if any(m in ("saliency", "integrated_gradients", "deeplift", "gradcam") for m in config.methods):
+        try:
+            import captum  # noqa: F401
+        except ImportError:
+            raise ImportError("saliency, integrated gradients, DeepLIFT and Grad-CAM need Captum: "
+                              "pip install 'bagnet[attribution]'") from None
     device = model_device(model, device)
     images = _check_images(images).to(device=device, dtype=model_dtype(model))
     name = name or getattr(model, "name", type(model).__name__)
