@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
+from runinfo import run_info  # benchmarks/runinfo.py (this folder is on sys.path when the script runs)
+
 
 import bagnet
 from bagnet.heatmaps import heatmap
@@ -130,7 +132,7 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, device {device} ({name})")
-    result = {"torch": torch.__version__, "device": name,
+    result = {"run": run_info(device), "torch": torch.__version__, "device": name,
               "inference": inference_rows(device, args.batch, args.size, args.repeats),
               "heatmaps": heatmap_rows(device, args.size, args.maps, args.repeats)}
     if args.json:

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
+from runinfo import run_info  # benchmarks/runinfo.py (this folder is on sys.path when the script runs)
+
 
 import bagnet
 from bagnet.models import fuse_batchnorm
@@ -122,7 +124,8 @@ def main() -> None:
             print(f"  {r['model']:<9} {r['variant']:<20} batch {r['batch']:>3}: {r['ms_per_gmac_vs_resnet50']:.2f}×")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+        args.json.write_text(json.dumps({"run": run_info(device), "torch": torch.__version__,
+                                         "threads": torch.get_num_threads(),
                                          "size": args.size, "device": str(device), "device_name": card, "rows": rows}, indent=2))
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from runinfo import run_info  # benchmarks/runinfo.py (this folder is on sys.path when the script runs)
+
 
 import bagnet
 from bagnet.heatmaps import heatmap, heatmap_reference
@@ -149,6 +151,7 @@ def main() -> None:
     rows = [run(name, args.size, args.repeats, args.ref_patches) for name in args.models]
     mm_after = matmul_gflops()
     result = {
+        "run": run_info(DEVICE),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "device": str(DEVICE),
                     "device_name": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"},

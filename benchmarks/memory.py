@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from runinfo import run_info  # benchmarks/runinfo.py (this folder is on sys.path when the script runs)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -92,7 +94,7 @@ def main() -> None:
                   flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": args.device, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"run": run_info(args.device), "device": args.device, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

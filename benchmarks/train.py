@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runinfo import run_info  # benchmarks/runinfo.py (this folder is on sys.path when the script runs)
+
 from bagnet.data import Batch
 from bagnet.train import TrainConfig, autocast_dtype, build_model, compiled, train_step
 
@@ -126,8 +128,8 @@ def main() -> None:
             print(f"  {r['config']:<33} {r['time_per_mac_vs_resnet18']:.2f}×")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "device": str(device), "device_name": card,
+        args.json.write_text(json.dumps({"run": run_info(device), "torch": torch.__version__,
+                                         "threads": torch.get_num_threads(), "device": str(device), "device_name": card,
                                          "cpu_bf16": autocast_dtype(torch.device("cpu")) is not None,
                                          "rows": rows}, indent=2))
 

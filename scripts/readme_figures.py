@@ -1,0 +1,165 @@
+"""Render the README's figure tables from the result files, so that no number in them is typed by hand.
+
+Each table sits between ``<!-- figures: SOURCE -->`` and ``<!-- /figures -->`` in README.md; SOURCE names the file
+(or folder) it is rendered from:
+
+- ``benchmarks/results/heatmap.json``: dense heatmaps against the patch-by-patch reference;
+- ``benchmarks/results/train.json``: training throughput and time per MAC (eager and compiled);
+- ``benchmarks/results/memory.json``: peak training memory per image, plain and checkpointed;
+- ``src/bagnet/weights``: the shipped models (their model cards' titles and measured metrics).
+
+Each table is followed by a line naming the machine, date and command recorded in its file where the file has them.
+
+Usage:  python scripts/readme_figures.py           # rewrite the tables in README.md
+        python scripts/readme_figures.py --check   # exit 1 and show the difference if README.md is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- figures: (?P<source>[^ ]+) -->\n)(?P<body>.*?)(<!-- /figures -->)", re.S)
+
+
+def _run_line(data: dict[str, Any]) -> str:
+    run = data.get("run")
+    if not run:
+        return "*Recorded in the file: no machine, date or command (measured before the files recorded them).*\n"
+    flags = ", ".join(run.get("cpu_flags", [])) or "no AVX"
+    where = run.get("gpu") or f"{run['cpu']} ({flags}), {run['cores']} cores, {run['threads']} thread(s)"
+    env = " ".join(f"{k}={v}" for k, v in run.get("env", {}).items() if k != "TORCHINDUCTOR_CACHE_DIR")
+    return (f"*{run['date']}, {where}, torch {run['torch']}: `{(env + ' ') if env else ''}"
+            f"{run['command']}`*\n")
+
+
+def train_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    rows = sorted(data["rows"], key=lambda r: (r["config"].split()[0], r.get("compile", False)))
+    lines = ["| config | parameters | GMAC/img | normalised per 1000 MAC | images/s | s/step | first step (s) | "
+             "time per MAC vs ResNet-18 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        name = r["config"].replace(".yaml", "") + (f" (batch {r['batch_size']})" if r["batch_size"] != 64 else "")
+        ratio = r.get("time_per_mac_vs_resnet18")
+        lines.append(f"| {name} | {r['params'] / 1e6:.2f} M | {r['gmac']:.3f} | "
+                     f"{1e3 * r.get('normalised_per_mac', float('nan')):.1f} | {r['images_per_s']:.1f} | "
+                     f"{r['step_s']:.2f} | {r.get('first_step_s', float('nan')):.0f} | "
+                     f"{'—' if ratio is None else f'{ratio:.2f}×'} |")
+    return "\n".join(lines) + "\n\n" + _run_line(data)
+
+
+def memory_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    cells: dict[tuple[str, int], dict[bool, dict]] = {}
+    for r in data["rows"]:
+        cells.setdefault((r["model"], r["size"]), {})[bool(r["checkpointing"])] = r
+    lines = ["| model | size | plain: MiB/image, s/step | checkpointed: MiB/image, s/step | memory saved |",
+             "| --- | --- | --- | --- | --- |"]
+    last = None
+    for (model, size), pair in cells.items():
+        plain, ckpt = pair.get(False), pair.get(True)
+
+        def cell(r: dict | None) -> str:
+            return "—" if r is None else f"{r['peak_bytes_per_image'] / 2**20:.1f}, {r['step_s']:.2f}"
+
+        saved = "—"
+        if plain and ckpt:
+            frac = 1 - ckpt["peak_bytes_per_image"] / plain["peak_bytes_per_image"]
+            saved = f"{100 * frac:.0f} %" if frac > 0 else "none"
+        lines.append(f"| {model if model != last else ''} | {size} px | {cell(plain)} | {cell(ckpt)} | {saved} |")
+        last = model
+    return "\n".join(lines) + "\n\n" + _run_line(data)
+
+
+def heatmap_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    names = {"bagnet33": "BagNet-33", "bagnet17": "BagNet-17", "bagnet9": "BagNet-9"}
+    lines = ["| model | dense | reference* | speed-up | GFLOP done | GFLOP/s | peak RSS (increase) | max rel. diff |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in data["rows"]:
+        lines.append(f"| {names.get(r['model'], r['model'])} | {r['dense_median_s']:.2f} s | "
+                     f"{r['reference_extrapolated_s']:.0f} s | {r['speedup']:.1f}× | {r['dense_gflop']:.0f} | "
+                     f"{r['dense_gflops_per_s']:.0f} | {r['peak_rss_bytes'] / 2**30:.2f} GiB "
+                     f"(+{r['increase_bytes'] / 2**30:.2f} GiB) | {r['max_rel_diff_vs_reference_on_200_patches']:.1e} |")
+    mm = data.get("matmul_gflops_per_s", {})
+    extra = (f"fp32 matmul 4096² in the same run: {mm['before']:.0f} / {mm['after']:.0f} GFLOP/s before / after.\n"
+             if mm else "")
+    machine = data.get("machine", {})
+    if "run" not in data and machine:
+        extra += (f"*Recorded in the file: {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, torch "
+                  f"{machine.get('torch', '?')} (no date or command: measured before the files recorded them).*\n")
+        return "\n".join(lines) + "\n\n" + extra
+    return "\n".join(lines) + "\n\n" + extra + _run_line(data)
+
+
+def shipped_table(folder: Path) -> str:
+    import struct
+
+    lines = ["| name | what | Imagenette val top-1 / top-5 | images | card |", "| --- | --- | --- | --- | --- |"]
+    default = (folder / "DEFAULT").read_text().strip() if (folder / "DEFAULT").is_file() else None
+    for js in sorted(folder.glob("*.json"), key=lambda p: (not p.name.startswith("bagnet"), p.name)):
+        stem = js.name[: -len(".json")]
+        name = stem.replace(".", ":", 1)
+        metrics = json.loads(js.read_text())["metrics"]
+        key = next(iter(metrics))
+        m = metrics[key]
+        card = folder / f"{stem}.md"
+        title = stem
+        if card.is_file():  # "- Architecture: `bagnet`, patch size 17, …; 0.95 M parameters; 10 classes: …"
+            arch = next((line for line in card.read_text().splitlines() if line.startswith("- Architecture:")), "")
+            title = "; ".join(arch[len("- Architecture:"):].strip().split("; ")[:2]) or stem
+        header = (folder / f"{stem}.safetensors").read_bytes()
+        (length,) = struct.unpack("<Q", header[:8])
+        meta = json.loads(header[8:8 + length]).get("__metadata__", {})
+        size = json.loads(meta["preprocess"]).get("crop") if "preprocess" in meta else None
+        label = f"`{name}`" + (" (= `default`)" if name == default else "")
+        lines.append(f"| {label} | {title}{f', {size} px' if size else ''} | {100 * m['top1']:.2f} % / "
+                     f"{100 * m['top5']:.2f} % | {m.get('images', '—')} | [card](src/bagnet/weights/{stem}.md) |")
+    return "\n".join(lines) + "\n\n*From each model's `ARCH.DATA.json`, written by `scripts/ship_model.py` from " \
+                              "`bagnet evaluate --model NAME --data imagenette` (the full validation split).*\n"
+
+
+RENDERERS: dict[str, Callable[[Path], str]] = {
+    "benchmarks/results/train.json": train_table,
+    "benchmarks/results/memory.json": memory_table,
+    "benchmarks/results/heatmap.json": heatmap_table,
+    "src/bagnet/weights": shipped_table,
+}
+
+
+def render(text: str) -> str:
+    """``text`` with every figures block re-rendered from its source."""
+    def replace(match: re.Match) -> str:
+        source = match.group("source")
+        if source not in RENDERERS:
+            raise SystemExit(f"README.md: no renderer for figures source {source!r}; known: {sorted(RENDERERS)}")
+        return match.group(1) + "\n" + RENDERERS[source](ROOT / source) + "\n" + match.group(4)
+
+    return BLOCK.sub(replace, text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when README.md is stale")
+    args = parser.parse_args()
+    text = README.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "README.md",
+                                                       "rendered"))
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
