@@ -1,11 +1,17 @@
-"""Runs the Python examples of README.md and docs/*.md as tests (Sybil), in order, one namespace per document, in a
-fresh working folder. Examples that need Imagenette get a tiny stand-in (ten classes, a few synthetic images per
-class, the official archive's layout) when the real copy is not where bagnet looks for it, so they run anywhere."""
+"""Runs the examples of README.md and docs/*.md as tests (Sybil): Python blocks in one namespace per document and
+bash blocks through ``bash -e``, in order, in a fresh working folder (with ``configs/`` linked in). Examples that need
+Imagenette get a tiny stand-in (ten classes, a few synthetic images per class, the official archive's layout), so
+they run anywhere and fast; shell commands run with ``BAGNET_MAX_IMAGES=4`` (the documented cap on every
+``--limit``). A block preceded by ``<!-- skip: next -->`` is not run; the text beside it says why."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
 
 try:
     from sybil import Sybil
@@ -31,16 +37,14 @@ def _standin_imagenette(root: Path) -> None:
 
 
 def _setup(namespace: dict) -> None:
-    from bagnet.data import default_data_root
-
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="bagnet-docs-"))
     namespace["_tmp"] = tmp
     namespace["_cwd"], namespace["_env"] = os.getcwd(), os.environ.get("BAGNET_DATA")
-    if not (default_data_root() / "imagenette2-160" / "val").is_dir():
-        _standin_imagenette(tmp / "data")
-        os.environ["BAGNET_DATA"] = str(tmp / "data")
+    _standin_imagenette(tmp / "data")
+    os.environ["BAGNET_DATA"] = str(tmp / "data")
+    (tmp / "configs").symlink_to(ROOT / "configs")
     os.chdir(tmp)
 
 
@@ -55,8 +59,22 @@ def _teardown(namespace: dict) -> None:
         os.environ["BAGNET_DATA"] = namespace["_env"]
 
 
+def _run_bash(example) -> None:
+    """A bash block, as a user would type it in the document's folder, with this Python's bin/ first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "BAGNET_MAX_IMAGES": "4", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", example.parsed], cwd=os.getcwd(), env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}\n--- stdout\n{done.stdout[-2000:]}\n--- stderr\n"
+                             f"{done.stderr[-3000:]}")
+
+
 if Sybil is not None:
+    from sybil.parsers.markdown import CodeBlockParser
+
     pytest_collect_file = Sybil(
-        parsers=[PythonCodeBlockParser(), SkipParser()], patterns=["README.md", "docs/*.md"],
+        parsers=[PythonCodeBlockParser(), CodeBlockParser(language="bash", evaluator=_run_bash), SkipParser()],
+        patterns=["README.md", "docs/*.md"],
         setup=_setup, teardown=_teardown,
     ).pytest()

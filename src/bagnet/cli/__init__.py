@@ -34,6 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; errors are one line on stderr (set BAGNET_DEBUG=1 for the traceback), never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse's own usage errors exit 2
+    _cap_images(args)
     if getattr(args, "device", None) == "auto":  # every command that computes: --device auto unless told
         from ..plumbing import resolve_device
 
@@ -94,6 +95,23 @@ def _data_parallel(args: Any) -> Iterator[None]:
             sys.stdout.close()
             sys.stdout = stdout
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _cap_images(args: Any) -> None:
+    """``BAGNET_MAX_IMAGES=N``: every command that takes ``--limit`` uses at most N images (a dry run of a long
+    pipeline: the documentation's examples run this way in CI). Said once on stderr."""
+    text = os.environ.get("BAGNET_MAX_IMAGES")
+    if not text or not hasattr(args, "limit"):
+        return
+    try:
+        cap = int(text)
+        assert cap >= 1
+    except (ValueError, AssertionError):
+        raise SystemExit(f"bagnet: BAGNET_MAX_IMAGES must be a positive integer, got {text!r}") from None
+    args.limit = cap if args.limit is None else min(args.limit, cap)
+    if getattr(args, "attack_limit", None) is not None:
+        args.attack_limit = min(args.attack_limit, cap)
+    print(f"bagnet {args.command}: BAGNET_MAX_IMAGES={cap}: at most {args.limit} images", file=sys.stderr)
 
 
 def _quiet_rank() -> bool:
