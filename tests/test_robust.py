@@ -205,6 +205,13 @@ def test_robustness_over_a_dataset_and_cli(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "certified" in text and (tmp_path / "out" / "robustness.png").is_file()
+    # with progress on, the attack's planned work is said before it starts and its cost after the first batch;
+    # the full grid (--attack-top 0) also warns on a CPU
+    assert main(["certify", "--model", str(weights), "--data", str(tmp_path / "data"), "--stickers", "8",
+                 "--attack-steps", "1", "--attack-top", "0", "--out", str(tmp_path / "out2")]) == 0
+    err = capsys.readouterr().err
+    assert "gradient steps per image" in err and "attacked images took" in err and "min for all 6" in err
+    assert "warning: the sticker attack" in err
     loaded = bagnet.load(str(weights))
     from bagnet.data import evaluation_dataset
 

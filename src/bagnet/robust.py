@@ -22,6 +22,8 @@ real attack to check them with: projected sign-gradient ascent on the sticker's 
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -360,7 +362,7 @@ def robustness(
     attack the undefended and defended model on the first ``attack_limit`` of them (attacks cost far more).
     ``device``: where to compute (default: the model's device; the model is never moved)."""
     from .data import SkipLog, check_dataset, subset_indices, tracked_batches
-    from .parallel import merged_dict, merged_sum
+    from .parallel import is_main, merged_dict, merged_sum
 
     require_bagnet(model, "certificates (they bound each patch's evidence)")
     if not defences:
@@ -379,6 +381,8 @@ def robustness(
     clean_und, clean_und_sub, total, attacked_n = 0, 0, 0, 0
     # the attacked images are the first ``attack_limit`` of the seeded order, decided by position, not by batch
     position = {idx: p for p, idx in enumerate(subset_indices(len(dataset), limit, seed))}
+    planned = 0 if attack is None else min(len(position), attack_limit or len(position))
+    started, estimated = time.perf_counter(), False
     with eval_mode(model):
         for batch in tracked_batches(dataset, batch_size, limit, seed, skips, "certify", progress):
             x, labels = batch.images.to(device, model.fc.weight.dtype), batch.labels
@@ -402,11 +406,18 @@ def robustness(
                     counts[i]["attacked"] += int(held.sum())
                     counts[i]["broken"] += int(((ok & cert)[sub] & ~held).sum())  # must stay 0
             if attacking:
+                if not estimated and progress and is_main():
+                    _say_attack_plan(model, x, stickers, defences, attack, planned)
                 clean_und_sub += int(und_ok[sub].sum())
                 for p in stickers:
                     held = sticker_attack(model, x[sub.to(x.device)], labels[sub], p, None, attack)
                     und_attacked[p] += int(held.sum())
                 attacked_n += int(sub.sum())
+                if not estimated and progress and is_main():  # the cost, measured on the first attacked batch
+                    per_image = (time.perf_counter() - started) / attacked_n
+                    print(f"certify: the first {attacked_n} attacked images took {per_image * attacked_n:.0f} s: "
+                          f"about {per_image * planned / 60:.1f} min for all {planned}", file=sys.stderr)
+                    estimated = True
             total += len(labels)
     counts, und_attacked = merged_sum(counts), merged_sum(und_attacked)
     clean_und, clean_und_sub, total, attacked_n = merged_sum([clean_und, clean_und_sub, total, attacked_n])
@@ -428,6 +439,22 @@ def robustness(
                 "seed": seed},
         skipped=merged_dict(dict(skips.paths)),
     )
+
+
+def _say_attack_plan(model: BagNet, x: Tensor, stickers: Sequence[int], defences: Sequence[DefenceConfig],
+                     attack: AttackConfig, images: int) -> None:
+    """The attack's planned work, said before it starts (it dominates certify's time)."""
+    h, w = x.shape[-2:]
+    per_image = 0
+    for d in defences:
+        grid = len(sticker_positions(h, w, d.sticker, attack.position_stride or max(1, d.sticker // 2)))
+        per_image += min(grid, attack.top_positions or grid)
+    for p in stickers:  # the undefended model, once per sticker size
+        grid = len(sticker_positions(h, w, p, attack.position_stride or max(1, p // 2)))
+        per_image += min(grid, attack.top_positions or grid)
+    print(f"certify: attacking {images} images: {per_image} sticker positions per image (all defences and sizes) × "
+          f"{attack.steps} steps × {attack.restarts} restart(s) = {per_image * attack.steps * attack.restarts} "
+          f"gradient steps per image", file=sys.stderr)
 
 
 __all__ = [

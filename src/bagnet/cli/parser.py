@@ -264,8 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-step-size", type=float, default=0.1, help="attack step size (default 0.1)")
     p.add_argument("--attack-stride", type=positive_int, default=None, help="attack grid step in px (default: sticker/2)")
     p.add_argument("--attack-limit", type=positive_int, default=None, help="attack only the first N of the certified images")
-    p.add_argument("--attack-top", type=positive_int, default=None,
-                   help="attack only the N grid positions whose cells hold the most evidence for the label")
+    p.add_argument("--attack-top", type=non_negative_int, default=16,
+                   help="attack only the N grid positions whose cells hold the most evidence for the label against "
+                        "the strongest other class (default 16, the strongest positions found; 0: every grid "
+                        "position, minutes per image on a CPU)")
     add_run_flags(p, "out/certify", limit=True)
     p.set_defaults(func=commands.cmd_certify)
 
