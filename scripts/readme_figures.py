@@ -99,6 +99,49 @@ def heatmap_table(path: Path) -> str:
     return "\n".join(lines) + "\n\n" + extra + _run_line(data)
 
 
+_NAMES = {"bagnet33": "BagNet-33", "bagnet17": "BagNet-17", "bagnet9": "BagNet-9", "resnet50": "ResNet-50"}
+
+
+def forward_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    cell = {(r["model"], r["variant"], r["batch"]): r for r in data["rows"]}
+    models = list(dict.fromkeys(r["model"] for r in data["rows"]))
+    lines = ["| model | GMAC | eager b1 | eager b32 | ch.-last b32 | ch.-last+fused b1 | ch.-last+fused b32 | "
+             "per-MAC vs ResNet-50 (b1 / b32, fused) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for m in models:
+        def ips(variant: str, batch: int) -> str:
+            r = cell.get((m, variant, batch))
+            return "—" if r is None else f"{r['images_per_s']:.1f}"
+
+        def vs(batch: int) -> str:
+            r = cell.get((m, "channels_last+fused", batch))
+            return "—" if r is None or "ms_per_gmac_vs_resnet50" not in r else f"{r['ms_per_gmac_vs_resnet50']:.2f}×"
+
+        gmac = next(r["gmacs_per_image"] for r in data["rows"] if r["model"] == m)
+        ratio = "1" if m == "resnet50" else f"{vs(1)} / {vs(32)}"
+        lines.append(f"| {_NAMES.get(m, m)} | {gmac:.2f} | {ips('eager', 1)} | {ips('eager', 32)} | "
+                     f"{ips('channels_last', 32)} | {ips('channels_last+fused', 1)} | "
+                     f"{ips('channels_last+fused', 32)} | {ratio} |")
+    if "run" not in data:
+        return "\n".join(lines) + (f"\n\n*Recorded in the file: torch {data.get('torch', '?')}, {data.get('threads', '?')} "
+                                   f"threads, {data.get('size', '?')} px (no machine, date or command: measured "
+                                   f"before the files recorded them).*\n")
+    return "\n".join(lines) + "\n\n" + _run_line(data)
+
+
+def interactions_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = ["| model, image | forward passes | evidence map + crops | speed-up | max rel. diff of mean \\|effect\\| |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in data["rows"]:
+        lines.append(f"| {_NAMES.get(r['model'], r['model'])}, {data['size']} px | {r['forward_s_per_image']:.2f} s/img | "
+                     f"{r['local_s_per_image']:.2f} s/img | {r['speedup']:.2f}× | {r['max_rel_diff_mean_effect']:.1e} |")
+    tail = _run_line(data) if "run" in data else (
+        f"*Recorded in the file: torch {data.get('torch', '?')}, {data.get('images', '?')} images (no machine, date or "
+        f"command: measured before the files recorded them).*\n")
+    return "\n".join(lines) + "\n\n" + tail
+
+
 def shipped_table(folder: Path) -> str:
     import struct
 
@@ -130,6 +173,9 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "benchmarks/results/train.json": train_table,
     "benchmarks/results/memory.json": memory_table,
     "benchmarks/results/heatmap.json": heatmap_table,
+    "benchmarks/results/forward.json": forward_table,
+    "benchmarks/results/interactions.json": interactions_table,
+    "benchmarks/results/interactions-224.json": interactions_table,
     "src/bagnet/weights": shipped_table,
 }
 
