@@ -21,6 +21,7 @@ import torch
 
 import bagnet
 from bagnet.experiments import InteractionConfig, interactions
+from runinfo import run_info  # benchmarks/runinfo.py (this folder is on sys.path when the script runs)
 
 
 class RandomImages(torch.utils.data.Dataset):
@@ -65,7 +66,8 @@ def main() -> None:
               f"{slow / fast:4.2f}×   max rel. diff of mean |effect| {diff:.1e}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"torch": torch.__version__, "size": args.size, "images": args.images,
+        args.json.write_text(json.dumps({"run": run_info(), "torch": torch.__version__, "size": args.size,
+                                         "images": args.images,
                                          "rows": rows}, indent=2))
 
 
