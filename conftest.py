@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+# The repository's tests find the project's shared data by saying where it is (bagnet itself never derives a data
+# path from where it is installed): ../shared/data beside the checkout, unless BAGNET_DATA says otherwise.
+if "BAGNET_DATA" not in os.environ and (ROOT.parent / "shared" / "data").is_dir():
+    os.environ["BAGNET_DATA"] = str(ROOT.parent / "shared" / "data")
 
 try:
     from sybil import Sybil

@@ -13,6 +13,10 @@ if [ ! -x "$PY" ] || [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" 
     touch "$STAMP"
 fi
 
+# The project's shared data (../shared/data beside the checkout), said explicitly: bagnet itself only reads
+# $BAGNET_DATA or the user's cache.
+if [ -z "${BAGNET_DATA:-}" ] && [ -d "$ROOT/../shared/data" ]; then export BAGNET_DATA="$(cd "$ROOT/../shared/data" && pwd)"; fi
+
 # run STEP FILE COMMAND...: run COMMAND when STEP is among "$steps" and FILE (its result) does not exist yet.
 run() { local step=$1 file=$2; shift 2
     if [[ " $steps " != *" $step "* ]]; then return; fi

@@ -281,19 +281,10 @@ def user_data_dir() -> Path:
 
 
 def default_data_root() -> Path:
-    """Where datasets are looked for (and :func:`fetch_imagenette` puts Imagenette): ``$BAGNET_DATA`` if set; in a
-    source checkout that has a ``shared/data`` folder beside it (the project's development machines and CI), that
-    folder; else :func:`user_data_dir`. Nothing depends on where the installed package lies."""
+    """Where datasets are looked for (and :func:`fetch_imagenette` puts Imagenette): ``$BAGNET_DATA`` if set, else
+    :func:`user_data_dir`. Nothing depends on where the package is installed."""
     env = os.environ.get("BAGNET_DATA")
-    if env:
-        return Path(env)
-    package = Path(__file__).resolve().parent
-    checkout = package.parents[1]  # src/bagnet → the repository root, when this is a source checkout
-    if (checkout / "pyproject.toml").is_file() and package.parent.name == "src":
-        shared = checkout.parent / "shared" / "data"
-        if shared.is_dir():
-            return shared
-    return user_data_dir()
+    return Path(env) if env else user_data_dir()
 
 
 def fetch_imagenette(root: Optional[PathLike] = None, url: str = IMAGENETTE_URL, md5: Optional[str] = IMAGENETTE_MD5,
