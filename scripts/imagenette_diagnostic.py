@@ -1,7 +1,7 @@
 """The dataset diagnostic on Imagenette, from the shipped models (trained with one recipe, see configs/imagenette/)
 and a scrambling run over them (a seeded sample of the validation split): writes docs/results/experiments/diagnostic-imagenette/.
 
-Usage: python scripts/imagenette_diagnostic.py [SCRAMBLING_DIR] [OUT_DIR] [CNN]   (CNN default resnet18:imagenette;
+Usage: python scripts/imagenette_diagnostic.py [SCRAMBLING_DIR[,DIR...]] [OUT_DIR] [CNN]   (CNN default resnet18:imagenette;
 the scrambling run must hold the BagNets it finds and CNN)
 """
 
@@ -10,11 +10,13 @@ from pathlib import Path
 
 from bagnet.experiments import DiagnosticResult, ScramblingResult, read_result
 
-scrambling_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results/experiments/scrambling")
+scrambling_dirs = [Path(d) for d in (sys.argv[1] if len(sys.argv) > 1 else "docs/results/experiments/scrambling").split(",")]
 out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/results/experiments/diagnostic-imagenette")
 cnn = sys.argv[3] if len(sys.argv) > 3 else "resnet18:imagenette"
-run = read_result(ScramblingResult, scrambling_dir / "scrambling.json")
-print(f"from {scrambling_dir}: {run.images} validation images (accuracies on this sample, not the full split)")
+run = read_result(ScramblingResult, scrambling_dirs[0] / "scrambling.json")
+for more in scrambling_dirs[1:]:  # runs of other models on the same seeded images
+    run = run.merged(read_result(ScramblingResult, more / "scrambling.json"))
+print(f"from {', '.join(map(str, scrambling_dirs))}: {run.images} validation images (accuracies on this sample, not the full split)")
 bagnets = {q: f"bagnet{q}:imagenette" for q in (9, 17, 33) if f"bagnet{q}:imagenette" in run.models}
 result = DiagnosticResult.from_scrambling(run, bagnets, cnn=cnn, grid=4, dataset="imagenette")
 for name, model in result.runs.items():

@@ -53,14 +53,14 @@ run attack "$R/robust/attack/robustness.json" \
     --attack-stride 4 --attack-top 16 --out "$R/robust/attack"
 # --- the ViT beside the BagNets (16-px tokens: an 8×8 token grid at 128 px) ---
 run vit-scrambling "$V/scrambling/scrambling.json" \
-    "$B" experiment scrambling --models vit:imagenette $MODELS --data imagenette --limit 1000 --grids 1 2 4 8 16 \
-    --out "$V/scrambling"
+    "$B" experiment scrambling --models vit:imagenette --data imagenette --limit 1000 --grids 1 2 4 8 16 \
+    --out "$V/scrambling"     # the same seeded images as the shipped models' run above
 # the same tiles shifted by half a token (8 px): 16-px tiles (grid 8) now cut every token in four
 run vit-offset "$V/scrambling-offset8/scrambling.json" \
     "$B" experiment scrambling --models vit:imagenette resnet18:imagenette bagnet33:imagenette --data imagenette \
     --limit 1000 --grids 1 2 4 8 --offset 8 --out "$V/scrambling-offset8"
 run vit-interactions "$V/interactions/interactions.json" \
-    "$B" experiment interactions --models vit:imagenette resnet18:imagenette vgg11:imagenette bagnet33:imagenette \
+    "$B" experiment interactions --models vit:imagenette resnet18:imagenette bagnet33:imagenette \
     --data imagenette --limit 100 --region 16 --gaps 0 8 16 32 48 64 96 --fill mean --out "$V/interactions"
 run vit-similarity "$V/similarity/similarity.json" \
     "$B" experiment similarity --models $MODELS vit:imagenette --data imagenette --out "$V/similarity"
@@ -72,6 +72,6 @@ run vit-summary "$V/summary/summary.json" \
     "$B" experiment summary --results "$V/scrambling" "$V/interactions" "$V/similarity" \
     --reference bagnet33:imagenette --patch-size 33 --num-classes 10 --out "$V/summary"
 run vit-diagnostic "$V/diagnostic/diagnostic.json" \
-    "$PY" scripts/imagenette_diagnostic.py "$V/scrambling" "$V/diagnostic" vit:imagenette
+    "$PY" scripts/imagenette_diagnostic.py "$R/experiments/scrambling,$V/scrambling" "$V/diagnostic" vit:imagenette
 run vit-attribution "$V/attribution/comparison.csv" \
     "$B" attribution --models vit:imagenette --data imagenette --limit 12 --out "$V/attribution"

@@ -507,3 +507,15 @@ def test_summary_infers_the_reference_bagnet_from_registered_names_and_reads_the
     assert main(["experiment", "summary", "--results", "other", "--out", "s2"]) == 2
     assert "pass --reference NAME --patch-size Q --num-classes C" in capsys.readouterr().err
     assert main(["experiment", "summary", "--results", "nothing-here"]) == 2
+
+
+def test_scrambling_results_of_the_same_images_merge_and_others_do_not():
+    config = ScramblingConfig(grids=(1, 2, 4), batch_size=16)
+    a = scrambling({"local": colour_model()}, colour_data(), 2, config, progress=False)
+    b = scrambling({"spatial": TwoRegionModel()}, colour_data(), 2, config, progress=False)
+    both = scrambling({"local": colour_model(), "spatial": TwoRegionModel()}, colour_data(), 2, config, progress=False)
+    merged = a.merged(b)
+    assert merged.models == ["local", "spatial"] and merged.top1 == both.top1 and merged.top5 == both.top5
+    with pytest.raises(ValueError, match="different runs"):
+        a.merged(scrambling({"spatial": TwoRegionModel()}, colour_data(), 2, ScramblingConfig(grids=(1, 2)),
+                            progress=False))

@@ -6,6 +6,7 @@ arrangement of parts loses accuracy. Every model sees the same scrambled images.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
@@ -82,6 +83,20 @@ class ScramblingResult(Result):
         d = asdict(self)
         d.pop("examples")
         return d
+
+    def merged(self, other: "ScramblingResult") -> "ScramblingResult":
+        """One result with the models of both runs, which must have scrambled the same images the same way (same
+        image count, grids, tile sizes, --limit, --seed and --offset); a model in both keeps this run's figures."""
+        keys = ("limit", "seed", "offset")
+        if (self.grids != other.grids or self.tile_sizes != other.tile_sizes or self.images != other.images
+                or any(self.config.get(k) != other.config.get(k) for k in keys)):
+            raise ValueError(f"cannot merge scrambling results of different runs: grids {self.grids} vs {other.grids}, "
+                             f"{self.images} vs {other.images} images, "
+                             f"{ {k: self.config.get(k) for k in keys} } vs { {k: other.config.get(k) for k in keys} }")
+        extra = [m for m in other.models if m not in self.models]
+        return dataclasses.replace(
+            self, models=self.models + extra, top1={**self.top1, **{m: other.top1[m] for m in extra}},
+            top5={**self.top5, **{m: other.top5[m] for m in extra}}, skipped={**other.skipped, **self.skipped})
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"model": m, "grid": g, "tile_px": t, "top1": self.top1[m][i], "top5": self.top5[m][i]}
