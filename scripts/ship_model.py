@@ -43,7 +43,10 @@ def card(name: str, run: Path, evaluation: dict, why: str, command: str = "") ->
         "",
         f"- Architecture: `{config['arch']}`"
         + (f", patch size {model.patch_size}, stride {model.stride}, width {config['width']}, blocks per stage "
-           f"{config['layers']}" if isinstance(model, bagnet.BagNet) else f", base width {config['width']}")
+           f"{config['layers']}" if isinstance(model, bagnet.BagNet)
+           else f", {config['patch_size']}-px tokens, width {config['width']}, depth {config['layers'][0]}, "
+                f"{model.blocks[0].attn.num_heads} heads, global attention in every layer, class-token head"
+           if config["arch"] == "vit" else f", base width {config['width']}")
         + f"; {params / 1e6:.2f} M parameters; {meta.num_classes} classes: {', '.join(meta.categories or [])}.",
         f"- Input: RGB, {meta.resolution}×{meta.resolution} px (evaluation: resize the short side to "
         f"{prep.resize}, centre crop {prep.crop}), normalised with mean {list(prep.mean)}, std {list(prep.std)}; "
@@ -52,7 +55,12 @@ def card(name: str, run: Path, evaluation: dict, why: str, command: str = "") ->
         f"- Recipe: {config['epochs']} epochs, batch {config['batch_size']}, {config['optimizer']} lr {config['lr']} "
         f"(warm-up {config['warmup_epochs']} epochs, cosine), weight decay {config['weight_decay']}, label smoothing "
         f"{config['label_smoothing']}, random resized crops (scale ≥ {config['min_scale']}) and flips, "
-        f"{'bf16 mixed precision, ' if config.get('amp') else ''}seed {config['seed']}; "
+        + "".join(f"{text}, " for key, text in (
+            ("augment", f"{config.get('augment')} augmentation"), ("random_erasing",
+            f"random erasing p={config.get('random_erasing')}"), ("mixup", f"MixUp α={config.get('mixup')}"),
+            ("cutmix", f"CutMix α={config.get('cutmix')}"), ("drop_path", f"stochastic depth {config.get('drop_path')}"))
+            if config.get(key) not in (None, 0, 0.0, "none"))
+        + f"{'bf16 mixed precision, ' if config.get('amp') else ''}seed {config['seed']}; "
         f"{config.get('holdout_per_class', 0)} training images per class held out for choices.",
         "- Commands: " + "; ".join(f"`{c}`" for c in summary.get("commands") or ["(not recorded)"]),
         f"- Wall time: {summary['wall_seconds'] / 3600:.2f} h on {platform.machine()} "
@@ -73,12 +81,39 @@ def card(name: str, run: Path, evaluation: dict, why: str, command: str = "") ->
     return "\n".join(lines) + "\n"
 
 
-def sidecar(evaluation: dict) -> dict:
+SAMPLE_PER_CLASS = 20
+SAMPLE_KEY = f"imagenette/val first {SAMPLE_PER_CLASS} per class"
+
+
+def sample_accuracy(model: torch.nn.Module, per_class: int = SAMPLE_PER_CLASS) -> dict:
+    """Top-1 on a fixed sample of the validation split: the first ``per_class`` images of each class folder (sorted
+    file names); tests/test_vit.py recomputes it from the shipped weights."""
+    from bagnet.data import imagenette
+
+    val = imagenette("val", bagnet.model_meta(model).preprocess)
+    firsts: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(val.samples):
+        firsts.setdefault(label, []).append(i)
+    chosen = [i for label in sorted(firsts) for i in firsts[label][:per_class]]
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(chosen), 50):
+            idx = chosen[start:start + 50]
+            images = torch.stack([val[i][0] for i in idx])
+            labels = torch.tensor([val[i][1] for i in idx])
+            correct += int((model.eval()(images).argmax(1) == labels).sum())
+    return {"top1": round(correct / len(chosen), 4), "correct": correct, "images": len(chosen)}
+
+
+def sidecar(evaluation: dict, sample: dict | None = None) -> dict:
     """The metrics shipped beside the weights (read into ``ModelMeta.metrics``)."""
-    return {"metrics": {evaluation.get("dataset", "imagenette/val"): {
-                "top1": round(evaluation["top1"], 4), "top5": round(evaluation["top5"], 4),
-                "images": evaluation["images"]}},
-            "measured_by": "bagnet evaluate --model NAME --data imagenette (full validation split)"}
+    metrics = {evaluation.get("dataset", "imagenette/val"): {
+        "top1": round(evaluation["top1"], 4), "top5": round(evaluation["top5"], 4), "images": evaluation["images"]}}
+    if sample is not None:
+        metrics[SAMPLE_KEY] = sample
+    return {"metrics": metrics,
+            "measured_by": "bagnet evaluate --model NAME --data imagenette (full validation split)"
+                           + ("; the fixed sample by scripts/ship_model.py --sample" if sample else "")}
 
 
 def main() -> None:
@@ -89,6 +124,8 @@ def main() -> None:
     parser.add_argument("--default", action="store_true", help="make it the model load('default') gives")
     parser.add_argument("--why", default="", help="why this architecture and input size")
     parser.add_argument("--command", default="", help="the training command, where the run did not record it")
+    parser.add_argument("--sample", action="store_true",
+                        help=f"also record top-1 on the first {SAMPLE_PER_CLASS} validation images of each class")
     args = parser.parse_args()
     weights = args.run / "model.safetensors"
     if not weights.is_file():
@@ -100,7 +137,8 @@ def main() -> None:
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, WEIGHTS / f"{stem}.safetensors")
     (WEIGHTS / f"{stem}.md").write_text(card(args.name, args.run, evaluation, args.why, args.command))
-    (WEIGHTS / f"{stem}.json").write_text(json.dumps(sidecar(evaluation), indent=2) + "\n")
+    sample = sample_accuracy(bagnet.load(args.run)) if args.sample else None
+    (WEIGHTS / f"{stem}.json").write_text(json.dumps(sidecar(evaluation, sample), indent=2) + "\n")
     if args.default:
         (WEIGHTS / "DEFAULT").write_text(args.name + "\n")
     print(f"shipped {WEIGHTS / (stem + '.safetensors')} and its model card")

@@ -109,3 +109,29 @@ def test_a_vit_without_position_embeddings_cannot_see_a_token_aligned_shuffle():
         model.pos_embed.normal_(std=0.5)
         change = (model(scramble(images, 4, torch.Generator().manual_seed(0))) - model(images)).abs().max()
     assert change > 100 * max(float((aligned - plain).abs().max()), 1e-7)  # far beyond the invariance's rounding
+
+
+@pytest.mark.data
+def test_the_shipped_vit_gives_its_documented_accuracy_on_a_fixed_validation_sample():
+    """vit:imagenette loads offline and classifies the first 20 validation images of each class as its metadata
+    says (recorded when it was shipped; one image of slack for other CPUs' float rounding)."""
+    import bagnet
+    from bagnet.data import imagenette
+
+    if "vit:imagenette" not in bagnet.list_models():
+        pytest.skip("vit:imagenette is not shipped in this checkout")
+    model = bagnet.load("vit:imagenette")
+    documented = model.meta.metrics["imagenette/val first 20 per class"]
+    assert documented["images"] == 200
+    val = imagenette("val", model.meta.preprocess)
+    firsts = {}
+    for i, (_, label) in enumerate(val.samples):
+        firsts.setdefault(label, []).append(i)
+    chosen = [i for label in sorted(firsts) for i in firsts[label][:20]]
+    images = torch.stack([val[i][0] for i in chosen])
+    labels = torch.tensor([val[i][1] for i in chosen])
+    with torch.no_grad():
+        correct = int((model(images).argmax(1) == labels).sum())
+    assert abs(correct - documented["correct"]) <= 1, (correct, documented)
+    full = model.meta.metrics["imagenette/val"]
+    assert full["images"] == 3925 and abs(full["top1"] - correct / 200) < 0.1  # the sample is not an outlier
