@@ -88,13 +88,10 @@ SAMPLE_KEY = f"imagenette/val first {SAMPLE_PER_CLASS} per class"
 def sample_accuracy(model: torch.nn.Module, per_class: int = SAMPLE_PER_CLASS) -> dict:
     """Top-1 on a fixed sample of the validation split: the first ``per_class`` images of each class folder (sorted
     file names); tests/test_vit.py recomputes it from the shipped weights."""
-    from bagnet.data import imagenette
+    from bagnet.data import first_per_class, imagenette
 
     val = imagenette("val", bagnet.model_meta(model).preprocess)
-    firsts: dict[int, list[int]] = {}
-    for i, (_, label) in enumerate(val.samples):
-        firsts.setdefault(label, []).append(i)
-    chosen = [i for label in sorted(firsts) for i in firsts[label][:per_class]]
+    chosen = first_per_class(val, per_class)
     correct = 0
     with torch.no_grad():
         for start in range(0, len(chosen), 50):

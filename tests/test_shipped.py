@@ -38,14 +38,11 @@ def test_shipped_model_loads_offline_with_preprocess_and_names(name, monkeypatch
 def test_shipped_model_classifies_imagenette_validation_images(name):
     """Two validation images per class (the first two of each class folder): at least 14 of 20 right (for a model
     documented below 75 % top-1, four fewer than its documented rate predicts)."""
-    from bagnet.data import imagenette
+    from bagnet.data import first_per_class, imagenette
 
     model = bagnet.load(name)
     val = imagenette("val", model.preprocess)
-    firsts = {}
-    for i, (_, label) in enumerate(val.samples):
-        firsts.setdefault(label, []).append(i)
-    chosen = [i for label in sorted(firsts) for i in firsts[label][:2]]
+    chosen = first_per_class(val, 2)
     images = torch.stack([val[i][0] for i in chosen])
     labels = torch.tensor([val[i][1] for i in chosen])
     with torch.no_grad():

@@ -116,7 +116,7 @@ def test_the_shipped_vit_gives_its_documented_accuracy_on_a_fixed_validation_sam
     """vit:imagenette loads offline and classifies the first 20 validation images of each class as its metadata
     says (recorded when it was shipped; one image of slack for other CPUs' float rounding)."""
     import bagnet
-    from bagnet.data import imagenette
+    from bagnet.data import first_per_class, imagenette
 
     if "vit:imagenette" not in bagnet.list_models():
         pytest.skip("vit:imagenette is not shipped in this checkout")
@@ -124,10 +124,7 @@ def test_the_shipped_vit_gives_its_documented_accuracy_on_a_fixed_validation_sam
     documented = model.meta.metrics["imagenette/val first 20 per class"]
     assert documented["images"] == 200
     val = imagenette("val", model.meta.preprocess)
-    firsts = {}
-    for i, (_, label) in enumerate(val.samples):
-        firsts.setdefault(label, []).append(i)
-    chosen = [i for label in sorted(firsts) for i in firsts[label][:20]]
+    chosen = first_per_class(val, 20)
     images = torch.stack([val[i][0] for i in chosen])
     labels = torch.tensor([val[i][1] for i in chosen])
     with torch.no_grad():

@@ -484,6 +484,15 @@ def subset_indices(n: int, limit: Optional[int], seed: int) -> list[int]:
     return sorted(order[:limit]) if limit is not None else order
 
 
+def first_per_class(dataset: Any, per_class: int) -> list[int]:
+    """Indices of the first ``per_class`` samples of each class, in class order (an ImageFolder's ``samples`` order:
+    sorted file names), a fixed sample that does not depend on any seed."""
+    firsts: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(dataset.samples):
+        firsts.setdefault(label, []).append(i)
+    return [i for label in sorted(firsts) for i in firsts[label][:per_class]]
+
+
 def seeded_subset(dataset: torch.utils.data.Dataset, limit: Optional[int], seed: int = 0) -> torch.utils.data.Dataset:
     """``dataset`` restricted to the items :func:`subset_indices` picks (the dataset itself when ``limit`` is None)."""
     if limit is None:
