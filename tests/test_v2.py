@@ -1,7 +1,7 @@
 """BagNets v2 (berenslab/bagnetsv2) as a configuration of bagnet's BagNet: same-padded 3×3 convolutions and one 3×3
 stem. Checked against an independent functional forward written here from the v2 architecture's description."""
 
-import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,26 +120,37 @@ def test_v2_heatmap_is_the_patch_by_patch_definition_and_matches_the_evidence_aw
     assert border and max(border) > 1e-3  # border cells see the layers' padding, not the image's zeros
 
 
-def test_imagenet_v2_by_name_offline_names_the_file_and_pins_the_first_download(tmp_path, offline_hub, monkeypatch):
+def test_imagenet_v2_by_name_is_fetched_from_the_pinned_commit_and_checked_by_its_git_blob_id(tmp_path, offline_hub,
+                                                                                            monkeypatch):
+    from bagnet.models import weights as weights_mod
+
     assert "bagnet33:imagenet-v2" in bagnet.list_models()
     meta = bagnet.models.model_entry("bagnet33:imagenet-v2").meta
-    assert meta.metrics and "berenslab/bagnetsv2" in meta.source
+    assert meta.metrics and "berenslab/bagnetsv2" in meta.source and weights_mod.V2_COMMIT in meta.source
     with pytest.raises(bagnet.WeightsError, match="bagnetsv2-bagnet33_imagenet_pretrained.pt") as err:
         bagnet.load("bagnet33:imagenet-v2")
     assert str(offline_hub / "checkpoints") in str(err.value)
-    # a download (simulated) is pinned by its digest; a changed file is refused afterwards
+    # a download (simulated) is accepted only when its git blob id is the published one
     sd = bagnet.bagnet9(variant="v2").state_dict()
+    torch.save(sd, tmp_path / "published.pt")
+    published = weights_mod.git_blob_sha1(tmp_path / "published.pt")
+    import subprocess
+
+    git = subprocess.run(["git", "hash-object", str(tmp_path / "published.pt")], capture_output=True, text=True)
+    if git.returncode == 0:  # the same id git itself computes
+        assert git.stdout.strip() == published
 
     def download(url, dst, hash_prefix=None, progress=True):
-        assert url.endswith("/bagnet9_imagenet_pretrained.pt") and hash_prefix is None
-        torch.save(sd, dst)
+        assert url == f"https://github.com/berenslab/bagnetsv2/raw/{weights_mod.V2_COMMIT}/models/bagnet9_imagenet_pretrained.pt"
+        Path(dst).write_bytes((tmp_path / "published.pt").read_bytes())
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    with pytest.raises(bagnet.WeightsError, match="git blob id"):  # not the file the repository publishes
+        bagnet.load("bagnet9:imagenet-v2")
+    assert not (offline_hub / "checkpoints" / "bagnetsv2-bagnet9_imagenet_pretrained.pt").exists()  # not kept
+    monkeypatch.setitem(weights_mod.V2_WEIGHTS, 9, weights_mod.V2Weights(9, published))
     model = bagnet.load("bagnet9:imagenet-v2")
     assert model.config.padding and model.categories is not None and len(model.categories) == 1000
-    pin = offline_hub / "checkpoints" / "bagnetsv2-bagnet9_imagenet_pretrained.pt.sha256"
-    assert len(pin.read_text().strip()) == 64
     (offline_hub / "checkpoints" / "bagnetsv2-bagnet9_imagenet_pretrained.pt").write_bytes(b"not the file")
-    with pytest.raises(bagnet.WeightsError, match="recorded in"):
+    with pytest.raises(bagnet.WeightsError, match=published):
         bagnet.load("bagnet9:imagenet-v2")
-    assert urllib.error  # (the offline fixture raises URLError for any other download)

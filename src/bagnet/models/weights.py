@@ -48,18 +48,20 @@ OFFICIAL_WEIGHTS: dict[int, OfficialWeights] = {
 }
 
 
-#: berenslab/bagnetsv2: the BagNets retrained with same padding and one 3×3 stem (robust to TF32 and fp16).
-V2_BASE_URL = "https://github.com/berenslab/bagnetsv2/raw/main/models/"
+#: berenslab/bagnetsv2: the BagNets retrained with same padding and one 3×3 stem (robust to TF32 and fp16), at the
+#: commit that holds their ImageNet weights (GitHub serves them under /raw/<commit>/<path>).
+V2_COMMIT = "faa5f41f35c591e687d62511d434d14870e1b594"
+V2_BASE_URL = f"https://github.com/berenslab/bagnetsv2/raw/{V2_COMMIT}/models/"
 
 
 @dataclass(frozen=True)
 class V2Weights:
-    """One BagNets-v2 ImageNet state dict (``bagnet{q}_imagenet_pretrained.pt``); its reported accuracy (fp32,
-    224 px, the authors' README) where they give one. bagnet holds no pinned SHA-256 for these files (they are not
-    named by hash): the first download records its digest beside the file and every later load is checked
-    against it."""
+    """One BagNets-v2 ImageNet state dict (``bagnet{q}_imagenet_pretrained.pt``), checked by its git blob id (the
+    SHA-1 git gives the file: ``sha1(b"blob <size>\\0" + content)``, the only hash the repository publishes), with
+    its reported accuracy (fp32, 224 px, the authors' README) where they give one."""
 
     patch_size: int
+    blob_sha1: str
     top1: Optional[float] = None
     top5: Optional[float] = None
 
@@ -76,7 +78,20 @@ class V2Weights:
         return f"bagnetsv2-{self.filename}"
 
 
-V2_WEIGHTS: dict[int, V2Weights] = {9: V2Weights(9), 17: V2Weights(17), 33: V2Weights(33, 65.51, 86.35)}
+V2_WEIGHTS: dict[int, V2Weights] = {
+    9: V2Weights(9, "627294f0b710355de8cfee3c1c2db35910b95396"),
+    17: V2Weights(17, "950c52980e13d2649cfcf81bd2dbd9688a124f8a"),
+    33: V2Weights(33, "c4ee0350036feca9035e14d3a0a7c657d4c57437", 65.51, 86.35),
+}
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The id git gives a file's content: SHA-1 of ``b"blob <size>\\0"`` followed by the bytes."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class WeightsError(ValueError):
@@ -102,7 +117,7 @@ def load_v2_state_dict(patch_size: int, progress: bool = True) -> dict[str, Tens
         raise WeightsError(f"there are BagNets-v2 weights only for patch sizes {sorted(V2_WEIGHTS)}, "
                            f"not {patch_size}") from None
     return read_state_dict(fetch_verified(info.url, progress, f"the BagNet-{patch_size} v2 ImageNet weights",
-                                          cache_name=info.cache_name))
+                                          cache_name=info.cache_name, blob_sha1=info.blob_sha1))
 
 
 def load_official_state_dict(patch_size: int, progress: bool = True) -> dict[str, Tensor]:
@@ -117,17 +132,17 @@ def load_official_state_dict(patch_size: int, progress: bool = True) -> dict[str
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
-def fetch_verified(url: str, progress: bool = True, what: str = "weights", cache_name: Optional[str] = None) -> Path:
-    """The file at ``url`` in torch.hub's cache (downloaded there once, as ``cache_name`` if given), its SHA-256
-    checked every time: against the hash prefix in its file name (``name-<hex>.pth``, the torchvision and torch.hub
-    convention) or, for a file not named by its hash, against the digest recorded beside it (``FILE.sha256``) when
-    it was first downloaded (trust on first use: say so, and compare with the publisher's hash if there is one)."""
+def fetch_verified(url: str, progress: bool = True, what: str = "weights", cache_name: Optional[str] = None,
+                   blob_sha1: Optional[str] = None) -> Path:
+    """The file at ``url`` in torch.hub's cache (downloaded there once, as ``cache_name`` if given), checked every
+    time it is used: its SHA-256 against the hash prefix in its file name (``name-<hex>.pth``, the torchvision and
+    torch.hub convention), or its git blob id against ``blob_sha1`` (files published in a git repository)."""
     filename = url.rsplit("/", 1)[-1]
     path = Path(torch.hub.get_dir()) / "checkpoints" / (cache_name or filename)
     match = _HASH_IN_NAME.search(filename)
     prefix = match.group(1) if match else None
-    pin = path.with_name(path.name + ".sha256")
-    if not path.exists():
+    fresh = not path.exists()
+    if fresh:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=progress)
@@ -138,17 +153,15 @@ def fetch_verified(url: str, progress: bool = True, what: str = "weights", cache
             ) from err
         except RuntimeError as err:  # torch.hub reports a hash mismatch as RuntimeError
             raise WeightsError(f"download of {url} failed its hash check: {err}") from err
-        if not prefix:
-            digest = _sha256(path)
-            pin.write_text(digest + "\n")
-            import sys
-
-            print(f"bagnet: {path.name} has no published SHA-256; recorded {digest} in {pin}, and every later load "
-                  f"is checked against it", file=sys.stderr)
     if prefix:
         _check_hash(path, prefix)
-    elif pin.is_file():
-        _check_hash(path, pin.read_text().strip(), pin)
+    if blob_sha1:
+        found = git_blob_sha1(path)
+        if found != blob_sha1:
+            if fresh:  # never keep a download that is not the published file
+                path.unlink()
+            raise WeightsError(f"{path} has git blob id {found[:16]}…, expected {blob_sha1} (the file at {url}); the "
+                               f"file is corrupt or not the published one. Delete it and try again")
     return path
 
 
@@ -157,12 +170,11 @@ def _load_verified(path: Path, sha256_prefix: str) -> dict[str, Tensor]:
     return read_state_dict(path)
 
 
-def _check_hash(path: Path, sha256_prefix: str, recorded: Optional[Path] = None) -> None:
+def _check_hash(path: Path, sha256_prefix: str) -> None:
     digest = _sha256(path)
     if not digest.startswith(sha256_prefix):
-        where = f" (recorded in {recorded} at its first download)" if recorded else ""
         raise WeightsError(
-            f"{path} has SHA-256 {digest[:16]}…, expected a hash starting with {sha256_prefix[:16]}{where}; "
+            f"{path} has SHA-256 {digest[:16]}…, expected a hash starting with {sha256_prefix}; "
             f"the file is corrupt or not the released checkpoint. Delete it and try again"
         )
 
