@@ -150,3 +150,21 @@ def test_default_data_root_does_not_depend_on_the_installed_package(tmp_path, mo
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert user_data_dir() == tmp_path / "cache" / "bagnet" / "data"
     assert default_data_root() == user_data_dir()  # never derived from where the package lies
+
+
+def test_download_flag_fetches_imagenette_before_the_command_runs(tmp_path, monkeypatch, capsys):
+    """--download on a data-taking command calls the fetch (here refused offline: one error line, exit 1)."""
+    import bagnet.data
+    from bagnet.cli import main
+
+    calls = []
+
+    def fake_fetch(root=None, **kwargs):
+        calls.append(root)
+        raise OSError("could not fetch Imagenette (no network)")
+
+    monkeypatch.setattr(bagnet.data, "fetch_imagenette", fake_fetch)
+    monkeypatch.setenv("BAGNET_DATA", str(tmp_path))
+    assert main(["evaluate", "--model", "default", "--data", "imagenette", "--download", "--out",
+                 str(tmp_path / "e")]) == 1
+    assert calls == [None] and "could not fetch Imagenette" in capsys.readouterr().err

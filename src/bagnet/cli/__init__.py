@@ -35,6 +35,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse's own usage errors exit 2
     _cap_images(args)
+    if getattr(args, "download", False) and getattr(args, "data", None) == "imagenette":
+        from ..data import fetch_imagenette
+
+        try:
+            fetch_imagenette()
+        except OSError as err:
+            print(f"bagnet {args.command}: error: {err}", file=sys.stderr)
+            return EXIT_FAILED
     if getattr(args, "device", None) == "auto":  # every command that computes: --device auto unless told
         from ..plumbing import resolve_device
 

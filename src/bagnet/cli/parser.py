@@ -103,6 +103,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------------- experiments
 def add_data_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="imagenette", help=f"{DATA_HELP} (default: imagenette)")
+    p.add_argument("--download", action="store_true",
+                   help="with --data imagenette: fetch it first into $BAGNET_DATA or ~/.cache/bagnet/data when it is "
+                        "not there (94 MB, MD5-checked; the same as `bagnet fetch imagenette`)")
 
 
 def add_model_flag(p: argparse.ArgumentParser, help: str = BAGNET_HELP, **kwargs) -> None:
