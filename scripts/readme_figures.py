@@ -169,7 +169,87 @@ def shipped_table(folder: Path) -> str:
                               "`bagnet evaluate --model NAME --data imagenette` (the full validation split).*\n"
 
 
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def _label(name: str) -> str:
+    base = name.split(":")[0]
+    return {"bagnet9": "BagNet-9", "bagnet17": "BagNet-17", "bagnet33": "BagNet-33", "resnet18": "ResNet-18",
+            "vgg11": "VGG-11", "vit": "the ViT"}.get(base, name)
+
+
+def results_brief(folder: Path) -> str:
+    """The README's paragraph of Imagenette results, written from docs/results/experiments (and docs/results/vit
+    when the ViT's runs are there)."""
+    ex = folder / "experiments"
+    load = lambda rel: json.loads((folder / rel).read_text())  # noqa: E731
+    sc, it, sim = load("experiments/scrambling/scrambling.json"), load("experiments/interactions/interactions.json"), \
+        load("experiments/similarity/similarity.json")
+    mk, sm = load("experiments/masking/masking.json"), load("experiments/summary/summary.json")
+    dg, df = load("experiments/diagnostic-imagenette/diagnostic.json"), \
+        load("experiments/diagnostic-fashion-mnist/diagnostic.json")
+    g4 = sc["grids"].index(4)
+    r18, vgg, b33 = "resnet18:imagenette", "vgg11:imagenette", "bagnet33:imagenette"
+    cnns = [m for m in it["models"] if not m.startswith("bagnet")]
+    far = [v for m in cnns for g, v in zip(it["gaps"], it["normalised_interaction"][m]) if g >= 32]
+    kappa = {m: sim["error_consistency"][sim["models"].index(m)][sim["models"].index(b33)] for m in (r18, vgg)}
+    last = -1
+    cost = {m: mk["accuracy"][m]["random"][last] - mk["accuracy"][m][b33][last] for m in (r18, vgg)}
+    order = sorted(sm["score"], key=lambda m: -sm["score"][m])
+    scores = ", ".join(f"{_label(m)} {sm['score'][m]:.2f}" for m in order if m != sm["reference"])
+    text = (
+        f"On Imagenette with the five shipped models ([docs/experiments.md](docs/experiments.md), next to the "
+        f"paper's findings; scrambling and the diagnostic's accuracies are on a seeded sample of {sc['images']} "
+        f"validation images, so they differ from the full-split accuracies in the model table): under 4×4 scrambling "
+        f"({sc['tile_sizes'][g4]}-px tiles) ResNet-18 falls from {_pct(sc['top1'][r18][0])} to "
+        f"{_pct(sc['top1'][r18][g4])} % and VGG-11 from {_pct(sc['top1'][vgg][0])} to {_pct(sc['top1'][vgg][g4])} %; "
+        f"every BagNet's interaction is exactly zero beyond its patch size, the CNNs' is "
+        f"{100 * min(far):.0f}–{100 * max(far):.0f} % of the single effects beyond 32 px; error consistency with "
+        f"BagNet-33: VGG-11 κ {kappa[vgg]:.2f}, ResNet-18 {kappa[r18]:.2f}; BagNet-33's {mk['ks'][last]} most "
+        f"informative {mk['block']}-px blocks, masked, cost VGG-11 {_pct(cost[vgg])} and ResNet-18 {_pct(cost[r18])} "
+        f"points more than random masking. Likeness score (reference {_label(sm['reference'])}): {scores}. "
+        f"Dataset diagnostic: BagNets of q = {', '.join(map(str, dg['patch_sizes']))} reach "
+        f"{', '.join(_pct(v) for v in dg['bagnet_top1'])} % on Imagenette against ResNet-18's {_pct(dg['cnn_top1'])} "
+        f"%, and {', '.join(_pct(v) for v in df['bagnet_top1'])} % on Fashion-MNIST against {_pct(df['cnn_top1'])} % "
+        f"(short runs), where 4×4 scrambling sends every model to "
+        f"{100 * min(df['scrambled_top1'].values()):.0f}–{100 * max(df['scrambled_top1'].values()):.0f} %.")
+    vit = folder / "vit"
+    if (vit / "scrambling" / "scrambling.json").is_file():
+        text += "\n\n" + vit_brief(folder)
+    return _wrap(text) + "\n"
+
+
+def vit_brief(folder: Path) -> str:
+    """The ViT's results, from docs/results/vit."""
+    load = lambda rel: json.loads((folder / rel).read_text())  # noqa: E731
+    weights = json.loads((ROOT / "src" / "bagnet" / "weights" / "vit.imagenette.json").read_text())["metrics"]
+    sc, off = load("vit/scrambling/scrambling.json"), load("vit/scrambling-offset8/scrambling.json")
+    it, sm = load("vit/interactions/interactions.json"), load("vit/summary/summary.json")
+    v = "vit:imagenette"
+    tiles = {t: a for t, a in zip(sc["tile_sizes"], sc["top1"][v])}
+    otiles = {t: a for t, a in zip(off["tile_sizes"], off["top1"][v])}
+    gaps = dict(zip(it["gaps"], it["normalised_interaction"][v]))
+    r18 = dict(zip(it["gaps"], it["normalised_interaction"]["resnet18:imagenette"]))
+    far = max(it["gaps"])
+    return (
+        f"A ViT beside them (`vit:imagenette`: 16-px tokens, global attention in every layer, "
+        f"{_pct(weights['imagenette/val']['top1'])} % on the full validation split): with whole 16-px tokens shuffled "
+        f"it keeps {_pct(tiles[16])} % (from {_pct(tiles[max(tiles)])} %), with the same tiles shifted by half a token "
+        f"{_pct(otiles[16])} %, with 32-px tiles {_pct(tiles[32])} % (shifted {_pct(otiles[32])} %); its normalised "
+        f"interaction at a {far}-px gap is {100 * gaps[far]:.1f} % of the single effects (ResNet-18 "
+        f"{100 * r18[far]:.1f} %); likeness score {sm['score'][v]:.2f}.")
+
+
+def _wrap(text: str, width: int = 118) -> str:
+    import textwrap
+
+    return "\n\n".join(textwrap.fill(par, width=width, break_long_words=False, break_on_hyphens=False)
+                         for par in text.split("\n\n"))
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
+    "docs/results": results_brief,
     "benchmarks/results/train.json": train_table,
     "benchmarks/results/memory.json": memory_table,
     "benchmarks/results/heatmap.json": heatmap_table,
