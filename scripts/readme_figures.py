@@ -234,7 +234,7 @@ def vit_brief(folder: Path) -> str:
     far = max(it["gaps"])
     return (
         f"A ViT beside them (`vit:imagenette`: 16-px tokens, global attention in every layer, "
-        f"{_pct(weights['imagenette/val']['top1'])} % on the full validation split): with whole 16-px tokens shuffled "
+        f"{100 * weights['imagenette/val']['top1']:.2f} % on the full validation split): with whole 16-px tokens shuffled "
         f"it keeps {_pct(tiles[16])} % (from {_pct(tiles[max(tiles)])} %), with the same tiles shifted by half a token "
         f"{_pct(otiles[16])} %, with 32-px tiles {_pct(tiles[32])} % (shifted {_pct(otiles[32])} %); its normalised "
         f"interaction at a {far}-px gap is {100 * gaps[far]:.1f} % of the single effects (ResNet-18 "

@@ -87,12 +87,14 @@ class ScramblingResult(Result):
     def merged(self, other: "ScramblingResult") -> "ScramblingResult":
         """One result with the models of both runs, which must have scrambled the same images the same way (same
         image count, grids, tile sizes, --limit, --seed and --offset); a model in both keeps this run's figures."""
-        keys = ("limit", "seed", "offset")
+        keys, defaults = ("limit", "seed", "offset"), {"offset": 0}  # results saved before --offset existed: 0
+        mine = {k: self.config.get(k, defaults.get(k)) for k in keys}
+        theirs = {k: other.config.get(k, defaults.get(k)) for k in keys}
         if (self.grids != other.grids or self.tile_sizes != other.tile_sizes or self.images != other.images
-                or any(self.config.get(k) != other.config.get(k) for k in keys)):
+                or mine != theirs):
             raise ValueError(f"cannot merge scrambling results of different runs: grids {self.grids} vs {other.grids}, "
                              f"{self.images} vs {other.images} images, "
-                             f"{ {k: self.config.get(k) for k in keys} } vs { {k: other.config.get(k) for k in keys} }")
+                             f"{mine} vs {theirs}")
         extra = [m for m in other.models if m not in self.models]
         return dataclasses.replace(
             self, models=self.models + extra, top1={**self.top1, **{m: other.top1[m] for m in extra}},
