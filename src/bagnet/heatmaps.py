@@ -12,19 +12,18 @@ Large images are split into overlapping tiles so that peak memory stays under a 
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .plumbing import check_image_batch, eval_mode
-from .models.bagnet import BagNet, Bottleneck, require_bagnet
+from .models.bagnet import BagNet, Bottleneck, require_bagnet, tf32_allowed
 
 Target = Union[int, Sequence[int], Tensor, None]
 DEFAULT_MAX_MEMORY = 3 * 2**30
@@ -233,7 +232,7 @@ def heatmap(
         raise ValueError(f"images_per_pass must be >= 1, got {images_per_pass}")
     result = torch.empty(n, classes.shape[1], out_h, out_w, dtype=folded.dtype, device=folded.device)
     bar = _progress(len(tiles) * n, progress)
-    context = _tf32() if precision == "tf32" and folded.device.type == "cuda" else model.precision_context(
+    context = tf32_allowed(True) if precision == "tf32" and folded.device.type == "cuda" else model.precision_context(
         folded.device)
     with torch.inference_mode(), context:
         for b0 in range(0, n, images_per_pass):
@@ -256,17 +255,6 @@ def heatmap(
 
 
 PRECISIONS = ("strict", "tf32", "bf16")
-
-
-@contextlib.contextmanager
-def _tf32() -> Iterator[None]:
-    """TF32 on in cuDNN convolutions and CUDA matmuls, the caller's settings restored after."""
-    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
 
 
 def upsample_heatmap(coarse: Tensor, stride: int, size: tuple[int, int], mode: str = "bilinear") -> Tensor:

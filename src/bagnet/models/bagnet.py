@@ -441,16 +441,21 @@ def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, kernel3: i
 
 
 @contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    """Temporarily disable TF32 in cuDNN convolutions and CUDA matmuls, restoring the caller's settings after."""
+def tf32_allowed(enabled: bool) -> Iterator[None]:
+    """Temporarily set TF32 in cuDNN convolutions and CUDA matmuls, restoring the caller's settings after."""
     conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
     try:
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = conv
         torch.backends.cuda.matmul.allow_tf32 = mm
+
+
+def strict_fp32() -> contextlib.AbstractContextManager:
+    """Temporarily disable TF32 in cuDNN convolutions and CUDA matmuls, restoring the caller's settings after."""
+    return tf32_allowed(False)
 
 
 def _checkpointed(module: nn.Module, x: Tensor) -> Tensor:
