@@ -39,7 +39,7 @@ def run_info(device: Any = "cpu") -> dict[str, Any]:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR") if k in os.environ},
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ},
         "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
     }

@@ -35,7 +35,7 @@ def _run_line(data: dict[str, Any]) -> str:
         return "*Recorded in the file: no machine, date or command (measured before the files recorded them).*\n"
     flags = ", ".join(run.get("cpu_flags", [])) or "no AVX"
     where = run.get("gpu") or f"{run['cpu']} ({flags}), {run['cores']} cores, {run['threads']} thread(s)"
-    env = " ".join(f"{k}={v}" for k, v in run.get("env", {}).items() if k != "TORCHINDUCTOR_CACHE_DIR")
+    env = " ".join(f"{k}={v}" for k, v in run.get("env", {}).items())
     return (f"*{run['date']}, {where}, torch {run['torch']}: `{(env + ' ') if env else ''}"
             f"{run['command']}`*\n")
 
@@ -182,7 +182,6 @@ def _label(name: str) -> str:
 def results_brief(folder: Path) -> str:
     """The README's paragraph of Imagenette results, written from docs/results/experiments (and docs/results/vit
     when the ViT's runs are there)."""
-    ex = folder / "experiments"
     load = lambda rel: json.loads((folder / rel).read_text())  # noqa: E731
     sc, it, sim = load("experiments/scrambling/scrambling.json"), load("experiments/interactions/interactions.json"), \
         load("experiments/similarity/similarity.json")

@@ -446,11 +446,8 @@ def _say_attack_plan(model: BagNet, x: Tensor, stickers: Sequence[int], defences
     """The attack's planned work, said before it starts (it dominates certify's time)."""
     h, w = x.shape[-2:]
     per_image = 0
-    for d in defences:
-        grid = len(sticker_positions(h, w, d.sticker, attack.position_stride or max(1, d.sticker // 2)))
-        per_image += min(grid, attack.top_positions or grid)
-    for p in stickers:  # the undefended model, once per sticker size
-        grid = len(sticker_positions(h, w, p, attack.position_stride or max(1, p // 2)))
+    for size in [d.sticker for d in defences] + list(stickers):  # each defence, then the undefended model per size
+        grid = len(sticker_positions(h, w, size, attack.position_stride or max(1, size // 2)))
         per_image += min(grid, attack.top_positions or grid)
     print(f"certify: attacking {images} images: {per_image} sticker positions per image (all defences and sizes) × "
           f"{attack.steps} steps × {attack.restarts} restart(s) = {per_image * attack.steps * attack.restarts} "
