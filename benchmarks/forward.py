@@ -55,14 +55,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_s(model: torch.nn.Module, batch: int, size: int, repeats: int, channels_last: bool) -> float:
+def images_per_s(model: torch.nn.Module, batch: int, size: int, repeats: int,
+                 channels_last: bool) -> tuple[float, float]:
+    """(median images/s, seconds of the first call — for a compiled model, its compile time for this shape)."""
     device = next(model.parameters()).device
     x = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        for _ in range(2):  # warm-up (and compilation)
+        for i in range(2):  # warm-up (and compilation)
+            _sync(device)
+            start = time.perf_counter()
             model(x)
+            _sync(device)
+            if i == 0:
+                first = time.perf_counter() - start
         times = []
         for _ in range(repeats):
             _sync(device)
@@ -70,7 +77,7 @@ def images_per_s(model: torch.nn.Module, batch: int, size: int, repeats: int, ch
             model(x)
             _sync(device)
             times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    return batch / statistics.median(times), first
 
 
 def variants(name: str, use_compile: bool):
@@ -109,8 +116,10 @@ def main() -> None:
         for variant, model, channels_last in variants(name, args.compile):
             model = model.to(device)
             for batch in args.batches:
-                ips = images_per_s(model, batch, args.size, args.repeats if batch > 1 else 3 * args.repeats, channels_last)
+                ips, first = images_per_s(model, batch, args.size, args.repeats if batch > 1 else 3 * args.repeats,
+                                          channels_last)
                 rows.append({"model": name, "variant": variant, "batch": batch, "images_per_s": ips,
+                             "first_call_s": first,
                              "gmacs_per_image": macs / 1e9, "ms_per_gmac": 1e3 / (ips * macs / 1e9)})
                 print(f"{name:<9} {variant:<20} batch {batch:>3}: {ips:8.2f} img/s  {macs / 1e9:5.2f} GMAC/img  "
                       f"{rows[-1]['ms_per_gmac']:6.2f} ms/GMAC", flush=True)

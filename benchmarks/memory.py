@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+import torch
 from runinfo import run_info  # benchmarks/runinfo.py (this folder is on sys.path when the script runs)
 
 
@@ -94,7 +95,12 @@ def main() -> None:
                   flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"run": run_info(args.device), "device": args.device, "rows": rows}, indent=2))
+        from bagnet.train import autocast_dtype
+
+        amp = autocast_dtype(torch.device(args.device))
+        args.json.write_text(json.dumps({"run": run_info(args.device), "device": args.device,
+                                         "precision": str(amp).replace("torch.", "") + " autocast" if amp else "fp32",
+                                         "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
