@@ -94,6 +94,12 @@ def batchnorm_ms(shape: tuple[int, int, int, int], repeats: int) -> dict[str, fl
     return out
 
 
+def precision(config: TrainConfig) -> str:
+    """'bfloat16 autocast' or 'fp32': what the config's step computes in on this CPU."""
+    amp = autocast_dtype(torch.device("cpu")) if config.amp else None
+    return f"{str(amp).replace('torch.', '')} autocast" if amp else "fp32"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", type=Path, default=ROOT / "configs" / "imagenette" / "bagnet33.yaml")
@@ -104,8 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     config = TrainConfig.load(args.config)
     shares = step_profile(config, args.batch)
-    print(f"{args.config.name}, batch {args.batch}, {config.image_size} px, "
-          f"{autocast_dtype(torch.device('cpu')) if config.amp else 'fp32'}, {torch.get_num_threads()} thread(s):")
+    print(f"{args.config.name}, batch {args.batch}, {config.image_size} px, {precision(config)}, "
+          f"{torch.get_num_threads()} thread(s):")
     for kind, share in shares.items():
         print(f"  {kind:<42} {100 * share:5.1f} %")
     bn = batchnorm_ms(tuple(args.bn_shape), args.repeats)
@@ -116,7 +122,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "run": run_info(), "config": args.config.name, "batch": args.batch, "image_size": config.image_size,
-            "precision": str(autocast_dtype(torch.device("cpu")) if config.amp else torch.float32),
+            "precision": precision(config),
             "channels_last": config.channels_last, "step_shares": shares,
             "batchnorm_shape": args.bn_shape, "batchnorm_ms": bn}, indent=2))
 

@@ -93,9 +93,8 @@ def heatmap_notes(path: Path) -> str:
         rate = rows["bagnet33"]["dense_gflops_per_s"] / statistics.mean([mm["before"], mm["after"]])
         text += f" BagNet-33's dense convolutions ran at {rate:.2f}× the fp32 matmul rate of the same run" + (
             ": the dense map runs about as fast as this machine's arithmetic allows." if rate >= 0.8 else ".")
-    text += (" The speed-up depends strongly on the machine and on what else runs (the reference's batches of "
-             "patches are memory-bound, the dense map is not); earlier runs on other machines are kept in "
-             "[docs/benchmark-history.md](docs/benchmark-history.md).")
+    text += (" The speed-up depends strongly on the machine, its threads and what else runs; earlier runs are kept "
+             "in [docs/benchmark-history.md](docs/benchmark-history.md).")
     return wrap(text) + "\n"
 
 
@@ -222,7 +221,9 @@ def train_notes(path: Path) -> str:
                            if share >= 0.02)
         bn = prof["batchnorm_ms"]
         shape = "×".join(map(str, prof["batchnorm_shape"]))
-        text += (f" The profile of one eager {prof['config'].replace('.yaml', '')} step ({prof['precision']}, "
+        dtype = prof["precision"].replace("torch.", "").replace("bfloat16", "bf16")
+        arch = prof["config"].replace(".yaml", "")
+        text += (f" The profile of one eager {NAMES.get(arch, arch)} step (shipped config, {dtype}, "
                  f"{'channels-last, ' if prof['channels_last'] else ''}batch {prof['batch']}, "
                  f"{prof['run']['threads']} thread, `benchmarks/profile_train.py`, {prof['run']['date']}) shares its "
                  f"operators' own time out as: {shares}. BatchNorm alone, forward and backward on one {shape} "
@@ -291,14 +292,24 @@ def memory_notes(path: Path) -> str:
     data = load(path)
     cells = _memory_cells(data)
     paper = [(m, s) for m, s in cells if m.startswith("bagnet33 (paper")]
-    text = ("The peak is the largest single block's activations, recomputed during its own backward pass: "
-            "checkpointing block by block helps the paper-size BagNet (three blocks at the highest resolution) more "
-            "than the shipped one, whose first stage is one block.")
+    saved: dict[str, list[float]] = {}
+    for (model, _), pair in cells.items():
+        if False in pair and True in pair:
+            saved.setdefault(model.split(" (")[1].split(":")[0], []).append(
+                100 * (1 - pair[True]["peak_bytes_per_image"] / pair[False]["peak_bytes_per_image"]))
+    text = ("The peak is the largest single block's activations, recomputed during its own backward pass, so "
+            "checkpointing block by block saves most where a stage has several blocks at the highest resolution "
+            "(three in the paper-size BagNet, one in the shipped one)")
+    if "paper" in saved and "shipped" in saved:
+        text += (f": it saved {span(saved['paper'], '{:.0f}', ' %')} of the paper-size BagNet's peak and "
+                 f"{span(saved['shipped'], '{:.0f}', ' %')} of the shipped one's")
+    text += "."
     if paper:
         model, size = max(paper, key=lambda ms: ms[1])
         pair = cells[(model, size)]
         if False in pair and True in pair:
-            text += (f" In {data.get('precision', 'the recorded precision')}, a paper-size BagNet-33 at {size} px needs about "
+            dtype = data.get("precision", "the recorded precision").replace("bfloat16", "bf16")
+            text += (f" In {dtype}, a paper-size BagNet-33 at {size} px needs about "
                      f"{pair[False]['peak_bytes_per_image'] / 2**30:.1f} GiB per image in training "
                      f"({pair[True]['peak_bytes_per_image'] / 2**30:.1f} GiB checkpointed).")
     return wrap(text) + "\n"

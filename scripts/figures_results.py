@@ -209,5 +209,5 @@ def example_times(path: Path, block: str) -> str:
     shown = [c for c in entry["commands"] if c["seconds"] >= 0.5]
     parts = ", ".join(f"`{command_label(c['command'])}` {c['seconds']:.0f} s" for c in shown) or \
         f"{entry['seconds']:.1f} s in all"
-    return wrap(f"*Time as printed, on {data['data']} ({machine_words(data)}, {data['run']['date']}): "
+    return wrap(f"*Time as printed, on {data['data']} — {machine_words(data)}, {data['run']['date']}: "
                 f"{parts}.*") + "\n"
