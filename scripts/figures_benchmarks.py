@@ -29,9 +29,7 @@ def run_line(data: dict[str, Any]) -> str:
     else:
         flags = ", ".join(run.get("cpu_flags", [])) or "no AVX"
         where = f"{run['cpu']} ({flags}), {run['cores']} cores, {run['threads']} thread(s)"
-    env = " ".join(f"{k}={v}" for k, v in run.get("env", {}).items())
-    return (f"*{run['date']}, {where}, torch {run['torch']}: `{(env + ' ') if env else ''}"
-            f"{run['command']}`*\n")
+    return f"*{run['date']}, {where}, torch {run['torch']}: `{_command(data)}`*\n"
 
 
 def machine_words(data: dict[str, Any]) -> str:
@@ -53,6 +51,12 @@ def span(values: list[float], fmt: str = "{:.1f}", unit: str = "") -> str:
     return (lo if lo == hi else f"{lo}–{hi}") + unit
 
 
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (no trailing newline)."""
+    return "\n".join(["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def signed(value: float) -> str:
     """'+38' or '−6' (a typographic minus)."""
     return f"{value:+.0f}".replace("-", "−")
@@ -62,17 +66,17 @@ def signed(value: float) -> str:
 
 def heatmap_table(path: Path) -> str:
     data = load(path)
-    lines = ["| model | dense | reference* | speed-up | GFLOP done | GFLOP/s | peak RSS (increase) | max rel. diff |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in data["rows"]:
-        lines.append(f"| {NAMES.get(r['model'], r['model'])} | {r['dense_median_s']:.2f} s | "
-                     f"{r['reference_extrapolated_s']:.0f} s | {r['speedup']:.1f}× | {r['dense_gflop']:.0f} | "
-                     f"{r['dense_gflops_per_s']:.0f} | {r['peak_rss_bytes'] / 2**30:.2f} GiB "
-                     f"(+{r['increase_bytes'] / 2**30:.2f} GiB) | {r['max_rel_diff_vs_reference_on_200_patches']:.1e} |")
+    rows = [[NAMES.get(r["model"], r["model"]), f"{r['dense_median_s']:.2f} s",
+             f"{r['reference_extrapolated_s']:.0f} s",
+             f"{r['speedup']:.1f}×", f"{r['dense_gflop']:.0f}", f"{r['dense_gflops_per_s']:.0f}",
+             f"{r['peak_rss_bytes'] / 2**30:.2f} GiB (+{r['increase_bytes'] / 2**30:.2f} GiB)",
+             f"{r['max_rel_diff_vs_reference_on_200_patches']:.1e}"] for r in data["rows"]]
     mm = data.get("matmul_gflops_per_s", {})
     extra = (f"fp32 matmul 4096² in the same run: {mm['before']:.0f} / {mm['after']:.0f} GFLOP/s before / after.\n"
              if mm else "")
-    return "\n".join(lines) + "\n\n" + extra + run_line(data)
+    header = ["model", "dense", "reference*", "speed-up", "GFLOP done", "GFLOP/s", "peak RSS (increase)",
+              "max rel. diff"]
+    return table(header, rows) + "\n\n" + extra + run_line(data)
 
 
 def heatmap_notes(path: Path) -> str:
@@ -124,8 +128,7 @@ def forward_table(path: Path) -> str:
     data = load(path)
     cell = {(r["model"], r["variant"], r["batch"]): r for r in data["rows"]}
     models = list(dict.fromkeys(r["model"] for r in data["rows"]))
-    lines = ["| model | GMAC | eager b1 | eager b32 | ch.-last b32 | ch.-last+fused b1 | ch.-last+fused b32 | "
-             "per-MAC vs ResNet-50 (b1 / b32, fused) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for m in models:
         def ips(variant: str, batch: int) -> str:
             r = cell.get((m, variant, batch))
@@ -137,10 +140,11 @@ def forward_table(path: Path) -> str:
 
         gmac = next(r["gmacs_per_image"] for r in data["rows"] if r["model"] == m)
         ratio = "1" if m == "resnet50" else f"{vs(1)} / {vs(32)}"
-        lines.append(f"| {NAMES.get(m, m)} | {gmac:.2f} | {ips('eager', 1)} | {ips('eager', 32)} | "
-                     f"{ips('channels_last', 32)} | {ips('channels_last+fused', 1)} | "
-                     f"{ips('channels_last+fused', 32)} | {ratio} |")
-    return "\n".join(lines) + "\n\n" + run_line(data)
+        rows.append([NAMES.get(m, m), f"{gmac:.2f}", ips("eager", 1), ips("eager", 32), ips("channels_last", 32),
+                     ips("channels_last+fused", 1), ips("channels_last+fused", 32), ratio])
+    header = ["model", "GMAC", "eager b1", "eager b32", "ch.-last b32", "ch.-last+fused b1", "ch.-last+fused b32",
+              "per-MAC vs ResNet-50 (b1 / b32, fused)"]
+    return table(header, rows) + "\n\n" + run_line(data)
 
 
 def forward_notes(path: Path) -> str:
@@ -171,7 +175,8 @@ def forward_notes(path: Path) -> str:
     if compiled:
         ratios = [cell[(m, "compiled", b)]["images_per_s"] / cell[(m, "channels_last+fused", b)]["images_per_s"]
                   for m, b in compiled]
-        first = [cell[(m, "compiled", b)]["first_call_s"] for m, b in compiled if "first_call_s" in cell[(m, "compiled", b)]]
+        first = [cell[(m, "compiled", b)]["first_call_s"] for m, b in compiled
+                 if "first_call_s" in cell[(m, "compiled", b)]]
         text += (f" torch.compile of the fused channels-last BagNets ran at {span(ratios, '{:.2f}')}× their eager "
                  f"speed" + (f" after {span(first, '{:.0f}', ' s')} to compile each shape" if first else "") +
                  "; it is not used by default: every new input or tile shape recompiles, which costs more than it "
@@ -183,17 +188,17 @@ def forward_notes(path: Path) -> str:
 
 def train_table(path: Path) -> str:
     data = load(path)
-    rows = sorted(data["rows"], key=lambda r: (r["config"].split()[0], r.get("compile", False)))
-    lines = ["| config | parameters | GMAC/img | normalised per 1000 MAC | images/s | s/step | first step (s) | "
-             "time per MAC vs ResNet-18 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
+    rows = []
+    for r in sorted(data["rows"], key=lambda r: (r["config"].split()[0], r.get("compile", False))):
         name = r["config"].replace(".yaml", "") + (f" (batch {r['batch_size']})" if r["batch_size"] != 64 else "")
         ratio = r.get("time_per_mac_vs_resnet18")
-        lines.append(f"| {name} | {r['params'] / 1e6:.2f} M | {r['gmac']:.3f} | "
-                     f"{1e3 * r.get('normalised_per_mac', float('nan')):.1f} | {r['images_per_s']:.1f} | "
-                     f"{r['step_s']:.2f} | {r.get('first_step_s', float('nan')):.0f} | "
-                     f"{'—' if ratio is None else f'{ratio:.2f}×'} |")
-    return "\n".join(lines) + "\n\n" + run_line(data)
+        rows.append([name, f"{r['params'] / 1e6:.2f} M", f"{r['gmac']:.3f}",
+                     f"{1e3 * r.get('normalised_per_mac', float('nan')):.1f}", f"{r['images_per_s']:.1f}",
+                     f"{r['step_s']:.2f}", f"{r.get('first_step_s', float('nan')):.0f}",
+                     "—" if ratio is None else f"{ratio:.2f}×"])
+    header = ["config", "parameters", "GMAC/img", "normalised per 1000 MAC", "images/s", "s/step", "first step (s)",
+              "time per MAC vs ResNet-18"]
+    return table(header, rows) + "\n\n" + run_line(data)
 
 
 def _train_rows(data: dict[str, Any]) -> dict[tuple[str, bool], dict[str, Any]]:
@@ -270,8 +275,7 @@ def _memory_cells(data: dict[str, Any]) -> dict[tuple[str, int], dict[bool, dict
 
 def memory_table(path: Path) -> str:
     data = load(path)
-    lines = ["| model | size | plain: MiB/image, s/step | checkpointed: MiB/image, s/step | memory saved |",
-             "| --- | --- | --- | --- | --- |"]
+    rows = []
     last = None
     for (model, size), pair in _memory_cells(data).items():
         plain, ckpt = pair.get(False), pair.get(True)
@@ -283,9 +287,10 @@ def memory_table(path: Path) -> str:
         if plain and ckpt:
             frac = 1 - ckpt["peak_bytes_per_image"] / plain["peak_bytes_per_image"]
             saved = f"{100 * frac:.0f} %" if frac > 0 else "none"
-        lines.append(f"| {model if model != last else ''} | {size} px | {cell(plain)} | {cell(ckpt)} | {saved} |")
+        rows.append([model if model != last else "", f"{size} px", cell(plain), cell(ckpt), saved])
         last = model
-    return "\n".join(lines) + "\n\n" + run_line(data)
+    header = ["model", "size", "plain: MiB/image, s/step", "checkpointed: MiB/image, s/step", "memory saved"]
+    return table(header, rows) + "\n\n" + run_line(data)
 
 
 def memory_notes(path: Path) -> str:
@@ -319,12 +324,12 @@ def memory_notes(path: Path) -> str:
 
 def interactions_table(path: Path) -> str:
     data = load(path)
-    lines = ["| model, image | forward passes | evidence map + crops | speed-up | max rel. diff of mean \\|effect\\| |",
-             "| --- | --- | --- | --- | --- |"]
-    for r in data["rows"]:
-        lines.append(f"| {NAMES.get(r['model'], r['model'])}, {data['size']} px | {r['forward_s_per_image']:.2f} s/img | "
-                     f"{r['local_s_per_image']:.2f} s/img | {r['speedup']:.2f}× | {r['max_rel_diff_mean_effect']:.1e} |")
-    return "\n".join(lines) + "\n\n" + run_line(data)
+    rows = [[f"{NAMES.get(r['model'], r['model'])}, {data['size']} px", f"{r['forward_s_per_image']:.2f} s/img",
+             f"{r['local_s_per_image']:.2f} s/img", f"{r['speedup']:.2f}×", f"{r['max_rel_diff_mean_effect']:.1e}"]
+            for r in data["rows"]]
+    header = ["model, image", "forward passes", "evidence map + crops", "speed-up",
+              "max rel. diff of mean \\|effect\\|"]
+    return table(header, rows) + "\n\n" + run_line(data)
 
 
 # --- the GPU's figures ------------------------------------------------------------------------------------------
@@ -340,7 +345,8 @@ def gpu_before_table(path: Path) -> str:
     inf, hm, tr, pr = data["inference"], data["heatmap"], data["training"], data["precision"]
     rows = [
         ("BagNet-33 inference, batch 256, 224 px, with the CPU chunks (2×224²)",
-         f"{inf['bagnet33_chunked_img_s']['bf16']:.0f} img/s bf16, {inf['bagnet33_chunked_img_s']['fp32']:.0f} img/s fp32"),
+         f"{inf['bagnet33_chunked_img_s']['bf16']:.0f} img/s bf16, "
+         f"{inf['bagnet33_chunked_img_s']['fp32']:.0f} img/s fp32"),
         ("the same without chunks (what the per-device policy now does on a GPU)",
          f"{inf['bagnet33_unchunked_img_s']['bf16']:.0f} img/s bf16, {inf['bagnet33_unchunked_img_s']['fp32']:.0f} "
          f"img/s fp32; ResNet-50 {inf['resnet50_img_s']['bf16']:.0f} / {inf['resnet50_img_s']['fp32']:.0f}"),
@@ -355,8 +361,8 @@ def gpu_before_table(path: Path) -> str:
          f"strict < {pr['strict']:.0e} of the logit range, TF32 {pr['tf32']:.1e}, bf16 {pr['bf16']:.1e}"),
     ]
     run = data["run"]
-    lines = [f"| before ({run['gpu']}) | figure |", "| --- | --- |"] + [f"| {a} | {b} |" for a, b in rows]
-    return ("\n".join(lines) + f"\n\n*{run['date']}, {run['gpu']}, torch {run['torch']}, CUDA {run['cuda']}; "
+    return (table([f"before ({run['gpu']})", "figure"], [list(r) for r in rows])
+            + f"\n\n*{run['date']}, {run['gpu']}, torch {run['torch']}, CUDA {run['cuda']}; "
             f"{data['source']}*\n")
 
 

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from figures_benchmarks import wrap
+from figures_benchmarks import table, wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCH_SIZES = {"bagnet9": 9, "bagnet17": 17, "bagnet33": 33}
@@ -28,7 +28,7 @@ def input_side(weights: Path) -> int | None:
 
 
 def shipped_table(folder: Path) -> str:
-    lines = ["| name | what | Imagenette val top-1 / top-5 | images | card |", "| --- | --- | --- | --- | --- |"]
+    rows = []
     default = (folder / "DEFAULT").read_text().strip() if (folder / "DEFAULT").is_file() else None
     for js in sorted(folder.glob("*.json"), key=lambda p: (not p.name.startswith("bagnet"), p.name)):
         stem = js.name[: -len(".json")]
@@ -43,9 +43,11 @@ def shipped_table(folder: Path) -> str:
             title = "; ".join(arch[len("- Architecture:"):].strip().split("; ")[:2]) or stem
         size = input_side(folder / f"{stem}.safetensors")
         label = f"`{name}`" + (" (= `default`)" if name == default else "")
-        lines.append(f"| {label} | {title}{f', {size} px' if size else ''} | {100 * m['top1']:.2f} % / "
-                     f"{100 * m['top5']:.2f} % | {m.get('images', '—')} | [card](src/bagnet/weights/{stem}.md) |")
-    return "\n".join(lines) + "\n\n*From each model's `ARCH.DATA.json`, written by `scripts/ship_model.py` from " \
+        rows.append([label, f"{title}{f', {size} px' if size else ''}",
+                     f"{100 * m['top1']:.2f} % / {100 * m['top5']:.2f} %", str(m.get("images", "—")),
+                     f"[card](src/bagnet/weights/{stem}.md)"])
+    header = ["name", "what", "Imagenette val top-1 / top-5", "images", "card"]
+    return table(header, rows) + "\n\n*From each model's `ARCH.DATA.json`, written by `scripts/ship_model.py` from " \
                               "`bagnet evaluate --model NAME --data imagenette` (the full validation split).*\n"
 
 

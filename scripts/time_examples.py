@@ -3,7 +3,8 @@
 The document's examples run in order exactly as the documentation tests run them (Sybil, the same parsers; Python
 blocks in one namespace, bash blocks through ``bash -e`` in one fresh folder with ``configs/`` linked in), but on the
 real Imagenette (``$BAGNET_DATA``, else ``../shared/data`` beside the checkout) and without the tests' image cap.
-Each bash command's wall time comes from bash's own trace (``set -x`` with ``$EPOCHREALTIME`` in ``PS4``, set by the script).
+Each bash command's wall time comes from bash's own trace (``set -x`` with ``$EPOCHREALTIME`` in ``PS4``, set
+by the script).
 ``scripts/readme_figures.py`` then writes the time under each timed block (a ``docs/results/example-times.json``
 figures part after it); a block edited since it was timed makes that check fail until this script runs again.
 
