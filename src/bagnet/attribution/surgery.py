@@ -90,13 +90,16 @@ def reused_activations(model: nn.Module, example: Tensor) -> list[str]:
     calls: dict[str, int] = {}
     hooks = [(module, lambda *_, n=mname: calls.__setitem__(n, calls.get(n, 0) + 1))
              for mname, module in model.named_modules() if isinstance(module, _ACTIVATIONS)]
-    _forward_with_hooks(model, example, hooks)
+    forward_with_hooks(model, example, hooks)
     return sorted(n for n, c in calls.items() if c > 1)
 
 
-def _forward_with_hooks(model: nn.Module, example: Tensor, hooks: Sequence[tuple[nn.Module, Any]]) -> None:
-    """One forward pass of ``example`` without autograd, with temporary forward hooks ``(module, hook)``."""
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+def forward_with_hooks(model: nn.Module, example: Tensor, hooks: Sequence[tuple[nn.Module, Any]],
+                       pre: bool = False) -> None:
+    """One forward pass of ``example`` without autograd, with temporary forward hooks ``(module, hook)`` (forward
+    pre-hooks with ``pre``), removed afterwards even if the pass fails."""
+    handles = [module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook)
+               for module, hook in hooks]
     try:
         with torch.no_grad():
             model(example)
@@ -179,7 +182,7 @@ def gradcam_layer(model: nn.Module, example: Tensor, name: Optional[str] = None)
 
     hooks = [(child, record(cname)) for cname, child in model.named_children()
              if any(isinstance(m, nn.Conv2d) for m in child.modules())]
-    _forward_with_hooks(model, example, hooks)
+    forward_with_hooks(model, example, hooks)
     if not order:
         raise _Unavailable(f"found no convolutional stage with a spatial output in {type(model).__name__}; "
                            "pass gradcam_layer=NAME")

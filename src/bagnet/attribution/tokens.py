@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .surgery import forward_with_hooks
+
 
 def is_token_model(model: nn.Module) -> bool:
     """Whether ``model`` is a patch-token transformer these methods understand (timm's ``VisionTransformer``)."""
@@ -63,13 +65,7 @@ def attention_maps(model: nn.Module, images: Tensor) -> list[Tensor]:
     def hook(module: nn.Module, inputs: tuple) -> None:
         maps.append(_attention_probabilities(module, inputs[0]).float())
 
-    handles = [m.register_forward_pre_hook(hook) for m in modules]
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, images, [(m, hook) for m in modules], pre=True)
     return maps
 
 
