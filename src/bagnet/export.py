@@ -19,11 +19,10 @@ from torch import Tensor, nn
 
 from .models.bagnet import BagNet
 from .models.meta import model_meta
-from .models.registry import SHIPPED_DIR
+from .models.registry import HF_PREFIX, SHIPPED_DIR
 from .models.weights import WeightsError, save_weights
 
 FORMATS = ("onnx", "hf")
-HF_PREFIX = "hf-hub:"
 
 
 class LogitsAndEvidence(nn.Module):
@@ -125,10 +124,6 @@ def _card(meta: Any, config: dict[str, Any]) -> str:
              f"logits = model(model.preprocess(image)[None])\n```\n\nPreprocessing (`model.preprocess`; recorded in the weights, not part of the network): "
              f"{json.dumps(config['preprocess'])}.\n")
     return "\n".join(header) + body.rstrip() + "\n" + usage
-
-
-def is_hf_spec(spec: str) -> bool:
-    return spec.startswith(HF_PREFIX)
 
 
 def hf_folder(spec: str) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -76,6 +77,9 @@ class BagNetConfig:
             raise ValueError(f"padding must be true or false, got {self.padding!r}")
         if self.padding and self.align != "centre":
             raise ValueError("a same-padded BagNet (padding=True) keeps its residuals centred: use align='centre'")
+
+    #: The fields that make a BagNet a BagNets-v2 network (berenslab/bagnetsv2): one 3×3 stem, same padding.
+    V2_LAYOUT = MappingProxyType({"stem": "v2", "padding": True, "align": "centre"})
 
     def unpadded(self) -> "BagNetConfig":
         """The same network without padding (its residuals centred): equal to this one away from the border."""

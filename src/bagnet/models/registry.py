@@ -39,6 +39,8 @@ PAPER_KERNEL3: dict[int, tuple[int, int, int, int]] = {
     17: (1, 1, 1, 0),
     33: (1, 1, 1, 1),
 }
+#: Prefix of a Hugging Face Hub repository written by ``bagnet export --format hf`` (``hf-hub:ORG/NAME[@REV]``).
+HF_PREFIX = "hf-hub:"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".tar", ".bin", ".ckpt")
 Weights = Optional[str | os.PathLike]
 
@@ -48,7 +50,7 @@ def _paper_bagnet(patch_size: int, weights: Weights, num_classes: int, progress:
         raise ValueError(f"variant must be 'paper' (the released BagNets) or 'v2' (BagNets v2), got {variant!r}")
     v2 = variant == "v2" or weights == "imagenet-v2"
     config = BagNetConfig(layers=(3, 4, 6, 3), kernel3=PAPER_KERNEL3[patch_size], num_classes=num_classes,
-                          **({"stem": "v2", "padding": True, "align": "centre"} if v2 else {}))
+                          **(BagNetConfig.V2_LAYOUT if v2 else {}))
     model = BagNet(config)
     if weights is None:
         return attach_meta(model, _paper_meta(patch_size, False, v2))
@@ -232,7 +234,7 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
     the weights define them.
     """
     spec = os.fspath(name_or_path)
-    if spec.startswith("hf-hub:"):
+    if spec.startswith(HF_PREFIX):
         from ..export import hf_folder
 
         model = load_file(hf_folder(spec))

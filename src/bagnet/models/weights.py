@@ -401,7 +401,7 @@ def infer_config(state_dict: Mapping[str, Tensor], strides: tuple[int, ...] | No
         strides=tuple(strides),
         width=width,
         num_classes=int(state_dict["fc.weight"].shape[0]),
-        **({"stem": "v2", "padding": True, "align": "centre"} if v2 else {}),
+        **(BagNetConfig.V2_LAYOUT if v2 else {}),
     )
 
 
