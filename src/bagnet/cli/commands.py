@@ -286,10 +286,9 @@ def cmd_certify(args: argparse.Namespace) -> int:
         attacked = min(x for x in (args.attack_limit, args.limit, len(dataset)) if x is not None)
         print(f"bagnet certify: warning: the sticker attack takes {args.attack_steps} gradient steps at every position "
               f"of a grid over each of {attacked} images and every sticker size; on a CPU that is minutes per image "
-              f"(measured: 20 images at the defaults did not finish in 5 min). --attack-limit N attacks only the "
+              f"(measured: 20 images with the full grid did not finish in 5 min). --attack-limit N attacks only the "
               f"first N images, --attack-top N (default 16) only the N most evidential positions, --attack-steps 0 "
-              f"certifies "
-              f"without attacking (seconds)", file=sys.stderr)
+              f"certifies without attacking (seconds)", file=sys.stderr)
     result = robustness(model, dataset, defences, attack, limit=args.limit, attack_limit=args.attack_limit,
                         seed=args.seed, progress=not args.no_progress, device=args.device)
     print(f"{result.model} on {data_name} ({result.images} images): clean accuracy {100 * result.clean_undefended:.1f} %")
