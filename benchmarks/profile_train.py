@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from runinfo import run_info  # benchmarks/runinfo.py (this folder is on sys.path when the script runs)
+from train import make_step  # benchmarks/train.py: the step benchmarks/train.py times
 
-from bagnet.data import Batch
-from bagnet.train import TrainConfig, autocast_dtype, build_model, train_step
+from bagnet.train import TrainConfig, autocast_dtype, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,22 +50,12 @@ def kind_of(name: str) -> str:
 def step_profile(config: TrainConfig, batch_size: int, num_classes: int = 10) -> dict[str, float]:
     """Share of one eager training step's self CPU time per kind of work (shares sum to 1)."""
     torch.manual_seed(0)
-    model = build_model(config.replace(init=None, compile=False), num_classes)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    size = config.image_size
-    batch = Batch(torch.randn(batch_size, 3, size, size), torch.randint(0, num_classes, (batch_size,)),
-                  torch.arange(batch_size), [])
-    device = torch.device("cpu")
-    amp = autocast_dtype(device) if config.amp else None
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss_fn = nn.CrossEntropyLoss()
+    eager = config.replace(init=None, compile=False)
+    step = make_step(build_model(eager, num_classes), eager, batch_size, num_classes, torch.device("cpu"))
     for _ in range(2):
-        train_step(model, batch, loss_fn, opt, scaler, device, amp, config.channels_last)
+        step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        train_step(model, batch, loss_fn, opt, scaler, device, amp, config.channels_last)
+        step()
     totals: dict[str, float] = {}
     for event in prof.key_averages():
         totals[kind_of(event.key)] = totals.get(kind_of(event.key), 0.0) + event.self_cpu_time_total

@@ -20,6 +20,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -52,6 +53,25 @@ def forward_counts(model: nn.Module, size: int) -> tuple[float, float]:
     return counter.get_total_flops() / 2e9, elements[0] / 1e9
 
 
+def make_step(model: nn.Module, config: TrainConfig, batch_size: int, num_classes: int,
+              device: torch.device) -> Callable[[], None]:
+    """One call = one ``train_step`` of ``model`` (moved to ``device``, in the config's memory format, through
+    ``compiled`` as ``bagnet train`` wraps it) on a fixed random batch, with AdamW and the config's mixed precision."""
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    size = config.image_size
+    batch = Batch(torch.randn(batch_size, 3, size, size), torch.randint(0, num_classes, (batch_size,)),
+                  torch.arange(batch_size), [])
+    amp = autocast_dtype(device) if config.amp else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    loss_fn = nn.CrossEntropyLoss()
+    net = compiled(model, config)
+    return lambda: train_step(net, batch, loss_fn, opt, scaler, device, amp, config.channels_last)
+
+
 def images_per_s(config: TrainConfig, steps: int, num_classes: int = 10,
                  device: torch.device = torch.device("cpu")) -> tuple[float, int, float, float, float, float]:
     """(images/s, parameters, median seconds per step, forward GMAC per image, seconds of the first step, normalised
@@ -60,24 +80,14 @@ def images_per_s(config: TrainConfig, steps: int, num_classes: int = 10,
     torch.manual_seed(0)
     model = build_model(config.replace(init=None), num_classes)
     gmac, normalised = forward_counts(model, config.image_size)
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     n = config.batch_size
-    batch = Batch(torch.randn(n, 3, config.image_size, config.image_size), torch.randint(0, num_classes, (n,)),
-                  torch.arange(n), [])
-    amp = autocast_dtype(device) if config.amp else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    loss_fn = nn.CrossEntropyLoss()
-    net = compiled(model, config)
+    step = make_step(model, config, n, num_classes, device)
     times, first = [], 0.0
     for i in range(steps + 2):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        train_step(net, batch, loss_fn, opt, scaler, device, amp, config.channels_last)
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i == 0:
