@@ -1,4 +1,5 @@
-"""Data-parallel runs: 2 CPU processes under torchrun (Gloo) write the same numbers as one process."""
+"""Data-parallel runs: 2 CPU processes under torchrun (Gloo) write the same numbers as one process, a named random
+model included (every rank takes rank 0's weights)."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
                            "--nproc_per_node", "2", str(HERE / "parallel_driver.py"), str(tmp_path / "two"), data,
                            bag, cnn], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode in (0, 1), done.stderr[-3000:]
-    for name in COMMANDS:
+    for name in [*COMMANDS, "random"]:  # random: a named random model (bagnet9) must be rank 0's on every rank
         files = sorted(p.name for p in (tmp_path / "one" / name).glob("*.json"))
         assert files and files == sorted(p.name for p in (tmp_path / "two" / name).glob("*.json")), name
         for file in files:

@@ -68,6 +68,27 @@ def init_from_env(device: Any = None) -> Any:
     return device
 
 
+def same_on_every_rank(module: torch.nn.Module) -> torch.nn.Module:
+    """Inside :func:`sharded`, give every rank rank 0's parameters and buffers (in place; returned for chaining).
+
+    For models whose weights were not read from a file (a named random model such as ``bagnet9``): each process
+    drew its own, so without this the ranks of one run would evaluate different models. The global random state is
+    left alone. Outside :func:`sharded` (one process, or someone else's process group) it does nothing."""
+    rank, size = world()
+    if size == 1:
+        return module
+    nccl = dist.get_backend() == "nccl"
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if nccl and tensor.device.type != "cuda":  # NCCL moves CUDA tensors only
+                staged = tensor.detach().to(torch.device("cuda", torch.cuda.current_device()))
+                dist.broadcast(staged, src=0)
+                tensor.copy_(staged.to(tensor.device))
+            else:
+                dist.broadcast(tensor.data, src=0)
+    return module
+
+
 def shard(order: Sequence[int]) -> list[int]:
     """This rank's part of ``order``: every ``world``-th item from its rank on (all of it for one process)."""
     rank, size = world()

@@ -232,6 +232,10 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
 
     The model is returned in eval mode, on ``device`` if given, with ``preprocess`` and ``categories`` set when
     the weights define them.
+
+    A name without trained weights (``bagnet33``) draws them from PyTorch's global random generator, so it is not
+    seeded: call ``torch.manual_seed(S)`` first for the same weights in every session. Inside a ``torchrun`` run that
+    splits its images (:func:`bagnet.parallel.sharded`), every rank gets rank 0's weights.
     """
     spec = os.fspath(name_or_path)
     if spec.startswith(HF_PREFIX):
@@ -254,7 +258,12 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
                 f"or timm:NAME, nor a weights file"
             )
     model.eval()
-    return model.to(device) if device is not None else model
+    model = model.to(device) if device is not None else model
+    if spec in _REGISTRY and not _REGISTRY[spec].pretrained:  # random weights: rank 0's on every torchrun rank
+        from ..parallel import same_on_every_rank
+
+        same_on_every_rank(model)
+    return model
 
 
 def model_label(spec: str | os.PathLike) -> str:
