@@ -128,7 +128,7 @@ def test_lrp_epsilon_conserves_the_logit_of_a_bias_free_network(arch):
     np.testing.assert_allclose(sums, logits, rtol=1e-3)
 
 
-def test_lrp_without_the_residual_canonizer_would_not_conserve():
+def test_lrp_with_biases_does_not_conserve():
     """The property the previous test checks can fail: with biases present relevance leaks into them."""
     torch.manual_seed(2)
     model = small_bagnet()
@@ -136,6 +136,28 @@ def test_lrp_without_the_residual_canonizer_would_not_conserve():
     result = attribute(model, x, config=AttributionConfig(methods=("lrp_epsilon",), lrp_epsilon=1e-9))
     gap = np.abs(result.completeness["lrp_epsilon"])
     assert gap.max() > 1e-3 * np.abs(result.target_logits).max()
+
+
+def test_lrp_without_the_residual_canonizer_would_not_conserve(monkeypatch):
+    """The bias-free network of the conservation test, with the BagNet canonizer taken out of the composite: the
+    residual sums are then plain additions (relevance flows into both branches in full) and the sum breaks."""
+    from zennit.canonizers import AttributeCanonizer
+
+    from bagnet.attribution import surgery
+
+    torch.manual_seed(2)
+    model = bias_free(small_bagnet())
+    x = torch.randn(2, 3, 48, 48)
+    config = AttributionConfig(methods=("lrp_epsilon",), lrp_epsilon=1e-9)
+    with_canonizer = attribute(model, x, config=config)
+    np.testing.assert_allclose(with_canonizer.maps["lrp_epsilon"].astype(np.float64).sum(axis=(1, 2)),
+                               with_canonizer.target_logits, rtol=1e-3)
+    monkeypatch.setattr(surgery, "bagnet_canonizer", lambda: AttributeCanonizer(lambda name, module: None))
+    without = attribute(model, x, config=config)
+    sums = without.maps["lrp_epsilon"].astype(np.float64).sum(axis=(1, 2))
+    logits = np.asarray(without.target_logits)
+    np.testing.assert_allclose(logits, with_canonizer.target_logits, rtol=1e-5)  # the same model and logits
+    assert (np.abs(sums - logits) > 1e-2 * np.abs(logits)).all(), (sums, logits)
 
 
 def test_bagnet_evidence_predicts_removing_a_patch_from_the_bag_exactly_and_saliency_does_not():

@@ -98,10 +98,13 @@ def test_inner_pixels_match_model_evidence_and_logits(name):
     assert grid.shape == ev.shape
     torch.testing.assert_close(grid, ev, rtol=1e-5, atol=3e-5 * ev.abs().max().item())
     torch.testing.assert_close(grid.mean((2, 3)), logits, rtol=1e-5, atol=3e-5 * logits.abs().max().item())
-    # the same cells at stride 8
+    # stride 8 keeps every 8th pixel of the stride-1 map, for every patch size
     hm8 = heatmap(model, x, list(range(6)), stride=8)
+    torch.testing.assert_close(hm8, hm[..., ::8, ::8], rtol=1e-5, atol=3e-5 * hm.abs().max().item())
+    # where the padding is a multiple of 8 those pixels are the cell centres, so stride 8 gives the evidence itself
     if pad % 8 == 0:
-        torch.testing.assert_close(hm8[..., pad // 8 : pad // 8 + eh, pad // 8 : pad // 8 + ew], ev, rtol=1e-5, atol=3e-5 * ev.abs().max().item())
+        torch.testing.assert_close(hm8[..., pad // 8 : pad // 8 + eh, pad // 8 : pad // 8 + ew], ev, rtol=1e-5,
+                                   atol=3e-5 * ev.abs().max().item())
 
 
 def test_targets_none_int_list_and_per_image():

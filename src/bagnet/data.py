@@ -215,7 +215,22 @@ def read_sample(path: str, label: int, index: int,
         return Skipped(path, str(err))
     if transform is not None:  # transform errors are programming errors: they propagate
         image = transform(image)
+    bad = _non_finite(image)
+    if bad:
+        return Skipped(path, _non_finite_reason(bad, image))
     return image, label, index
+
+
+def _non_finite(image: Any) -> int:
+    """How many NaN or ±inf values a transformed image holds (0 for anything that is not a float tensor)."""
+    if isinstance(image, Tensor) and image.is_floating_point():
+        return int((~torch.isfinite(image)).sum())
+    return 0
+
+
+def _non_finite_reason(bad: int, image: Tensor) -> str:
+    return (f"its transform gave {bad} non-finite values (NaN or inf) of {image.numel()} (a division by a zero "
+            f"standard deviation?); models would turn them into NaN logits")
 
 
 def _dataset_loader(path: str) -> Image.Image:
@@ -229,8 +244,15 @@ def _is_image_file(path: str) -> bool:
 
 def collate(samples: Sequence[Union[tuple[Any, int, int], Skipped]]) -> Batch:
     """Stack the loadable samples of a batch; the others are passed on in ``Batch.skipped``."""
-    good = [s for s in samples if not isinstance(s, Skipped)]
-    skipped = [s for s in samples if isinstance(s, Skipped)]
+    good, skipped = [], [s for s in samples if isinstance(s, Skipped)]
+    for s in samples:
+        if isinstance(s, Skipped):
+            continue
+        bad = _non_finite(s[0])  # any dataset's items (those of files are checked, with their path, when read)
+        if bad:
+            skipped.append(Skipped(f"item #{s[2]}", _non_finite_reason(bad, s[0])))
+        else:
+            good.append(s)
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped)
     shapes = {tuple(s[0].shape) for s in good}
@@ -453,8 +475,26 @@ def evaluation_dataset(
     root = Path(spec)
     if (root / "val").is_dir():
         root = root / "val"
+    else:
+        _refuse_split_without_val(root)
     ds = ImageFolderDataset(root, transform)
     return ds, ds.categories, str(root)
+
+
+#: Sub-folder names that mark a dataset's splits rather than its classes.
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
+def _refuse_split_without_val(root: Path) -> None:
+    """A dataset folder laid out in splits (``train/``, ``test/``) but without ``val/``: its splits are not classes."""
+    if not root.is_dir():
+        return
+    folders = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    splits = sorted(name for name in folders if name.lower() in SPLIT_NAMES)
+    if splits and len(splits) == len(folders):  # only split folders: not a folder of classes
+        raise FileNotFoundError(
+            f"dataset folder {root} has no val/ split (it has {', '.join(s + '/' for s in splits)}): evaluation reads "
+            f"{root / 'val'}/CLASS/IMAGE; add that split, or name the split to evaluate on (--data {root / splits[0]})")
 
 
 # ---------------------------------------------------------------------------------- iterating a dataset

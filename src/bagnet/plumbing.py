@@ -107,18 +107,35 @@ class OutputBusyError(RuntimeError):
     """Another process is writing results into the same folder."""
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes of a file name that were not valid UTF-8 (Python keeps them as lone surrogates)
+    written as ``\\xNN``: valid Unicode for JSON, HTML and CSV files, and still telling which file it was."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: escape it as it is
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None (tuples become lists), ready for strict JSON."""
+    """``obj`` with every non-finite float replaced by None (tuples become lists) and undecodable bytes of file
+    names escaped (:func:`printable`), ready for strict JSON."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return printable(obj)
     if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
+        return {printable(str(k)): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
         return json_safe(obj.item())
     if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
+        return printable(os.fspath(obj))
     return obj
 
 
@@ -133,6 +150,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode(path))  # mkstemp's 0600 would survive the rename
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -145,9 +163,31 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def _new_file_mode(path: Path) -> int:
+    """The permissions ``open(path, "w")`` would give: the existing file's, else 0666 less the process's umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    return write_bytes(path, text.encode("utf-8"))
+    """Write UTF-8 ``text`` to ``path`` atomically (undecodable file-name bytes escaped, see :func:`printable`)."""
+    return write_bytes(path, printable(text).encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -63,11 +63,29 @@ def device_arg(text: str) -> str:
     return text
 
 
+def output_folder(text: str) -> Path:
+    """argparse type: a folder for result files, existing or not, but not a file (nor empty)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name a folder for the result files")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder: name a folder for the result files")
+    return path
+
+
+def model_spec(text: str) -> str:
+    """argparse type: a model name, file or folder; an empty one is refused (it would read as the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name a model (bagnet list), a weights file or a run folder")
+    return text
+
+
 # ---------------------------------------------------------------------------------------------------- shared flags
 def add_run_flags(parser: argparse.ArgumentParser, out: str, seed: bool = True, limit: bool = False,
                   limit_default: int | None = None) -> None:
     """The flags every command that writes results shares: --out, --seed, --device, --no-progress (and --limit)."""
-    parser.add_argument("--out", type=Path, default=Path(out), help=f"folder for the result files (default: {out})")
+    parser.add_argument("--out", type=output_folder, default=Path(out),
+                        help=f"folder for the result files (default: {out})")
     if limit:
         parser.add_argument("--limit", type=positive_int, default=limit_default, metavar="N",
                             help="use a seeded random sample of N images (the same N and --seed pick the same images "
@@ -91,7 +109,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
         default = list(f.default) if isinstance(f.default, tuple) else f.default
         kwargs: dict = {"dest": f"cfg_{f.name}", "default": None, "help": f"{FIELD_HELP[f.name]} (default: {default})"}
-        if base is bool:
+        if f.name == "out":
+            kwargs.update(type=lambda text: str(output_folder(text)), metavar="OUT")
+        elif base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(base) is tuple:
             kwargs.update(nargs="+", type=int, metavar="N")
@@ -110,11 +130,12 @@ def add_data_flag(p: argparse.ArgumentParser) -> None:
 
 def add_model_flag(p: argparse.ArgumentParser, help: str = BAGNET_HELP, **kwargs) -> None:
     """``--model`` (default: the embedded default model unless ``required=True`` is passed)."""
-    p.add_argument("--model", **({} if kwargs.get("required") else {"default": "default"}), **kwargs, help=help)
+    p.add_argument("--model", type=model_spec, **({} if kwargs.get("required") else {"default": "default"}), **kwargs,
+                   help=help)
 
 
 def add_models_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+", required=True, metavar="MODEL", help=MODELS_HELP)
+    p.add_argument("--models", nargs="+", type=model_spec, required=True, metavar="MODEL", help=MODELS_HELP)
 
 
 def _models_and_data(p: argparse.ArgumentParser, name: str) -> None:
@@ -154,7 +175,7 @@ def _add_experiments(sub: argparse._SubParsersAction) -> None:
 
     e = exp.add_parser("masking", help="accuracy as the blocks a ranking finds most informative are masked")
     _models_and_data(e, "masking")
-    e.add_argument("--rankers", nargs="*", default=[], metavar="MODEL",
+    e.add_argument("--rankers", nargs="*", type=model_spec, default=[], metavar="MODEL",
                    help="BagNets whose evidence ranks the blocks (besides a random ranking)")
     e.add_argument("--own-attribution", nargs="*", default=[], metavar="METHOD",
                    help="also rank each model's blocks by its own attribution map (e.g. integrated_gradients)")

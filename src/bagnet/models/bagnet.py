@@ -328,7 +328,12 @@ class BagNet(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- forward
     def check_input(self, x: Tensor) -> None:
-        """Raise a ``ValueError`` naming the problem if ``x`` is not a batch this BagNet can take."""
+        """Raise a ``ValueError`` naming the problem if ``x`` is not a batch this BagNet can take.
+
+        Only the type, shape and dtype are checked, never the values: ``model(x)`` and ``model.evidence(x)`` pass NaN
+        and ±inf through as any torch module does (a value check would wait for the GPU on every call and stop
+        tracing). bagnet's entry points refuse them instead: ``heatmap``, ``attribute`` and the faithfulness curves
+        raise a ``ValueError``, and datasets skip (and name) an image whose transform produced them."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{self.name} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:

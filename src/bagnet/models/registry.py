@@ -238,6 +238,9 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
     splits its images (:func:`bagnet.parallel.sharded`), every rank gets rank 0's weights.
     """
     spec = os.fspath(name_or_path)
+    if not spec.strip():
+        raise ValueError("the model name is empty: give a registered name (bagnet.list_models()), a weights file or "
+                         "a run folder")
     if spec.startswith(HF_PREFIX):
         from ..export import hf_folder
 

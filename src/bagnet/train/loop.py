@@ -3,6 +3,7 @@ divergence detection, metrics files."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -102,7 +103,12 @@ def train(
     """
     rank = dist_info()[0]
     # a resumed run's checkpoint is read and checked once, before the lock would create the folder
-    state = read_run_checkpoint(Path(config.out) / CHECKPOINT, config) if resume else None
+    state = None
+    if resume and _never_checkpointed(Path(config.out)):
+        (log or (lambda msg: print(msg, file=sys.stderr)))(
+            f"--resume: {config.out} stopped before its first checkpoint; starting the run again from the beginning")
+    elif resume:
+        state = read_run_checkpoint(Path(config.out) / CHECKPOINT, config)
     if rank != 0:
         return _train(config, state, progress, log, stop_after_steps, command)
     with output_lock(config.out):
@@ -132,6 +138,8 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a checkpoint write that failed (a full disk) leaves its temporary file
+            ckpt_path.with_name(ckpt_path.name + ".tmp").unlink()
         if not resume:
             config.save(out / "config.yaml")
 
@@ -195,8 +203,13 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
             "epoch_stats": epoch_stats, "commands": commands,
         }
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, ckpt_path)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, ckpt_path)
+        except BaseException:  # a full disk: no partial file left behind; the last good checkpoint stays
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def check_finite(loss: float, epoch: int, step: int) -> None:
         bad = not math.isfinite(loss)
@@ -312,6 +325,12 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
 #: What a training checkpoint holds (all plain data and tensors: it is read with ``weights_only=True``).
 CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "torch_rng", "epoch", "step_in_epoch", "history",
                    "wall_seconds")
+
+
+def _never_checkpointed(out: Path) -> bool:
+    """A run folder that a run started in (its config.yaml is there) but that stopped before writing a checkpoint
+    or a model (a full disk, an early error): ``--resume`` restarts it from the beginning."""
+    return (out / "config.yaml").is_file() and not (out / CHECKPOINT).exists() and not (out / "model.safetensors").exists()
 
 
 def read_run_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torchvision import transforms
 
+from ..errors import ConfigError
 from ..data import ImageFolderDataset, fashion_mnist, imagenette
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .config import TrainConfig
@@ -94,9 +95,15 @@ def make_splits(config: TrainConfig) -> Splits:
     rng = random.Random(config.seed)
     holdout_idx: list[int] = []
     if config.holdout_per_class:
+        names = list(train_full.categories)
         for c in sorted(set(targets)):
             members = [i for i, t in enumerate(targets) if t == c]
-            holdout_idx += sorted(rng.sample(members, min(config.holdout_per_class, len(members) // 2)))
+            if config.holdout_per_class > len(members) // 2:
+                raise ConfigError(
+                    f"holdout_per_class={config.holdout_per_class} holds out more than half of class {names[c]!r}, "
+                    f"which has {len(members)} training images; at most {len(members) // 2} for this dataset",
+                    field="holdout_per_class")
+            holdout_idx += sorted(rng.sample(members, config.holdout_per_class))
     held = set(holdout_idx)
     train_idx = [i for i in range(len(targets)) if i not in held]
     if config.limit_train is not None:
