@@ -73,6 +73,7 @@ def _without_paths(result: dict, root: str) -> dict:
     return json.loads(json.dumps(result).replace(root, "ROOT"))
 
 
+@pytest.mark.timeout(900)  # two torchrun processes and a one-process run of seven commands: 1-2 min, more when loaded
 @pytest.mark.skipif(not shutil.which("torchrun", path=os.path.dirname(sys.executable)),
                     reason="torchrun is not installed beside this Python")
 def test_two_processes_write_what_one_process_writes(tmp_path):
