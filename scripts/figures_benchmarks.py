@@ -366,6 +366,36 @@ def gpu_before_table(path: Path) -> str:
             f"{data['source']}*\n")
 
 
+def gpu_figures(folder: Path) -> str:
+    """The GPU table: measured, from ``device-cuda.json`` (written by scripts/gpu_check.sh) when it exists, else the
+    transcribed before row of ``gpu-h200-before.json`` with its provenance."""
+    measured = folder / "device-cuda.json"
+    if not measured.is_file():
+        return ("No GPU measurement is stored yet (`benchmarks/results/device-cuda.json`): the row below is the "
+                "transcribed **before** row.\n\n" + gpu_before_table(folder / "gpu-h200-before.json"))
+    return device_table(measured)
+
+
+def device_table(path: Path) -> str:
+    """benchmarks/device.py's file as a table: inference per model, policy and dtype; heatmaps per precision."""
+    data = load(path)
+    rows = []
+    for r in data["inference"]:
+        peak = f", peak {r['peak_mib'] / 1024:.1f} GiB" if r.get("peak_mib") else ""
+        rows.append([f"{r['model']} inference, batch {r['batch']}, {r['dtype']}, {r['policy']} policy",
+                     f"{r['images_per_s']:.0f} img/s, {r['tmac_per_s']:.2f} TMAC/s "
+                     f"({r['time_per_mac_vs_resnet50']:.2f}× ResNet-50's time per MAC){peak}"])
+    for r in data["heatmaps"]:
+        peak = f", peak {r['peak_mib'] / 1024:.1f} GiB" if r.get("peak_mib") else ""
+        rows.append([f"heatmap BagNet-33 {r['size']}², {r['precision']}",
+                     f"one map {r['one_map_s']:.3f} s; {r['maps']} batched {r['batched_s'] / r['maps']:.3f} s per map "
+                     f"({r['batched_vs_singles']:.2f} of singles); error {r['max_error_vs_strict_rel']:.1e} of the "
+                     f"range{peak}"])
+    run = data["run"]
+    return (table([f"measured ({data['device']})", "figure"], rows)
+            + f"\n\n*{run['date']}, {data['device']}, torch {data['torch']}; `{run['command']}`*\n")
+
+
 def wrap(text: str, width: int = 118) -> str:
     import textwrap
 

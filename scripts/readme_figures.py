@@ -38,7 +38,7 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("benchmarks/results/heatmap.json", "table"): fb.heatmap_table,
     ("benchmarks/results/heatmap.json", "notes"): fb.heatmap_notes,
     ("benchmarks/results/device-cpu.json", "notes"): fb.device_cpu_notes,
-    ("benchmarks/results/gpu-h200-before.json", "table"): fb.gpu_before_table,
+    ("benchmarks/results", "gpu"): fb.gpu_figures,
     ("benchmarks/results/forward.json", "table"): fb.forward_table,
     ("benchmarks/results/forward.json", "notes"): fb.forward_notes,
     ("benchmarks/results/train.json", "table"): fb.train_table,
