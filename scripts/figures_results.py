@@ -213,3 +213,130 @@ def example_times(path: Path, block: str) -> str:
         f"{entry['seconds']:.1f} s in all"
     return wrap(f"*Time as printed, on {data['data']} — {machine_words(data)}, {data['run']['date']}: "
                 f"{parts}.*") + "\n"
+
+
+METHOD_NAMES = {"evidence": "evidence (exact)", "saliency": "saliency", "integrated_gradients": "integrated gradients",
+                "deeplift": "DeepLIFT", "lrp_epsilon": "ε-LRP", "gradcam": "Grad-CAM", "random": "random"}
+
+
+def attribution_table(path: Path) -> str:
+    """docs/attribution.md's table from ``bagnet attribution``'s comparison.csv: AUCs per model and method, the best
+    of each model in bold, and the completeness gap against the expected sum where a method has one."""
+    import csv
+
+    rows = [r for r in csv.DictReader(path.open()) if r["available"] == "True"]
+    best: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r["method"] == "random":
+            continue
+        for key, better in (("deletion_auc", min), ("insertion_auc", max)):
+            k = (r["model"], key)
+            best[k] = better(best.get(k, float(r[key])), float(r[key]))
+
+    def cell(r: dict, key: str) -> str:
+        text = f"{float(r[key]):.3f}"
+        return f"**{text}**" if r["method"] != "random" and float(r[key]) == best[(r["model"], key)] else text
+
+    def gap(r: dict) -> str:
+        if not r["completeness_gap"]:
+            return ""
+        g, scale = abs(float(r["completeness_gap"])), float(r["completeness_scale"])
+        text = f"{g:.0e}".replace("e-0", "e-") if g < 1e-3 else f"{g:.3f}" if g < 1 else f"{g:.2f}"
+        return f"{text} / {scale:.2f}"
+
+    body = [[_label(r["model"]), METHOD_NAMES.get(r["method"], r["method"]), cell(r, "deletion_auc"),
+             cell(r, "insertion_auc"), gap(r)] for r in rows]
+    return table(["model", "method", "deletion AUC ↓", "insertion AUC ↑", "\\|completeness gap\\| / \\|expected\\|"],
+                 body)
+
+
+def _shipped_side(model: str) -> int:
+    """The input side of a shipped model (``bagnet17``), from its weights' preprocessing metadata."""
+    side = input_side(ROOT / "src" / "bagnet" / "weights" / f"{model}.imagenette.safetensors")
+    if side is None:
+        raise SystemExit(f"src/bagnet/weights/{model}.imagenette.safetensors records no input size")
+    return side
+
+
+def certify_table(folder: Path) -> str:
+    """docs/robustness.md's certificate table from one ``bagnet certify`` result folder (robust masking rows)."""
+    data = json.loads((folder / "robustness.json").read_text())
+    side = _shipped_side(data["model"])
+    cells = (side - PATCH_SIZES[data["model"]]) // 8 + 1
+    rows = [[f"{r['sticker']} ({100 * r['sticker'] ** 2 / side ** 2:.1f} %)", f"{r['window_cells']}×{r['window_cells']}",
+             f"{100 * r['clean']:.1f} %", f"{100 * r['certified']:.1f} %"]
+            for r in data["rows"] if r["method"] == "masking"]
+    return table([f"sticker (px, share of the {side}² image)", f"window (cells of {cells}×{cells})", "clean (masked)",
+                  "certified"], rows)
+
+
+def attack_table(folder: Path) -> str:
+    """docs/robustness.md's attack table: undefended and robust-masking accuracies with and without the attack."""
+    data = json.loads((folder / "robustness.json").read_text())
+    side = _shipped_side(data["model"])
+    rows = []
+    for r in (r for r in data["rows"] if r["method"] == "masking"):
+        rows.append([f"{r['sticker']} px ({100 * r['sticker'] ** 2 / side ** 2:.1f} %)",
+                     f"{100 * data['clean_undefended_attacked_subset']:.0f} %",
+                     f"{100 * data['attacked_undefended'][str(r['sticker'])]:.0f} %",
+                     f"{100 * r['clean_attacked_subset']:.0f} %", f"{100 * r['certified_attacked_subset']:.0f} %",
+                     f"{100 * r['attacked']:.0f} %", str(r["certified_but_flipped"])])
+    return table(["sticker", "undefended clean", "undefended attacked", "masking clean", "masking certified",
+                  "masking attacked", "certified images the attack flipped"], rows)
+
+
+#: docs/imagenet.md's steps: (name, images decoded, forward passes per model, what the passes are); ``None`` models:
+#: every model of the run; a BagNet's interaction effects come from its evidence map (one pass and small crops per
+#: image, counted as two passes).
+IMAGENET_STEPS = (
+    ("evaluate", 50_000, 50_000, "50,000 images, 8 loader processes"),
+    ("scrambling", 5_000, 25_000, "5 grids × 5,000 images"),
+    ("interactions", 200, 16_800, "200 images × 7 gaps × 4 pairs × 3 maskings (BagNets: 2 per image)"),
+    ("similarity", 10_000, 10_000, "10,000 images"),
+    ("masking", 1_000, 8_000, "1,000 images × 8 k, plus one BagNet-33 heatmap per image"),
+    ("attribution", 50, 50 * 332, "50 images × (IG 32 steps + 4 other methods, forward and backward ≈ 3 passes "
+                                  "each, + 7 maps × 2 curves × 16 steps) for 4 models"),
+)
+IMAGENET_MODELS = ("bagnet9", "bagnet17", "bagnet33", "vgg16", "resnet50", "resnet152", "densenet169", "vit_b_16")
+ATTRIBUTION_MODELS = ("bagnet33", "vgg16", "resnet50", "densenet169")
+EVALUATE_LOADERS = 8
+
+
+def imagenet_estimate(path: Path) -> str:
+    """docs/imagenet.md's run-time estimate: the measured inputs (imagenet-estimate.json and the GPU file it names)
+    and, per step, decoding (images ÷ decode rate) plus compute (passes ÷ each model's GPU rate)."""
+    data = json.loads(path.read_text())
+    gpu = json.loads((ROOT / data["gpu_source"]).read_text())
+    costs, decode = data["gmac_224"], data["decode_images_per_s_per_core"]
+    inf = gpu["inference"]
+    cnn_tmac = inf["resnet50_img_s"]["fp32"] * gpu["training"]["resnet50_gmac"] / 1e3  # TMAC/s, fp32
+
+    def rate(model: str) -> float:  # images per second on the GPU, fp32, the device's own batching policy
+        if model.startswith("bagnet"):
+            return inf["bagnet33_unchunked_img_s"]["fp32"] * costs["bagnet33"] / costs[model]
+        return cnn_tmac * 1e3 / costs[model]
+
+    rows, total = [], 0.0
+    for name, images, passes, what in IMAGENET_STEPS:
+        models = ATTRIBUTION_MODELS if name == "attribution" else IMAGENET_MODELS
+        if name == "evaluate":  # loaders decode while the GPU computes: the slower of the two, per model
+            seconds = sum(max(images / (EVALUATE_LOADERS * decode), passes / rate(m)) for m in models)
+        else:
+            seconds = images / decode + sum((2 * images if name == "interactions" and m.startswith("bagnet")
+                                             else passes) / rate(m) for m in models)
+            if name == "masking":
+                seconds += images * gpu["heatmap"]["strict_s"]
+        total += seconds
+        rows.append([name, what, f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"])
+    rows.append(["all", "", f"**about {total / 60:.0f} min**"])
+    costs_text = ", ".join(f"`{m}` {costs[m]:.2f}" for m in IMAGENET_MODELS)
+    intro = wrap(
+        f"How it is estimated: the forward cost per image at 224 px, counted with `torch.utils.flop_counter` on this "
+        f"repository's models ({costs_text} GMAC); the GPU's fp32 rates from `{data['gpu_source']}` "
+        f"({gpu['run']['gpu']}: ResNet-50 {inf['resnet50_img_s']['fp32']:.0f} img/s = {cnn_tmac:.1f} TMAC/s for every "
+        f"CNN, BagNet-33 {inf['bagnet33_unchunked_img_s']['fp32']:.0f} img/s with the GPU's batching policy, scaled by "
+        f"cost for the other BagNets); decoding one 500×375 JPEG (decode, resize 256, crop, normalise) measured at "
+        f"{decode:.0f} images/s on one core of this machine, so `evaluate` ({EVALUATE_LOADERS} loader processes) "
+        f"decodes at {EVALUATE_LOADERS * decode:.0f} img/s and the experiments, which decode in the main process, at "
+        f"{decode:.0f} img/s. Inputs measured by `python scripts/imagenet_estimate.py` ({data['run']['date']}).")
+    return intro + "\n\n" + table(["step", "forward passes per model", "estimate"], rows)

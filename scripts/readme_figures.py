@@ -49,6 +49,11 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("benchmarks/results/heatmap.json", "notes"): fb.heatmap_notes,
     ("benchmarks/results/device-cpu.json", "notes"): fb.device_cpu_notes,
     ("benchmarks/results", "gpu"): fb.gpu_figures,
+    ("docs/results/attribution/comparison.csv", "table"): fr.attribution_table,
+    ("docs/results/robust/bagnet33", "table"): fr.certify_table,
+    ("docs/results/robust/bagnet17", "table"): fr.certify_table,
+    ("docs/results/robust/attack", "table"): fr.attack_table,
+    ("docs/results/imagenet-estimate.json", "table"): fr.imagenet_estimate,
     ("benchmarks/results/forward.json", "table"): fb.forward_table,
     ("benchmarks/results/forward.json", "notes"): fb.forward_notes,
     ("benchmarks/results/train.json", "table"): fb.train_table,
@@ -90,6 +95,7 @@ INLINE_HELPERS: dict[str, Callable] = {
     "num": _num,                                                        # num(1.857, 2) = "1.86"
     "ratio": lambda a, b, digits=2: _num(a / b, digits),                # a / b
     "sci": lambda x, digits=1: f"{x:.{digits}e}",                        # sci(3e-7, 0) = "3e-07"
+    "row": lambda rows, **match: _row(rows, **match),                   # row(rows, model="vgg11", method="x")
     "abs": abs, "min": min, "max": max, "len": len, "sum": sum, "round": round, "int": int, "sorted": sorted,
     "str": str, "float": float, "zip": zip, "range": range, "enumerate": enumerate,
 }
@@ -129,8 +135,29 @@ def page_data(text: str, page: str) -> dict[str, Any]:
             path = ROOT / rel
             if not name.isidentifier() or not rel or not path.is_file():
                 raise SystemExit(f"{page}: figures-data {pair!r} must be NAME=PATH of an existing file")
-            data[name] = json.loads(path.read_text())
+            data[name] = json.loads(path.read_text()) if path.suffix == ".json" else _csv_rows(path)
     return data
+
+
+def _csv_rows(path: Path) -> list[dict[str, Any]]:
+    """A CSV file's rows as dicts, numbers as floats."""
+    import csv
+
+    def value(text: str) -> Any:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(path.open())]
+
+
+def _row(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
+    """The one row of a table (a CSV's rows, a result's list of dicts) whose fields equal ``match``."""
+    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} rows match {match}")
+    return found[0]
 
 
 def render_inline(text: str, page: str = "README.md") -> str:
@@ -142,7 +169,7 @@ def render_inline(text: str, page: str = "README.md") -> str:
     def replace(match: re.Match) -> str:
         expr = match.group("expr").strip()
         try:
-            value = eval(expr, {"__builtins__": {}}, namespace)  # noqa: S307 - the project's own pages
+            value = eval(expr, {"__builtins__": {}, **namespace})  # noqa: S307 - the project's own pages
         except Exception as err:
             raise SystemExit(f"{page}: inline figure {expr!r} failed: {type(err).__name__}: {err}") from None
         return f"<!--fig {match.group('expr')}-->{value}<!--/fig-->"
@@ -167,7 +194,7 @@ def stray_figures(text: str, sections: tuple[str, ...] | None = MEASURED_SECTION
         prose = BLOCK.sub("", section)
         prose = INLINE.sub("", prose)
         prose = re.sub(r"(?ms)^```.*?^```", "", prose)     # code blocks
-        prose = re.sub(r"`[^`\n]*--[\w-][^`\n]*`", "``", prose)  # code spans with a flag: settings
+        prose = re.sub(r"`[^`\n]*(?:--[\w-]|\w=)[^`\n]*`", "``", prose)  # code spans with a flag or name=: settings
         prose = re.sub(r"<!--.*?-->", "", prose, flags=re.S)
         for m in QUANTITY.finditer(prose):
             context = prose[max(0, m.start() - 40):m.end() + 20].replace("\n", " ")
