@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import figures_results  # noqa: E402
@@ -37,6 +38,59 @@ def test_typed_figures_are_found_outside_rendered_parts_only():
     assert len(stray) == 4, stray
     assert all(s.startswith("Benchmarks:") for s in stray)
     assert not any("9.3" in s or "12 s" in s or "1.2" in s or "224" in s for s in stray)
+
+
+@pytest.mark.parametrize("typed", ["took 12 seconds", "ran for 40 minutes", "3.5x faster", "a 20.7-fold gain",
+                                   "an error of 1.3e-06", "needs 300 MB", "costs 16.26 GMAC", "`took 5.33 s`",
+                                   "in 2 h", "1.2 TFLOP/s", "at 830 images/s", "used 3 GB", "2 days"])
+def test_every_kind_of_typed_figure_is_found(typed):
+    text = f"## Benchmarks\n\nThe run {typed} here.\n"
+    assert len(readme_figures.stray_figures(text)) == 1, typed
+
+
+@pytest.mark.parametrize("setting", ["`--max-memory 300` is a flag", "`lrp_epsilon=1e-6` is a setting",
+                                     "≤ 12 minutes is a budget", "sizes 224×224", "a 16-px sticker",
+                                     "<!--fig pct(x)-->79.5<!--/fig--> % is rendered"])
+def test_settings_bounds_and_rendered_figures_are_not_typed_figures(setting):
+    assert readme_figures.stray_figures(f"## Benchmarks\n\n{setting}\n") == [], setting
+
+
+def test_a_renamed_guarded_section_is_an_error_not_a_hole():
+    text = README.read_text()
+    assert readme_figures.missing_sections(text) == []
+    renamed = text.replace("## Benchmarks\n", "## Speed\n", 1)
+    assert readme_figures.missing_sections(renamed) == ["Benchmarks"]
+
+
+def test_every_docs_page_is_guarded_whole():
+    guarded = {path.name: sections for path, sections in readme_figures.pages()}
+    assert guarded["README.md"] == readme_figures.MEASURED_SECTIONS
+    docs = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert docs and all(guarded[name] is None for name in docs)
+    page = "# A page\n\nIntro took 3 s.\n\n## Any section\n\nThen 12 seconds and 40 %.\n"
+    assert len(readme_figures.stray_figures(page, None)) == 3
+
+
+def test_inline_figures_are_rendered_from_the_page_data(tmp_path, monkeypatch):
+    (tmp_path / "r.json").write_text(json.dumps({"top1": [0.795, 0.676]}))
+    monkeypatch.setattr(readme_figures, "ROOT", tmp_path)
+    page = ("<!-- figures-data: r=r.json -->\nBagNet-33 loses <!--fig pts(r['top1'][0], r['top1'][1], 0)-->99<!--/fig--> "
+            "points (<!--fig pct(r['top1'][0])-->0<!--/fig--> %).\n")
+    rendered = readme_figures.render(page, "page.md")
+    assert "-->12<!--/fig--> points" in rendered and "-->79.5<!--/fig--> %" in rendered
+    assert readme_figures.stray_figures(rendered, None) == []
+    with pytest.raises(SystemExit, match="inline figure"):
+        readme_figures.render("<!-- figures-data: r=r.json -->\n<!--fig r['nothing']-->1<!--/fig-->", "page.md")
+    with pytest.raises(SystemExit, match="figures-data"):
+        readme_figures.render("<!-- figures-data: r=missing.json -->\n<!--fig 1-->1<!--/fig-->", "page.md")
+
+
+def test_docs_quote_the_interaction_speedups_of_the_benchmark_file():
+    """docs/experiments.md once quoted 1.7×, 2.6× and 2.3× where its file said 1.86×, 2.37× and 2.56×."""
+    rows = json.loads((ROOT / "benchmarks" / "results" / "interactions.json").read_text())["rows"]
+    rendered = readme_figures.render((ROOT / "docs" / "experiments.md").read_text(), "docs/experiments.md")
+    for row in rows:
+        assert f"-->{row['speedup']:.2f}<!--/fig-->× (BagNet-{row['model'][6:]})" in rendered
 
 
 def test_bash_trace_gives_each_top_level_command_its_wall_time():
