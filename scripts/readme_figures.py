@@ -76,7 +76,7 @@ UNIT = (r"(?:%|×(?!\s?\d)|x\b|-?fold\b|µs\b|us\b|ms\b|s\b|sec(?:ond)?s?\b|min(
 NUMBER = r"\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+−]?\d+)?(?:\s?[–-]\s?\d+(?:\.\d+)?)?"
 QUANTITY = re.compile(r"(?<![\w.\-/])(?<![≤≥<>] )(?<![≤≥<>])(?:" + NUMBER + r"\s?" + UNIT
                       + r"|\d+(?:\.\d+)?[eE][-+−]?\d+)")
-INLINE = re.compile(r"<!--fig (?P<expr>.+?)-->(?P<body>.*?)<!--/fig-->", re.S)
+INLINE = re.compile(r"(?<!`)<!--fig (?P<expr>.+?)-->(?P<body>.*?)<!--/fig-->", re.S)  # not in a `code span`
 DATA = re.compile(r"<!-- figures-data: (?P<pairs>[^>]*?) -->")
 
 
