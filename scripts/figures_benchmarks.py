@@ -373,7 +373,13 @@ def gpu_figures(folder: Path) -> str:
     if not measured.is_file():
         return ("No GPU measurement is stored yet (`benchmarks/results/device-cuda.json`): the row below is the "
                 "transcribed **before** row.\n\n" + gpu_before_table(folder / "gpu-h200-before.json"))
-    return device_table(measured)
+    parts = [device_table(measured)]
+    for name, title, render in (("heatmap", "Dense heatmaps", heatmap_table), ("forward", "Forward pass", forward_table),
+                                ("train", "Training step", train_table)):
+        path = folder / f"{name}-cuda.json"
+        if path.is_file():  # the other benchmarks of scripts/gpu_check.sh, when they ran
+            parts.append(f"**{title} on the GPU** (`{path.name}`):\n\n" + render(path))
+    return "\n\n".join(parts)
 
 
 def device_table(path: Path) -> str:

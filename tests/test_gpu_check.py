@@ -54,3 +54,9 @@ def test_a_measured_device_file_replaces_the_before_row(tmp_path):
     first = measured["inference"][0]
     assert f"{first['images_per_s']:.0f} img/s" in text and "peak 2.0 GiB" in text
     assert text.count("heatmap BagNet-33") == len(measured["heatmaps"])
+    assert "on the GPU" not in text  # the other benchmarks did not run
+    for name in ("heatmap", "forward", "train"):  # each benchmark's file has one schema on every device
+        shutil.copy(ROOT / "benchmarks" / "results" / f"{name}.json", tmp_path / f"{name}-cuda.json")
+    text = figures_benchmarks.gpu_figures(tmp_path)
+    for title in ("Dense heatmaps on the GPU", "Forward pass on the GPU", "Training step on the GPU"):
+        assert title in text
