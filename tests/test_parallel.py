@@ -116,6 +116,12 @@ def test_helpers_are_the_identity_for_one_process():
     assert merged_sum({"a": [1, 2], "b": 3}) == {"a": [1, 2], "b": 3}
     x, = merged_cat(torch.tensor([10.0, 20.0, 30.0]), key=torch.tensor([2, 0, 1]))
     assert x.tolist() == [20.0, 30.0, 10.0]
+    from bagnet.parallel import same_on_every_rank
+
+    model = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert same_on_every_rank(model) is model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_a_process_group_of_someone_else_does_not_split_anything(tmp_path, monkeypatch):

@@ -76,7 +76,8 @@ def output_folder(text: str) -> Path:
 def model_spec(text: str) -> str:
     """argparse type: a model name, file or folder; an empty one is refused (it would read as the current folder)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: name a model (`bagnet models` lists them), a weights file or a run folder")
+        raise argparse.ArgumentTypeError("is empty: name a model (`bagnet models` lists them), a weights file or a "
+                                         "run folder")
     return text
 
 
