@@ -168,3 +168,72 @@ def test_download_flag_fetches_imagenette_before_the_command_runs(tmp_path, monk
     assert main(["evaluate", "--model", "default", "--data", "imagenette", "--download", "--out",
                  str(tmp_path / "e")]) == 1
     assert calls == [None] and "could not fetch Imagenette" in capsys.readouterr().err
+
+
+def _idx_files(folder, gz: bool, counts=(("train", 5), ("t10k", 3))) -> None:
+    """Fashion-MNIST's four idx files (tiny, labels 0..n-1), gzipped or not."""
+    import gzip
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in counts:
+        images = struct.pack(">IIII", 2051, n, 28, 28) + bytes(range(n)) * 784
+        labels = struct.pack(">II", 2049, n) + bytes(range(n))
+        for name, data in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            if gz:
+                with gzip.open(folder / f"{name}.gz", "wb") as f:
+                    f.write(data)
+            else:
+                (folder / name).write_bytes(data)
+
+
+def test_fashion_mnist_honours_bagnet_data_in_both_layouts(tmp_path, monkeypatch):
+    """Like every named dataset, Fashion-MNIST is looked for in $BAGNET_DATA: unpacked (torchvision's layout, read in
+    place) or as .gz files (unpacked into the cache, never into the data folder)."""
+    from bagnet.data import evaluation_dataset
+
+    unpacked, packed, cache = tmp_path / "unpacked", tmp_path / "packed", tmp_path / "cache"
+    _idx_files(unpacked / "FashionMNIST" / "raw", gz=False)
+    _idx_files(packed / "fashion-mnist", gz=True)
+    monkeypatch.setenv("BAGNET_DATA", str(unpacked))
+    assert len(fashion_mnist("train")) == 5 and len(fashion_mnist("test")) == 3
+    dataset, categories, name = evaluation_dataset("fashion-mnist")
+    assert len(dataset) == 3 and categories[0] == "T-shirt/top" and name == "fashion-mnist/test"
+    monkeypatch.setenv("BAGNET_DATA", str(packed))
+    before = sorted(p.name for p in (packed / "fashion-mnist").iterdir())
+    ds = fashion_mnist("test", cache=cache)
+    assert len(ds) == 3 and ds[2][1] == 2 and (cache / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    assert sorted(p.name for p in (packed / "fashion-mnist").iterdir()) == before  # nothing written there
+    monkeypatch.setenv("BAGNET_DATA", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="fashion-mnist"):
+        fashion_mnist("test", cache=tmp_path / "other-cache", source=tmp_path / "nowhere")
+
+
+def test_training_and_evaluation_take_their_datasets_from_one_catalog(tmp_path):
+    from bagnet.data import evaluation_dataset, training_data
+
+    for split, n in (("train", 4), ("val", 2)):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+    data = training_data(str(tmp_path), None, None)
+    assert (len(data.train), len(data.train_eval), len(data.val)) == (8, 8, 4) and data.categories == ["cat", "dog"]
+    val, categories, _ = evaluation_dataset(str(tmp_path))
+    assert len(val) == len(data.val) and categories == data.categories
+    (tmp_path / "val" / "bird").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "val" / "bird" / "0.png")
+    with pytest.raises(ValueError, match="class folders differ"):
+        training_data(str(tmp_path), None, None)
+
+
+def test_the_old_imagenet_module_still_imports_and_warns():
+    import importlib
+    import sys
+
+    sys.modules.pop("bagnet.imagenet", None)
+    with pytest.warns(DeprecationWarning, match="bagnet.data.imagenet"):
+        old = importlib.import_module("bagnet.imagenet")
+    from bagnet.data.imagenet import ImageNetVal
+
+    assert old.ImageNetVal is ImageNetVal

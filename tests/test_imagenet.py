@@ -17,7 +17,7 @@ from PIL import Image
 
 import bagnet
 from bagnet.data import default_data_root, evaluation_dataset, subset_indices
-from bagnet.imagenet import ImageNetVal, detect_layout, imagenet_wnids
+from bagnet.data.imagenet import ImageNetVal, detect_layout, imagenet_wnids
 from bagnet.models import model_label
 
 # (WordNet id, standard ImageNet index) of the classes used; file i belongs to CLASSES[i % 3]

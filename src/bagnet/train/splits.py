@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -15,7 +14,7 @@ from torch import Tensor
 from torchvision import transforms
 
 from ..errors import ConfigError
-from ..data import ImageFolderDataset, fashion_mnist, imagenette
+from ..data import training_data
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .config import TrainConfig
 
@@ -77,20 +76,8 @@ class Splits:
 def make_splits(config: TrainConfig) -> Splits:
     """Training, held-out and validation datasets; the hold-out is a fixed, seeded choice of training images."""
     train_t, eval_t = train_transform(config), eval_transform(config)
-    if config.data == "imagenette":
-        train_full = imagenette("train", train_t, subset=config.train_subset)
-        train_eval = imagenette("train", eval_t, subset=config.train_subset)
-        val = imagenette("val", eval_t)
-    elif config.data == "fashion-mnist":
-        train_full, train_eval = fashion_mnist("train", train_t), fashion_mnist("train", eval_t)
-        val = fashion_mnist("test", eval_t)
-    else:
-        root = Path(config.data)
-        train_full = ImageFolderDataset(root / "train", train_t)
-        train_eval = ImageFolderDataset(root / "train", eval_t)
-        val = ImageFolderDataset(root / "val", eval_t)
-        if train_full.classes != val.classes:
-            raise ValueError(f"class folders differ between {root / 'train'} and {root / 'val'}")
+    data = training_data(config.data, train_t, eval_t, subset=config.train_subset)
+    train_full, train_eval, val = data.train, data.train_eval, data.val
     targets = list(train_full.targets)
     rng = random.Random(config.seed)
     holdout_idx: list[int] = []
@@ -115,7 +102,7 @@ def make_splits(config: TrainConfig) -> Splits:
         train=torch.utils.data.Subset(train_full, train_idx),
         holdout=torch.utils.data.Subset(train_eval, holdout_idx) if holdout_idx else None,
         val=torch.utils.data.Subset(val, val_idx),
-        categories=list(train_full.categories),
+        categories=data.categories,
     )
 
 

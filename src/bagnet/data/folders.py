@@ -1,0 +1,161 @@
+"""Folder datasets and batches: ImageFolder data that hands unreadable files on as :class:`Skipped` markers, the
+collate function that drops them from a batch (and images a transform made non-finite), and the log that names each
+skipped file once.
+
+Unreadable images never stop a long run: datasets return a :class:`Skipped` marker in their place, the collate
+function drops it from the batch and hands it to the caller, which reports each path once and counts them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import datasets
+
+from .images import IMAGE_EXTENSIONS, MAX_DATASET_ASPECT, ImageReadError, PathLike, load_image
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Stands in a batch for a sample that could not be loaded."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Batch:
+    """A collated batch: images (B, 3, H, W), labels (B,), indices into the dataset, and the skipped samples."""
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+    skipped: list[Skipped]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (DataLoader's ``pin_memory=True``: faster, asynchronous GPU copies)."""
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices, self.skipped)
+
+
+def pin_for(device: Any) -> bool:
+    """Whether loaders feeding ``device`` should pin their batches: only for CUDA."""
+    return device is not None and torch.device(device).type == "cuda"
+
+
+class ImageFolderDataset(datasets.ImageFolder):
+    """torchvision's ImageFolder (one sub-folder per class, sorted) that returns :class:`Skipped` for bad files.
+
+    ``dataset[i]`` is ``(image, label, i)`` or ``Skipped``; ``categories`` holds readable class names.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        transform: Optional[Callable[[Image.Image], Any]] = None,
+        categories: Optional[Sequence[str]] = None,
+        samples: Optional[Sequence[str]] = None,
+    ) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder {root} does not exist")
+        super().__init__(str(root), transform=transform, loader=_dataset_loader, is_valid_file=_is_image_file)
+        if samples is not None:
+            keep = {str(root / s) for s in samples}
+            self.samples = [s for s in self.samples if s[0] in keep]
+            self.imgs = self.samples
+            self.targets = [t for _, t in self.samples]
+            if len(self.samples) != len(keep):
+                raise ValueError(f"{len(keep) - len(self.samples)} listed samples are not images under {root}")
+        self.categories: list[str] = list(categories) if categories is not None else list(self.classes)
+        if len(self.categories) != len(self.classes):
+            raise ValueError(f"{len(self.categories)} category names for {len(self.classes)} class folders in {root}")
+
+    def __getitem__(self, index: int) -> Union[tuple[Any, int, int], Skipped]:
+        path, label = self.samples[index]
+        return read_sample(path, label, index, self.transform)
+
+
+def read_sample(path: str, label: int, index: int,
+                transform: Optional[Callable[[Image.Image], Any]]) -> Union[tuple[Any, int, int], Skipped]:
+    """One dataset item: ``(image, label, index)``, or :class:`Skipped` for a file that cannot be read."""
+    try:
+        image = _dataset_loader(path)
+    except (ImageReadError, OSError) as err:  # a bad file must not end a long run: hand it to the caller
+        return Skipped(path, str(err))
+    if transform is not None:  # transform errors are programming errors: they propagate
+        image = transform(image)
+    bad = _non_finite(image)
+    if bad:
+        return Skipped(path, _non_finite_reason(bad, image))
+    return image, label, index
+
+
+def _non_finite(image: Any) -> int:
+    """How many NaN or ±inf values a transformed image holds (0 for anything that is not a float tensor)."""
+    if isinstance(image, Tensor) and image.is_floating_point():
+        return int((~torch.isfinite(image)).sum())
+    return 0
+
+
+def _non_finite_reason(bad: int, image: Tensor) -> str:
+    return (f"its transform gave {bad} non-finite values (NaN or inf) of {image.numel()} (a division by a zero "
+            f"standard deviation?); models would turn them into NaN logits")
+
+
+def _dataset_loader(path: str) -> Image.Image:
+    """How datasets read a file: :func:`load_image` with the dataset aspect-ratio bound (picklable for workers)."""
+    return load_image(path, max_aspect=MAX_DATASET_ASPECT)
+
+
+def _is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(path).startswith(".")
+
+
+def collate(samples: Sequence[Union[tuple[Any, int, int], Skipped]]) -> Batch:
+    """Stack the loadable samples of a batch; the others are passed on in ``Batch.skipped``."""
+    good, skipped = [], [s for s in samples if isinstance(s, Skipped)]
+    for s in samples:
+        if isinstance(s, Skipped):
+            continue
+        bad = _non_finite(s[0])  # any dataset's items (those of files are checked, with their path, when read)
+        if bad:
+            skipped.append(Skipped(f"item #{s[2]}", _non_finite_reason(bad, s[0])))
+        else:
+            good.append(s)
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped)
+    shapes = {tuple(s[0].shape) for s in good}
+    if len(shapes) > 1:
+        raise ValueError(f"images of one batch must share a size, got {sorted(shapes)}: resize or crop them to one "
+                         "size in the dataset's transform")
+    images = torch.stack([s[0] for s in good])
+    labels = torch.tensor([s[1] for s in good], dtype=torch.long)
+    indices = torch.tensor([s[2] for s in good], dtype=torch.long)
+    return Batch(images, labels, indices, skipped)
+
+
+class SkipLog:
+    """Reports each skipped file once (to a callback, default: stderr) and counts them."""
+
+    def __init__(self, report: Optional[Callable[[str], None]] = None) -> None:
+        self._report = report or (lambda msg: print(msg, file=sys.stderr))
+        self.paths: dict[str, str] = {}
+
+    def add(self, skipped: Sequence[Skipped]) -> None:
+        for s in skipped:
+            if s.path not in self.paths:
+                self.paths[s.path] = s.reason
+                self._report(f"skipped unreadable image {s.path}: {s.reason}")
+
+    def __len__(self) -> int:
+        return len(self.paths)

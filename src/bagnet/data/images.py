@@ -1,0 +1,126 @@
+"""Tolerant image decoding: any file PIL reads becomes an upright 8-bit RGB image, its size checked from the header
+before a pixel is decoded; sample photos from scikit-image."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import ConfigError
+
+#: Colour photos that ship inside the scikit-image wheel (usable offline).
+SAMPLE_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "cat")
+#: Image file endings that ImageFolder-style datasets read.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+                                     ".gif")
+#: Largest image (width × height from the file's header) that is decoded: about 360 MB as 8-bit RGB. Larger ones
+#: are refused before any pixel is decoded (a few-KB PNG can declare 10⁶ × 10⁶ pixels).
+MAX_IMAGE_PIXELS = 120_000_000
+#: Longest-to-shortest side ratio dataset images may have: a resize of the short side to a model's input size
+#: would blow a 2,000,000×33 px strip up to gigapixels, so such files are skipped (named) before decoding.
+MAX_DATASET_ASPECT = 20.0
+
+PathLike = Union[str, os.PathLike]
+
+
+class ImageReadError(ValueError):
+    """An image file could not be decoded; the message names the file."""
+
+
+class ImageTooLarge(ImageReadError):
+    """An image file declares more pixels than bagnet decodes (``MAX_IMAGE_PIXELS``)."""
+
+
+#: EXIF orientations that swap width and height.
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def image_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of an image file, upright (EXIF orientation applied), read from its header only."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings(), _quiet_bomb_warning(), Image.open(path) as image:
+            w, h = image.size
+            orientation = image.getexif().get(0x0112) if hasattr(image, "getexif") else None
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # PIL raises many types for a broken or non-image file
+        raise ImageReadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+    _check_pixels(path, w, h, max_pixels)
+    return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)
+
+
+@contextmanager
+def _quiet_bomb_warning() -> Iterator[None]:
+    """PIL warns about images above its own pixel limit; bagnet's ``max_pixels`` decides instead."""
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    yield
+
+
+def _check_pixels(path: Path, w: int, h: int, max_pixels: int) -> None:
+    if w < 1 or h < 1:
+        raise ImageReadError(f"cannot read image {path}: its header declares {w}×{h} pixels")
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"image {path} declares {w}×{h} px ({w * h / 1e6:.0f} Mpx) in its header, more than the "
+                            f"{max_pixels / 1e6:.0f} Mpx bagnet decodes; scale it down first")
+
+
+def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255),
+               max_pixels: int = MAX_IMAGE_PIXELS, max_aspect: Optional[float] = None) -> Image.Image:
+    """Decode any image file PIL reads into an upright 8-bit RGB image (the first frame of an animation).
+
+    EXIF orientation is applied; transparency (RGBA, LA, palette) is composited on ``background``; 16- and 32-bit
+    grayscale is scaled to 8 bits; CMYK, palette and grayscale images are converted to RGB. Images whose header
+    declares more than ``max_pixels`` pixels, or (when given) a long side more than ``max_aspect`` times the short
+    one, are refused (:class:`ImageTooLarge`) before decoding.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings(), _quiet_bomb_warning(), Image.open(path) as image:
+            _check_pixels(path, *image.size, max_pixels)
+            w, h = image.size
+            if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
+                raise ImageTooLarge(f"image {path} is {w}×{h} px, an aspect ratio of {max(w, h) / min(w, h):.0f}:1; "
+                                    f"datasets accept at most {max_aspect:.0f}:1 (resizing its short side to a "
+                                    f"model's input would make it enormous)")
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image), background)
+    except (FileNotFoundError, ImageReadError):
+        raise
+    except Exception as err:  # PIL raises many types for a broken or non-image file
+        raise ImageReadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB (transparency composited on ``background``)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0 if array.max(initial=0.0) <= 1.0 else array.max()
+        else:
+            top = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def sample_image(name: str = "chelsea") -> Image.Image:
+    """A sample RGB photo from scikit-image's bundled data (needs the ``examples`` extra: scikit-image)."""
+    if name not in SAMPLE_IMAGES:
+        raise ConfigError(f"unknown sample image {name!r}; choose one of {', '.join(SAMPLE_IMAGES)}")
+    try:
+        from skimage import data as skdata
+    except ImportError as err:
+        raise ImportError("sample images come from scikit-image: pip install 'bagnet[examples]'") from err
+    return Image.fromarray(getattr(skdata, name)()).convert("RGB")
