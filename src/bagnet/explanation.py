@@ -33,10 +33,11 @@ from torchvision.transforms import functional as TF
 from .data import IMAGE_EXTENSIONS, ImageReadError, image_size, load_image
 from .errors import ConfigError
 from .heatmaps import heatmap
-from .models.bagnet import BagNet, require_bagnet
+from .models.bagnet import BagNet
 from .models.meta import model_meta
+from .models.registry import load_bagnet
 
-from .plumbing import (SCHEMA_VERSION, eval_mode, model_device, Result, write_csv, write_json,
+from .plumbing import (SCHEMA_VERSION, safe_stem, eval_mode, model_device, Result, write_csv, write_json,
                        write_text)
 #: The distinct scikit-image sample photos `bagnet explain --samples` uses (skimage's ``cat`` is ``chelsea``).
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -213,7 +214,7 @@ def explain(
     ``(label, PIL image)`` pairs (the label names the image in the results)."""
     from tqdm.auto import tqdm
 
-    model = _as_bagnet(model, device)
+    model = load_bagnet(model, device, "explanations", "use `bagnet attribution` for post-hoc maps of other models")
     sources, failures, skipped = collect_inputs(inputs)
     if not sources and not failures:
         raise ValueError("no images given" + (f" (skipped, not image files: {', '.join(skipped)})" if skipped else ""))
@@ -384,19 +385,18 @@ def collect_inputs(inputs: Union[ImageInput, Sequence[ImageInput]]
     return sources, failures, skipped
 
 
-def _as_bagnet(model: Union[BagNet, str], device: Any) -> BagNet:
-    if isinstance(model, str):
-        from .models import load
-
-        model = load(model, device=device)
-    return require_bagnet(model, "explanations", "use `bagnet attribution` for post-hoc maps of other models")
-
-
 def _stem(text: str) -> str:
-    name = Path(text).name or text
-    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
-    clean = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)
-    return clean[:40] or "image"
+    return safe_stem(text, IMAGE_EXTENSIONS)
 
 
-from .gallery import PatchGallery, class_patches  # noqa: E402,F401  (the dataset gallery lived here before 0.2)
+def __getattr__(name: str) -> Any:
+    """``PatchGallery`` and ``class_patches`` lived here before 0.2: still importable, with a warning."""
+    if name in ("PatchGallery", "class_patches"):
+        import warnings
+
+        from . import gallery
+
+        warnings.warn(f"bagnet.explanation.{name} moved to bagnet.gallery.{name}; the old name goes away in the next "
+                      f"release", DeprecationWarning, stacklevel=2)
+        return getattr(gallery, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models.bagnet import BagNet
+from .models.hub import hf_folder  # noqa: F401  (lived here before 0.3: reading belongs to models)
 from .models.meta import model_meta
-from .models.registry import HF_PREFIX, SHIPPED_DIR
-from .models.weights import WeightsError, save_weights
+from .models.registry import SHIPPED_DIR
+from .models.weights import save_weights
 
 FORMATS = ("onnx", "hf")
 
@@ -124,24 +125,3 @@ def _card(meta: Any, config: dict[str, Any]) -> str:
              f"logits = model(model.preprocess(image)[None])\n```\n\nPreprocessing (`model.preprocess`; recorded in the weights, not part of the network): "
              f"{json.dumps(config['preprocess'])}.\n")
     return "\n".join(header) + body.rstrip() + "\n" + usage
-
-
-def hf_folder(spec: str) -> Path:
-    """The local folder of ``hf-hub:ORG/NAME[@REVISION]``, through huggingface_hub's download and cache (offline,
-    ``HF_HUB_OFFLINE=1``: the cache only)."""
-    repo = spec[len(HF_PREFIX):]
-    repo_id, _, revision = repo.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise WeightsError(f"{spec!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:
-        raise WeightsError(f"{spec}: loading from the Hugging Face Hub needs huggingface_hub "
-                           f"(pip install 'bagnet[hub]')") from None
-    try:
-        return Path(snapshot_download(repo_id, revision=revision or None,
-                                      allow_patterns=["model.safetensors", "config.json", "README.md"]))
-    except Exception as err:  # network, authorisation, missing repository or missing cache entry
-        raise WeightsError(f"{spec}: could not get {repo_id} from the Hugging Face Hub or its cache "
-                           f"({HF_HUB_CACHE}): {type(err).__name__}: {str(err)[:300]}") from None

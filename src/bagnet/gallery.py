@@ -11,10 +11,11 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from .explanation import _as_bagnet, _stem
+from .data import IMAGE_EXTENSIONS
 from .models.meta import model_meta
 from .models.bagnet import BagNet
-from .plumbing import SCHEMA_VERSION, eval_mode, model_device, Result, write_bytes, write_json, write_text
+from .models.registry import load_bagnet
+from .plumbing import SCHEMA_VERSION, eval_mode, model_device, Result, safe_stem, write_bytes, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class PatchGallery(Result):
             png = figure_png(patch_gallery_figure([
                 (f"{name}: highest", list(self.top_crops[c]), [f"{v:+.2f}" for v in self.top_values[c]]),
                 (f"{name}: lowest", list(self.bottom_crops[c]), [f"{v:+.2f}" for v in self.bottom_values[c]])]))
-            path = out / f"class_{c:03d}_{_stem(name)}.png"
+            path = out / f"class_{c:03d}_{safe_stem(name, IMAGE_EXTENSIONS)}.png"
             write_bytes(path, png)
             per_class.append((name, path, png))
         write_text(out / "report.html", gallery_report(self, overview, per_class))
@@ -85,7 +86,7 @@ def class_patches(
     from .data import SkipLog, check_dataset, tracked_batches
     from .data import sample_path
 
-    model = _as_bagnet(model, device)
+    model = load_bagnet(model, device, "explanations", "use `bagnet attribution` for post-hoc maps of other models")
     check_dataset(dataset)
     dev = model_device(model, device)
     preprocess = model_meta(model).preprocess

@@ -121,6 +121,16 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def safe_stem(text: str, suffixes: Sequence[str] = (), limit: int = 40) -> str:
+    """A short file-name stem for ``text`` (a path or a label): its last part without one of ``suffixes``, every
+    character but letters, digits, ``-`` and ``_`` replaced by ``_`` (undecodable bytes too), at most ``limit`` long."""
+    name = Path(text).name or text
+    stem = Path(name).stem if Path(name).suffix.lower() in suffixes else name
+    clean = "".join(ch if (ch.isalnum() and ch.isprintable() and not "\ud800" <= ch <= "\udfff") or ch in "-_"
+                    else "_" for ch in stem)
+    return clean[:limit] or "image"
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with every non-finite float replaced by None (tuples become lists) and undecodable bytes of file
     names escaped (:func:`printable`), ready for strict JSON."""

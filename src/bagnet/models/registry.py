@@ -17,6 +17,7 @@ import torch
 
 from .bagnet import BagNet, BagNetConfig
 from .external import is_external, load_external
+from .hub import HF_PREFIX, hf_folder
 from .meta import ModelMeta, attach_meta, read_sidecar
 from .preprocess import INTERPOLATIONS, imagenet_categories, make_preprocess
 
@@ -39,8 +40,6 @@ PAPER_KERNEL3: dict[int, tuple[int, int, int, int]] = {
     17: (1, 1, 1, 0),
     33: (1, 1, 1, 1),
 }
-#: Prefix of a Hugging Face Hub repository written by ``bagnet export --format hf`` (``hf-hub:ORG/NAME[@REV]``).
-HF_PREFIX = "hf-hub:"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".tar", ".bin", ".ckpt")
 Weights = Optional[str | os.PathLike]
 
@@ -242,8 +241,6 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
         raise ValueError("the model name is empty: give a registered name (bagnet.list_models()), a weights file or "
                          "a run folder")
     if spec.startswith(HF_PREFIX):
-        from ..export import hf_folder
-
         model = load_file(hf_folder(spec))
     elif spec in _REGISTRY:
         model = _REGISTRY[spec].build(**kwargs)
@@ -267,6 +264,16 @@ def load(name_or_path: str | os.PathLike, device: Any = None, **kwargs: Any) -> 
 
         same_on_every_rank(model)
     return model
+
+
+def load_bagnet(model: Any, device: Any, what: str, hint: str = "") -> BagNet:
+    """``model`` itself when it is a BagNet, loaded by :func:`load` when it is a name or path; anything else is refused
+    for ``what`` (a :class:`~bagnet.errors.NotABagNetError` naming it, with ``hint``)."""
+    from .bagnet import require_bagnet
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load(model, device=device)
+    return require_bagnet(model, what, hint)
 
 
 def model_label(spec: str | os.PathLike) -> str:
