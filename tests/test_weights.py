@@ -185,12 +185,13 @@ def test_cached_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
         bagnet.bagnet17(weights="imagenet")
 
 
-def test_verified_load_accepts_matching_hash(tmp_path):
+def test_hash_check_accepts_the_matching_prefix_only(tmp_path):
     path = tmp_path / "w.pth"
     torch.save(released_style_checkpoint(9), path)
     prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    sd = weights_mod._load_verified(path, prefix)
-    assert set(sd) == set(spec_shapes(9))
+    weights_mod._check_hash(path, prefix)  # the released file's prefix: accepted
+    with pytest.raises(WeightsError, match="expected a hash starting with"):
+        weights_mod._check_hash(path, "0" * 8 if not prefix.startswith("0") else "1" * 8)
 
 
 def test_imagenet_weights_with_other_num_classes_is_refused():

@@ -23,8 +23,9 @@ class NotABagNetError(ConfigError, TypeError):
 
 
 class RunFolderError(ValueError):
-    """A training run's folder cannot be used as asked (a damaged or foreign checkpoint, a changed setting on
-    ``--resume``); the message names the file and says what to do. Nothing in the folder was changed."""
+    """A training run's folder cannot be used as asked (a damaged, foreign or missing checkpoint for ``--resume``);
+    the message names the file and says what to do. Nothing in the folder was changed. (A changed setting on
+    ``--resume`` is a :class:`ConfigError`: a usage error.)"""
 
 
 class TrainingDiverged(RuntimeError):

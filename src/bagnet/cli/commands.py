@@ -202,6 +202,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         result = ex.masking(models, rankings, dataset, n, config, **run)
         for row in result.rows():
             print(f"{row['model']:<28} {row['ranking']:<24} k={row['k']:<3} top-1 {100 * row['top1']:5.1f}%")
+        for pair, why in result.unavailable.items():
+            print(f"unavailable: {pair}: {why}", file=sys.stderr)
     out = result.save(args.out)
     print(f"{args.name} on {data_name} ({result.images} images): files in {out}")
     return exit_code(result.skipped)

@@ -71,7 +71,8 @@ class MaskingResult(Result):
     images: int
     accuracy: dict[str, dict[str, list[float]]]
     config: dict[str, Any] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable images → reason
+    unavailable: dict[str, str] = field(default_factory=dict)  # "model / ranking" a method cannot handle → why
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"model": m, "ranking": r, "k": k, "masked_fraction": k / self.blocks_per_image,
@@ -126,7 +127,7 @@ def masking(
 
     ``rankings`` maps a name to a BagNet (ranked by its evidence for the true class), to a function returning
     per-pixel scores (N, H, W), to an :class:`OwnAttribution` (each model ranked by its own attribution map; a model
-    the method cannot handle gets NaN accuracies and a note in ``skipped``), or to the string ``"random"``.
+    the method cannot handle gets NaN accuracies and a note in ``unavailable``), or to the string ``"random"``.
     """
     config = with_run_options(config, device=device, limit=limit, seed=seed, batch_size=batch_size)
     if not models or not rankings:
@@ -193,7 +194,7 @@ def masking(
         fill=config.fill, images=total,
         accuracy={m: {r: [v / total for v in hits[m][r]] for r in rankings} for m in models},
         config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
-        skipped=merged_dict({**dict(skips.paths), **unavailable}),
+        skipped=merged_dict(dict(skips.paths)), unavailable=merged_dict(unavailable),
     )
 
 

@@ -170,7 +170,7 @@ def shipped_entries(directory: Path = SHIPPED_DIR) -> dict[str, ModelEntry]:
     for path in sorted(directory.glob("*.safetensors")):
         arch, _, data = path.name[: -len(".safetensors")].partition(".")
         name = f"{arch}:{data}" if data else arch
-        entries[name] = ModelEntry(name, lambda progress=True, _p=path, _n=name: _load_shipped(_p, _n), True,
+        entries[name] = ModelEntry(name, lambda progress=True, _p=path: _load_shipped(_p), True,
                                    lambda _p=path, _n=name: _shipped_meta(_p, _n))
     default = directory / "DEFAULT"
     if default.is_file():
@@ -182,7 +182,7 @@ def shipped_entries(directory: Path = SHIPPED_DIR) -> dict[str, ModelEntry]:
     return entries
 
 
-def _load_shipped(path: Path, name: str) -> Any:
+def _load_shipped(path: Path) -> Any:
     model = load_file(path)
     return attach_meta(model, model.meta.replace(source=_shipped_source(path), title=_card_title(path)))
 

@@ -165,11 +165,6 @@ def fetch_verified(url: str, progress: bool = True, what: str = "weights", cache
     return path
 
 
-def _load_verified(path: Path, sha256_prefix: str) -> dict[str, Tensor]:
-    _check_hash(path, sha256_prefix)
-    return read_state_dict(path)
-
-
 def _check_hash(path: Path, sha256_prefix: str) -> None:
     digest = _sha256(path)
     if not digest.startswith(sha256_prefix):

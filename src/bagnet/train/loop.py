@@ -98,7 +98,7 @@ def train(
 
     ``stop_after_steps`` interrupts the run after that many optimiser steps as Ctrl-C would (for tests);
     ``command`` (the command line that started it) is recorded in summary.json. A second process training into the
-    same folder fails at once (:class:`bagnet.outputs.OutputBusyError`); a run whose loss or weights become
+    same folder fails at once (:class:`bagnet.plumbing.OutputBusyError`); a run whose loss or weights become
     non-finite stops with :class:`bagnet.errors.TrainingDiverged`, keeping its last checkpoint and saving no model.
     """
     rank = dist_info()[0]
