@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ PATCH_SIZES = {"bagnet9": 9, "bagnet17": 17, "bagnet33": 33}
 
 def input_side(weights: Path) -> int | None:
     """The crop size in a shipped safetensors file's preprocessing metadata (its header only, no tensor read)."""
-    with weights.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        meta = json.loads(f.read(length)).get("__metadata__", {})
-    return json.loads(meta["preprocess"]).get("crop") if "preprocess" in meta else None
+    from bagnet.models.weights import read_header
+
+    prep = read_header(weights).get("preprocess")
+    return prep.get("crop") if isinstance(prep, dict) else None
 
 
 def shipped_table(folder: Path) -> str:

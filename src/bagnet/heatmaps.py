@@ -350,29 +350,44 @@ def _check_images(images: Tensor, model: BagNet) -> Tensor:
 
 
 def _resolve_target(model: BagNet, images: Tensor, target: Target, device: torch.device) -> Tensor:
-    """Class indices as an (N, K) long tensor."""
-    n, num_classes = images.shape[0], model.num_classes
+    """Class indices as an (N, K) long tensor (None: each image's predicted class)."""
+    n = images.shape[0]
+    predicted = None
     if target is None:
         with eval_mode(model):
             with torch.inference_mode():
                 logits = torch.cat([model(images[i : i + 1].to(model.fc.weight.device)) for i in range(n)])
-        classes = logits.argmax(1, keepdim=True)
+        predicted = logits.argmax(1)
+    return per_image_classes(target, n, model.num_classes, predicted).to(device)
+
+
+def per_image_classes(target: Target, n: int, num_classes: int, predicted: Optional[Tensor] = None,
+                      name: str = "target") -> Tensor:
+    """The one reading of a target for ``n`` images, as an (N, K) long tensor: ``None`` (``predicted``, one class per
+    image), an int or a list of K ints (the same for every image), or a tensor () / (N,) / (N, K) of class indices.
+    Every class must lie in [0, ``num_classes``)."""
+    if target is None:
+        if predicted is None:
+            raise ValueError(f"{name} is None but no predicted classes were given")
+        classes = predicted.reshape(-1).long()[:, None]
     elif isinstance(target, Tensor):
-        classes = class_indices(target, "a target tensor")
+        classes = class_indices(target, f"a {name} tensor")
         if classes.dim() == 0:
             classes = classes.expand(n)[:, None]
         elif classes.dim() == 1:
             if classes.shape[0] != n:
-                raise ValueError(f"a 1-D target tensor gives one class per image: expected {n} entries, got {classes.shape[0]}")
+                raise ValueError(f"a 1-D {name} tensor gives one class per image: expected {n} entries, got "
+                                 f"{classes.shape[0]}")
             classes = classes[:, None]
         elif classes.dim() != 2 or classes.shape[0] != n:
-            raise ValueError(f"a target tensor must be shaped (N,) or (N, K) with N = {n}, got {tuple(classes.shape)}")
+            raise ValueError(f"a {name} tensor must be shaped (N,) or (N, K) with N = {n}, got {tuple(classes.shape)}")
     else:
-        classes = class_indices(target)[None].expand(n, -1)
+        classes = class_indices(target, name)[None].expand(n, -1)
     if classes.numel() and (classes.min() < 0 or classes.max() >= num_classes):
         bad = classes[(classes < 0) | (classes >= num_classes)][0].item()
-        raise ValueError(f"target class {bad} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
-    return classes.to(device)
+        raise ValueError(f"{name} must lie in [0, {num_classes}): class {bad} is out of range: the model has "
+                         f"{num_classes} classes (0..{num_classes - 1})")
+    return classes
 
 
 def class_indices(target: object, name: str = "target") -> Tensor:

@@ -107,6 +107,17 @@ class OutputBusyError(RuntimeError):
     """Another process is writing results into the same folder."""
 
 
+def check_logits(out: Any, n: int, name: str = "model", num_classes: Optional[int] = None) -> torch.Tensor:
+    """``out`` if it is logits (N, classes) for a batch of ``n`` (and ``num_classes`` wide when given), else a
+    ``ValueError`` naming the model and what it returned."""
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name} must return logits shaped (N, classes); for N={n} it returned {shape}")
+    if num_classes is not None and out.shape[1] != num_classes:
+        raise ValueError(f"{name} has {out.shape[1]} outputs but the dataset has {num_classes} classes")
+    return out
+
+
 def printable(text: str) -> str:
     """``text`` with the bytes of a file name that were not valid UTF-8 (Python keeps them as lone surrogates)
     written as ``\\xNN``: valid Unicode for JSON, HTML and CSV files, and still telling which file it was."""

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..heatmaps import class_indices, heatmap
+from ..heatmaps import class_indices, heatmap, per_image_classes
 from ..masks import fill_images
 from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
-from ..plumbing import check_image_batch, eval_mode, model_device, model_dtype, out_dir as _out_dir
+from ..plumbing import check_image_batch, check_logits, eval_mode, model_device, model_dtype, out_dir as _out_dir
 from ..plumbing import write_result_json as _write_json
 from .tokens import attention_modules, attention_rollout, is_token_model, token_gradcam
 from .surgery import (_Unavailable, epsilon_composite, gradcam_layer, place_cells, reused_activations,
@@ -137,7 +137,7 @@ def attribute(
     name = name or getattr(model, "name", type(model).__name__)
     with eval_mode(model):
         with torch.no_grad():
-            logits = _check_logits(model(images), images.shape[0], name)
+            logits = check_logits(model(images), images.shape[0], name)
         targets = _targets(target, logits)
         target_logits = logits.gather(1, targets[:, None])[:, 0]
         maps: dict[str, np.ndarray] = {}
@@ -303,26 +303,16 @@ def _check_images(images: Tensor) -> Tensor:
     return check_image_batch(images, 3)
 
 
-def _check_logits(out: Any, n: int, name: str) -> Tensor:
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != n:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"{name} must return logits shaped (N, classes); for N={n} it returned {shape}")
-    return out
-
-
 def _targets(target: Any, logits: Tensor) -> Tensor:
+    """One class per image (N,): ``None`` → the predicted class; an int, a one-element list or a tensor of N."""
     n, c = logits.shape
-    if target is None:
-        t = logits.argmax(1)
-    else:
-        t = class_indices(target, "targets").reshape(-1).to(logits.device)
-        if t.numel() == 1:
-            t = t.expand(n)
-        if t.numel() != n:
-            raise ValueError(f"{t.numel()} targets for {n} images")
-    if ((t < 0) | (t >= c)).any():
-        raise ValueError(f"targets must lie in [0, {c}), got {t.tolist()}")
-    return t.contiguous()
+    if target is not None and not isinstance(target, Tensor) and isinstance(target, (list, tuple)) and len(target) == n \
+            and n > 1:
+        target = torch.as_tensor(class_indices(target, "targets"))  # a list of one class per image
+    classes = per_image_classes(target, n, c, logits.argmax(1), "targets")
+    if classes.shape[1] != 1:
+        raise ValueError(f"{classes.numel()} targets for {n} images: give one class per image")
+    return classes[:, 0].to(logits.device).contiguous()
 
 
 def _baselines(images: Tensor, config: AttributionConfig) -> Tensor:

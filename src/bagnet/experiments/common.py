@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..plumbing import (SCHEMA_VERSION, eval_mode, model_device, model_dtype, out_dir,  # noqa: F401
+from ..plumbing import (SCHEMA_VERSION, check_logits, eval_mode, model_device, model_dtype, out_dir,  # noqa: F401
                         write_result_json as write_json, write_rows_csv as write_csv)
 
 
@@ -21,12 +21,7 @@ def logits_of(model: nn.Module, images: Tensor, num_classes: int, name: str = "m
     """``model(images)`` in eval mode (images cast to the model's dtype), checked to be (N, num_classes), as fp64."""
     with eval_mode(model):
         out = model(images.to(dtype=model_dtype(model)))
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != images.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"{name} must return logits shaped (N, classes); for N={images.shape[0]} it returned {shape}")
-    if out.shape[1] != num_classes:
-        raise ValueError(f"{name} has {out.shape[1]} outputs but the dataset has {num_classes} classes")
-    return out.double()  # differences of logits are taken later: keep every bit the model produced
+    return check_logits(out, images.shape[0], name, num_classes).double()  # differences of logits are taken later: keep every bit the model produced
 
 
 

@@ -220,15 +220,13 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise WeightsError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
+        from safetensors.torch import load_file
 
+        metadata = read_header(path)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                raw_meta = f.metadata() or {}
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise WeightsError(f"could not read weights file {path}: {err}") from err
-        metadata = {k: _maybe_json(v) for k, v in raw_meta.items()}
         config = metadata.pop("config", None)
         return Checkpoint(state, parse_bagnet_config(config, path) if config else None, metadata)
     if path.stat().st_size == 0:
