@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .plumbing import check_image_batch, eval_mode
 from .models.bagnet import BagNet, Bottleneck, require_bagnet, tf32_allowed
+from .models.fuse import fold_conv_bn
 
 Target = Union[int, Sequence[int], Tensor, None]
 DEFAULT_MAX_MEMORY = 3 * 2**30
@@ -52,12 +53,8 @@ class _Block:
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, dtype: torch.dtype, device: torch.device) -> _Conv:
-    """Fold eval-mode BatchNorm into the preceding bias-free convolution (computed in float64)."""
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    weight = conv.weight.detach().double() * scale[:, None, None, None]
-    bias = bn.bias.detach().double() - bn.running_mean.detach().double() * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias.detach().double() * scale
+    """Fold eval-mode BatchNorm into the preceding convolution (:func:`bagnet.models.fuse.fold_conv_bn`, float64)."""
+    weight, bias = fold_conv_bn(conv, bn)
     return _Conv(
         weight.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last),
         bias.to(device=device, dtype=dtype),

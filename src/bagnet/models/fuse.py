@@ -1,13 +1,33 @@
-"""Inference copies of a BagNet with BatchNorm folded into the convolutions."""
+"""BatchNorm folded into the convolution before it: the one folding rule (in float64) behind the dense heatmaps'
+folded parameters and the inference copies of a BagNet."""
 
 from __future__ import annotations
 
 import copy
 
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+import torch
+from torch import Tensor, nn
 
 from .bagnet import BagNet
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """The weight and bias (float64) of ``conv`` followed by eval-mode ``bn``, as one convolution."""
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    weight = conv.weight.detach().double() * scale[:, None, None, None]
+    bias = bn.bias.detach().double() - bn.running_mean.detach().double() * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias.detach().double() * scale
+    return weight, bias
+
+
+def fuse_conv_bn_eval(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new convolution equal to ``conv`` followed by eval-mode ``bn`` (its parameters in ``conv``'s dtype)."""
+    fused = copy.deepcopy(conv)
+    weight, bias = fold_conv_bn(conv, bn)
+    fused.weight = nn.Parameter(weight.to(conv.weight), requires_grad=conv.weight.requires_grad)
+    fused.bias = nn.Parameter(bias.to(conv.weight), requires_grad=conv.weight.requires_grad)
+    return fused
 
 
 def fuse_batchnorm(model: BagNet) -> BagNet:

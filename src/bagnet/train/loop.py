@@ -22,7 +22,7 @@ from torch import nn
 from ..data import Batch, SkipLog, collate
 from ..errors import ConfigError, RunFolderError, TrainingDiverged
 from ..models import save_weights
-from ..plumbing import SCHEMA_VERSION, output_lock, write_csv, write_json, write_text
+from ..plumbing import SCHEMA_VERSION, output_lock, resolve_device, write_csv, write_json, write_text
 from .config import CHECKPOINT, TrainConfig, build_model, model_metadata
 from .distributed import any_rank, dist_info, use_global_batchnorm
 from .evaluation import evaluate_accuracy
@@ -121,12 +121,9 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
     distributed = world > 1
     log = log or (lambda msg: print(msg, file=sys.stderr))
     say = log if rank == 0 else (lambda msg: None)
-    if config.device:
-        device = torch.device(config.device)
-    elif torch.cuda.is_available():
+    device = resolve_device(config.device or "auto")
+    if device.type == "cuda" and device.index is None:  # each torchrun process on its own GPU
         device = torch.device("cuda", local_rank if distributed else 0)
-    else:
-        device = torch.device("cpu")
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     say(f"training on {device}" + (f" ({world} processes)" if distributed else ""))
