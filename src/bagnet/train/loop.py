@@ -115,22 +115,85 @@ def train(
         return _train(config, state, progress, log, stop_after_steps, command)
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds while it runs (set up by :func:`_setup`, advanced by :func:`_epoch`)."""
+
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
+    say: Callable[[str], None]
+    splits: Any
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: Optional[torch.dtype]
+    steps_per_epoch: int
+    skips: SkipLog
+    loss_fn: nn.Module
+    history: list[EpochMetrics] = field(default_factory=list)
+    start_epoch: int = 0
+    start_step: int = 0
+    wall_before: float = 0.0
+    resume_stats: Optional[tuple] = None
+    commands: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    steps_done: int = 0
+    interrupted: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+
 def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
            log: Optional[Callable[[str], None]], stop_after_steps: Optional[int], command: Optional[str]) -> TrainResult:
+    run = _setup(config, resume=state is not None, log=log)
+    if state is not None:
+        _restore(run, state)
+    run.net = compiled(run.net, config)
+    if command:
+        run.commands.append(command)
+    run.started = time.time()
+    previous_handler = None
+    if run.rank == 0 and _in_main_thread():
+        previous_handler = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, lambda *_: setattr(run, "interrupted", True))
+    completed, diverged = False, None
+    try:
+        for epoch in range(run.start_epoch, config.epochs):
+            _epoch(run, epoch, progress, stop_after_steps)
+        completed = True
+    except (_Interrupted, KeyboardInterrupt):
+        run.say(f"interrupted: checkpoint saved to {run.checkpoint_path}; continue with --resume")
+    except TrainingDiverged as err:
+        diverged = err
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    return _finish(run, completed, diverged)
+
+
+def _setup(config: TrainConfig, resume: bool, log: Optional[Callable[[str], None]]) -> _Run:
+    """The device, the run folder (checked before anything in it is written), the seeds, data, model and optimiser."""
     rank, world, local_rank = dist_info()
-    distributed = world > 1
     log = log or (lambda msg: print(msg, file=sys.stderr))
     say = log if rank == 0 else (lambda msg: None)
     device = resolve_device(config.device or "auto")
     if device.type == "cuda" and device.index is None:  # each torchrun process on its own GPU
-        device = torch.device("cuda", local_rank if distributed else 0)
-    if distributed and not dist.is_initialized():
+        device = torch.device("cuda", local_rank if world > 1 else 0)
+    if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    say(f"training on {device}" + (f" ({world} processes)" if distributed else ""))
+    say(f"training on {device}" + (f" ({world} processes)" if world > 1 else ""))
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT
-    resume = state is not None
-    # everything about the run folder is checked before anything in it is written
     if not resume and rank == 0 and ckpt_path.exists():
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
     if rank == 0:
@@ -139,7 +202,6 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
             ckpt_path.with_name(ckpt_path.name + ".tmp").unlink()
         if not resume:
             config.save(out / "config.yaml")
-
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -149,171 +211,157 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
         model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(config, model)
     amp_dtype = autocast_dtype(device) if config.amp else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     steps_per_epoch = len(splits.train) // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{len(splits.train)} training images give no full batch of {config.batch_size}")
-
-    history: list[EpochMetrics] = []
-    start_epoch, start_step, wall_before, skipped_paths = 0, 0, 0.0, {}
-    resume_stats: Optional[tuple] = None
-    commands: list[str] = []
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["torch_rng"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as err:
-            raise RunFolderError(f"{ckpt_path} does not fit the model and optimiser of {out / 'config.yaml'} "
-                                 f"({type(err).__name__}: {str(err)[:300]}); restore the run's own checkpoint, or "
-                                 f"start over in another --out") from None
-        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
-        history = [EpochMetrics(**h) for h in state["history"]]
-        wall_before = state["wall_seconds"]
-        skipped_paths = dict(state.get("skipped", {}))
-        resume_stats = state.get("epoch_stats")
-        commands = list(state.get("commands", []))
-        say(f"resuming {out} at epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch}")
-
     net: nn.Module = model
-    if distributed:
+    if world > 1:
         if config.sync_bn:
             use_global_batchnorm(model, device)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                   broadcast_buffers=not config.sync_bn)
-    net = compiled(net, config)
-    skips = SkipLog(say)
-    skips.paths.update(skipped_paths)
-    if command:
-        commands.append(command)
-    started = time.time()
+    return _Run(config, rank, world, device, out, say, splits, model, net, optimizer,
+                torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), amp_dtype, steps_per_epoch,
+                SkipLog(say), nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
 
-    def save_checkpoint(epoch: int, step_in_epoch: int, epoch_stats: Optional[tuple] = None) -> None:
-        if rank != 0:
-            return
-        state = {
-            "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-            "step_in_epoch": step_in_epoch, "history": [asdict(h) for h in history],
-            "wall_seconds": wall_before + time.time() - started, "skipped": dict(skips.paths),
-            "epoch_stats": epoch_stats, "commands": commands,
-        }
-        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt_path)
-        except BaseException:  # a full disk: no partial file left behind; the last good checkpoint stays
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
 
-    def check_finite(loss: float, epoch: int, step: int) -> None:
-        bad = not math.isfinite(loss)
-        if any_rank(bad, distributed, device):
-            last = (f"the last checkpoint, {ckpt_path}, written before the loss broke, is kept"
-                    if ckpt_path.exists() else "no checkpoint had been written yet")
-            raise TrainingDiverged(
-                f"training diverged: the loss became {loss} at epoch {epoch + 1}, step {step + 1}; {last}; no model "
-                f"was saved. Lower the learning rate (--lr, now {config.lr:g}) or the warm-up (--warmup-epochs), "
-                f"then start a new run (--out)")
-
-    interrupted = {"flag": False}
-    previous_handler = None
-    if rank == 0 and _in_main_thread():
-        previous_handler = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, lambda *_: interrupted.__setitem__("flag", True))
-
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    steps_done = 0
-    completed = False
-    diverged: Optional[TrainingDiverged] = None
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    """Continue from a checkpoint: weights, optimiser, loss scale and random state, then where and how far it was."""
     try:
-        for epoch in range(start_epoch, config.epochs):
-            skip = start_step if epoch == start_epoch else 0
-            sampler = EpochBatches(len(splits.train), config.batch_size, config.seed, epoch, rank, world, skip)
-            loader = torch.utils.data.DataLoader(
-                SeededSamples(splits.train), batch_sampler=sampler, collate_fn=collate,
-                num_workers=config.workers, generator=torch.Generator().manual_seed(config.seed + epoch),
-            )
-            net.train()
-            epoch_start, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-            if skip and resume_stats:
-                loss_sum, correct, seen, elapsed = resume_stats
-                epoch_start -= elapsed
-            bar = _bar(len(sampler), f"epoch {epoch + 1}/{config.epochs}", progress and rank == 0)
-            for step, batch in enumerate(loader, start=skip):
-                skips.add(batch.skipped)
-                global_step = epoch * steps_per_epoch + step
-                lr = lr_at(config, global_step, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                mix_rng = np.random.default_rng([config.seed, global_step, rank])
-                loss, n_correct, n = train_step(net, batch, loss_fn, optimizer, scaler, device, amp_dtype,
-                                                 config.channels_last, config, mix_rng)
-                check_finite(loss, epoch, step)
-                seen += n
-                loss_sum += loss * n
-                correct += n_correct
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}",
-                                img_s=f"{seen * world / (time.time() - epoch_start):.0f}")
-                steps_done += 1
-                if stop_after_steps is not None and steps_done >= stop_after_steps:
-                    interrupted["flag"] = True
-                if any_rank(interrupted["flag"], distributed, device):
-                    save_checkpoint(epoch, step + 1, (loss_sum, correct, seen, time.time() - epoch_start))
-                    raise _Interrupted()
-            bar.close()
-            stats = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
-            if distributed:
-                dist.all_reduce(stats)
-            seconds = time.time() - epoch_start
-            broken = [n for n, p in model.state_dict().items()
-                      if p.is_floating_point() and not bool(torch.isfinite(p).all())]
-            if any_rank(bool(broken), distributed, device):
-                raise TrainingDiverged(f"training diverged: non-finite weights ({', '.join(broken[:3])}) after epoch "
-                                       f"{epoch + 1}; the checkpoint {ckpt_path} of the last finite epoch is kept and "
-                                       f"no model was saved. Lower the learning rate (--lr, now {config.lr:g})")
-            val = evaluate_accuracy(model, splits.val, config, device) if rank == 0 else (0.0, 0.0)
-            held = evaluate_accuracy(model, splits.holdout, config, device)[0] if splits.holdout and rank == 0 else None
-            history.append(EpochMetrics(
-                epoch=epoch + 1, train_loss=float(stats[0] / max(stats[2], 1)),
-                train_top1=float(stats[1] / max(stats[2], 1)), images_per_s=float(stats[2]) / seconds,
-                lr=lr_at(config, (epoch + 1) * steps_per_epoch - 1, steps_per_epoch),
-                val_top1=val[0], val_top5=val[1], holdout_top1=held, skipped_total=len(skips), seconds=seconds,
-            ))
-            save_checkpoint(epoch + 1, 0)
-            if rank == 0:
-                _write_metrics(out, history)
-                h = history[-1]
-                say(f"epoch {h.epoch}: loss {h.train_loss:.3f} train {h.train_top1:.3f} val top-1 {h.val_top1:.3f} "
-                    f"top-5 {h.val_top5:.3f}" + (f" holdout {h.holdout_top1:.3f}" if h.holdout_top1 is not None else "")
-                    + f" ({h.images_per_s:.0f} img/s)")
-            if distributed:
-                dist.barrier()
-        completed = True
-    except (_Interrupted, KeyboardInterrupt):
-        say(f"interrupted: checkpoint saved to {ckpt_path}; continue with --resume")
-    except TrainingDiverged as err:
-        diverged = err
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise RunFolderError(f"{run.checkpoint_path} does not fit the model and optimiser of {run.out / 'config.yaml'} "
+                             f"({type(err).__name__}: {str(err)[:300]}); restore the run's own checkpoint, or "
+                             f"start over in another --out") from None
+    run.start_epoch, run.start_step = state["epoch"], state["step_in_epoch"]
+    run.history = [EpochMetrics(**h) for h in state["history"]]
+    run.wall_before = state["wall_seconds"]
+    run.skips.paths.update(dict(state.get("skipped", {})))
+    run.resume_stats = state.get("epoch_stats")
+    run.commands = list(state.get("commands", []))
+    run.say(f"resuming {run.out} at epoch {run.start_epoch + 1}, step {run.start_step}/{run.steps_per_epoch}")
 
+
+def _epoch(run: _Run, epoch: int, progress: bool, stop_after_steps: Optional[int]) -> None:
+    """One epoch: its seeded batches (from where a resumed run stopped), the steps, then the epoch's checks, metrics
+    and checkpoint. Raises :class:`_Interrupted` after checkpointing when asked to stop."""
+    config = run.config
+    skip = run.start_step if epoch == run.start_epoch else 0
+    sampler = EpochBatches(len(run.splits.train), config.batch_size, config.seed, epoch, run.rank, run.world, skip)
+    loader = torch.utils.data.DataLoader(
+        SeededSamples(run.splits.train), batch_sampler=sampler, collate_fn=collate,
+        num_workers=config.workers, generator=torch.Generator().manual_seed(config.seed + epoch),
+    )
+    run.net.train()
+    epoch_start, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+    if skip and run.resume_stats:
+        loss_sum, correct, seen, elapsed = run.resume_stats
+        epoch_start -= elapsed
+    bar = _bar(len(sampler), f"epoch {epoch + 1}/{config.epochs}", progress and run.rank == 0)
+    for step, batch in enumerate(loader, start=skip):
+        run.skips.add(batch.skipped)
+        global_step = epoch * run.steps_per_epoch + step
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr_at(config, global_step, run.steps_per_epoch)
+        mix_rng = np.random.default_rng([config.seed, global_step, run.rank])
+        loss, n_correct, n = train_step(run.net, batch, run.loss_fn, run.optimizer, run.scaler, run.device,
+                                         run.amp_dtype, config.channels_last, config, mix_rng)
+        _check_finite_loss(run, loss, epoch, step)
+        seen, loss_sum, correct = seen + n, loss_sum + loss * n, correct + n_correct
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}",
+                        img_s=f"{seen * run.world / (time.time() - epoch_start):.0f}")
+        run.steps_done += 1
+        if stop_after_steps is not None and run.steps_done >= stop_after_steps:
+            run.interrupted = True
+        if any_rank(run.interrupted, run.distributed, run.device):
+            _checkpoint(run, epoch, step + 1, (loss_sum, correct, seen, time.time() - epoch_start))
+            raise _Interrupted()
+    bar.close()
+    _end_epoch(run, epoch, (loss_sum, correct, seen), time.time() - epoch_start)
+
+
+def _end_epoch(run: _Run, epoch: int, sums: tuple[float, int, int], seconds: float) -> None:
+    """After an epoch's last step: finite weights on every rank, validation (rank 0), metrics and the checkpoint."""
+    config, model = run.config, run.model
+    stats = torch.tensor(sums, dtype=torch.float64, device=run.device)
+    if run.distributed:
+        dist.all_reduce(stats)
+    broken = [n for n, p in model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if any_rank(bool(broken), run.distributed, run.device):
+        raise TrainingDiverged(f"training diverged: non-finite weights ({', '.join(broken[:3])}) after epoch "
+                               f"{epoch + 1}; the checkpoint {run.checkpoint_path} of the last finite epoch is kept "
+                               f"and no model was saved. Lower the learning rate (--lr, now {config.lr:g})")
+    val = evaluate_accuracy(model, run.splits.val, config, run.device) if run.rank == 0 else (0.0, 0.0)
+    held = (evaluate_accuracy(model, run.splits.holdout, config, run.device)[0]
+            if run.splits.holdout and run.rank == 0 else None)
+    run.history.append(EpochMetrics(
+        epoch=epoch + 1, train_loss=float(stats[0] / max(stats[2], 1)), train_top1=float(stats[1] / max(stats[2], 1)),
+        images_per_s=float(stats[2]) / seconds,
+        lr=lr_at(config, (epoch + 1) * run.steps_per_epoch - 1, run.steps_per_epoch),
+        val_top1=val[0], val_top5=val[1], holdout_top1=held, skipped_total=len(run.skips), seconds=seconds,
+    ))
+    _checkpoint(run, epoch + 1, 0)
+    if run.rank == 0:
+        _write_metrics(run.out, run.history)
+        h = run.history[-1]
+        run.say(f"epoch {h.epoch}: loss {h.train_loss:.3f} train {h.train_top1:.3f} val top-1 {h.val_top1:.3f} "
+                f"top-5 {h.val_top5:.3f}" + (f" holdout {h.holdout_top1:.3f}" if h.holdout_top1 is not None else "")
+                + f" ({h.images_per_s:.0f} img/s)")
+    if run.distributed:
+        dist.barrier()
+
+
+def _check_finite_loss(run: _Run, loss: float, epoch: int, step: int) -> None:
+    if any_rank(not math.isfinite(loss), run.distributed, run.device):
+        last = (f"the last checkpoint, {run.checkpoint_path}, written before the loss broke, is kept"
+                if run.checkpoint_path.exists() else "no checkpoint had been written yet")
+        raise TrainingDiverged(
+            f"training diverged: the loss became {loss} at epoch {epoch + 1}, step {step + 1}; {last}; no model "
+            f"was saved. Lower the learning rate (--lr, now {run.config.lr:g}) or the warm-up (--warmup-epochs), "
+            f"then start a new run (--out)")
+
+
+def _checkpoint(run: _Run, epoch: int, step_in_epoch: int, epoch_stats: Optional[tuple] = None) -> None:
+    """Rank 0 writes the checkpoint atomically (a temporary file renamed; on a full disk nothing partial stays)."""
+    if run.rank != 0:
+        return
+    state = {
+        "config": run.config.to_dict(), "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+        "step_in_epoch": step_in_epoch, "history": [asdict(h) for h in run.history],
+        "wall_seconds": run.wall_before + time.time() - run.started, "skipped": dict(run.skips.paths),
+        "epoch_stats": epoch_stats, "commands": run.commands,
+    }
+    tmp = run.checkpoint_path.with_name(run.checkpoint_path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, run.checkpoint_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _finish(run: _Run, completed: bool, diverged: Optional[TrainingDiverged]) -> TrainResult:
+    """The model file (a completed run only), summary.json and the list of skipped images; a divergence re-raised."""
     weights = None
-    if completed and rank == 0:
-        weights = save_weights(model, out / "model.safetensors", model_metadata(config, splits.categories))
-    result = TrainResult(out, config, history, weights, len(skips), wall_before + time.time() - started, completed,
-                         commands)
-    if rank == 0:
+    if completed and run.rank == 0:
+        weights = save_weights(run.model, run.out / "model.safetensors",
+                               model_metadata(run.config, run.splits.categories))
+    result = TrainResult(run.out, run.config, run.history, weights, len(run.skips),
+                         run.wall_before + time.time() - run.started, completed, run.commands)
+    if run.rank == 0:
         summary = result.to_dict()
         if diverged is not None:
             summary["stopped"] = str(diverged)
-        write_json(out / "summary.json", summary)
-        if skips.paths:
-            say(f"{len(skips)} unreadable images were skipped (listed in {out / 'summary.json'})")
-            write_text(out / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in skips.paths.items()))
+        write_json(run.out / "summary.json", summary)
+        if run.skips.paths:
+            run.say(f"{len(run.skips)} unreadable images were skipped (listed in {run.out / 'summary.json'})")
+            write_text(run.out / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in run.skips.paths.items()))
     if diverged is not None:
         raise diverged
     return result
