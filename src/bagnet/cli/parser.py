@@ -221,12 +221,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_selfcheck(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_experiments(sub)
+    _add_explain(sub)
+    _add_patches(sub)
+    _add_certify(sub)
+    _add_attribution(sub)
+    _add_models(sub)
+    _add_fetch(sub)
+    _add_export(sub)
+    return parser
+
+
+def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("selfcheck", help="build each BagNet and print its size and geometry on a sample photo")
     p.add_argument("--image", default="chelsea", help="scikit-image sample photo (default: chelsea)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for the random weights")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=commands.cmd_selfcheck)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a BagNet, a standard CNN or a ViT (torchrun-ready)",
                        description="Train; flags override the --config file. Under torchrun it runs distributed.")
     p.add_argument("--config", type=Path, help="YAML or TOML file of TrainConfig fields")
@@ -235,16 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.set_defaults(func=commands.cmd_train)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix and predictions")
-    add_model_flag(p, "a registered name (bagnet models), torchvision:NAME[:WEIGHTS|:FILE], timm:NAME[:FILE], a weights file or a training run folder", required=True)
+    add_model_flag(p, "a registered name (bagnet models), torchvision:NAME[:WEIGHTS|:FILE], timm:NAME[:FILE], a "
+                      "weights file or a training run folder", required=True)
     add_data_flag(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=worker_count, default=2, help="data-loading processes, 0 to 64 (default 2)")
     add_run_flags(p, "out/evaluate", limit=True)
     p.set_defaults(func=commands.cmd_evaluate)
 
-    _add_experiments(sub)
 
+def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="the main job: predictions, exact evidence heatmaps and patches for your "
                        "images, with an HTML report", description="Explain images with a BagNet (default: the "
                        "embedded model). Unreadable files are named on stderr and set exit code 1; the rest still run.")
@@ -264,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p, "out/explain", seed=False)
     p.set_defaults(func=commands.cmd_explain)
 
+
+def _add_patches(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("patches", help="for each class, the dataset's patches with the highest and lowest evidence")
     p.add_argument("data", help=DATA_HELP)
     add_model_flag(p)
@@ -273,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p, "out/patches", limit=True)
     p.set_defaults(func=commands.cmd_patches)
 
+
+def _add_certify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("certify", help="certified accuracy against adversarial stickers (robust masking, clipping) "
                        "and a sticker attack", description="Certify each image against any sticker of the given "
                        "sizes; attack the undefended and defended BagNet with a sticker PGD attack.")
@@ -287,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-steps", type=non_negative_int, default=10,
                    help="sticker attack steps per position (0: no attack; default 10)")
     p.add_argument("--attack-step-size", type=float, default=0.1, help="attack step size (default 0.1)")
-    p.add_argument("--attack-stride", type=positive_int, default=None, help="attack grid step in px (default: sticker/2)")
-    p.add_argument("--attack-limit", type=positive_int, default=None, help="attack only the first N of the certified images")
+    p.add_argument("--attack-stride", type=positive_int, default=None,
+                   help="attack grid step in px (default: sticker/2)")
+    p.add_argument("--attack-limit", type=positive_int, default=None,
+                   help="attack only the first N of the certified images")
     p.add_argument("--attack-top", type=non_negative_int, default=16,
                    help="attack only the N grid positions whose cells hold the most evidence for the label against "
                         "the strongest other class (default 16, the strongest positions found; 0: every grid "
@@ -296,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p, "out/certify", limit=True)
     p.set_defaults(func=commands.cmd_certify)
 
+
+def _add_attribution(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attribution", help="BagNet evidence next to saliency, IG, DeepLIFT, LRP and Grad-CAM, with "
                        "deletion/insertion faithfulness", description="Every model explains the same images and "
                        "targets; maps, a comparison figure per model and a table of deletion/insertion AUCs.")
@@ -314,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p, "out/attribution", limit=True, limit_default=8)
     p.set_defaults(func=commands.cmd_attribution)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the model names that load() and every command accept")
     p.add_argument("--pretrained", action="store_true", help="only models with trained weights")
     p.add_argument("--json", action="store_true",
@@ -321,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "JSON instead of one line per model")
     p.set_defaults(func=commands.cmd_models)
 
+
+def _add_fetch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch", help="download a dataset into the data folder (Imagenette: 94 MB, MD5-checked)",
                        description="Download and unpack Imagenette (fast.ai's imagenette2-160) into --root (default: "
                        "$BAGNET_DATA, else ~/.cache/bagnet/data); nothing happens when it is there already.")
@@ -328,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=None, help="folder to put imagenette2-160/ in")
     p.set_defaults(func=commands.cmd_fetch)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a model as an ONNX graph or in the Hugging Face Hub's folder layout",
                        description="onnx: one graph with dynamic batch, height and width; a BagNet's outputs are "
                        "logits and the evidence map (preprocessing is not in the graph). hf: model.safetensors, "
@@ -336,7 +370,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "hf"], required=True, help="onnx (a .onnx file) or hf (a folder)")
     p.add_argument("--out", type=Path, required=True, help="the .onnx file (onnx) or folder (hf) to write")
     p.set_defaults(func=commands.cmd_export)
-    return parser
 
 
 def _version() -> str:
