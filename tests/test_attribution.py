@@ -366,6 +366,16 @@ def test_compare_saves_table_figures_and_maps(tmp_path):
                                                                          ["completeness_scale"])
     npz = np.load(out / "bagnet" / "attributions.npz")
     assert npz["map_evidence"].shape == (2, 48, 48) and npz["images"].shape == (2, 48, 48, 3)
+    # each model's maps are a Result too: a CSV row per image and method, the map's sum beside what it should be
+    import csv
+
+    with open(out / "bagnet" / "attributions.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    deeplift = [r for r in table if r["method"] == "deeplift"]
+    assert len(deeplift) == 2 and [int(r["target"]) for r in deeplift] == [0, 3]
+    for r in deeplift:
+        assert abs(float(r["map_sum"]) - float(r["expected"])) <= 1e-3 * max(1.0, abs(float(r["expected"])))
+    assert not [p for p in (out / "bagnet").iterdir() if p.name.endswith(".tmp")]  # every file written atomically
 
 
 def test_attribution_cli_end_to_end(tmp_path, capsys):

@@ -3,11 +3,12 @@ their options and their result."""
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
 from ..plumbing import check_image_batch, check_logits, eval_mode, model_device, model_dtype, out_dir as _out_dir
+from ..plumbing import Result, figure_png, output_lock, write_bytes, write_rows_csv
 from ..plumbing import write_result_json as _write_json
 from .tokens import attention_modules, attention_rollout, is_token_model, token_gradcam
 from .surgery import (_Unavailable, epsilon_composite, gradcam_layer, place_cells, reused_activations,
@@ -59,12 +61,14 @@ class AttributionConfig:
 
 # ---------------------------------------------------------------------------------------------------- results
 @dataclass(frozen=True)
-class Attributions:
+class Attributions(Result):
     """Maps (N, H, W) per method for one model, with targets, logits and what could not be computed (and why).
 
     ``completeness[m][n]`` is ``sum(map) − expected`` for image n, where ``expected[m][n]`` is what the method's
     completeness property says the map sums to (IG, DeepLIFT: f(x) − f(baseline); LRP-ε: f(x)).
     """
+
+    stem: ClassVar[str] = "attributions"
 
     model: str
     methods: list[str]
@@ -84,27 +88,49 @@ class Attributions:
         d["shape"] = list(next(iter(self.maps.values())).shape) if self.maps else None
         return d
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per image and computed method: target, its logit, the map's sum and, where the method has a
+        completeness property, what the sum should be and the gap."""
+        rows = []
+        for m in self.methods:
+            if m not in self.maps:
+                continue
+            sums = self.maps[m].reshape(len(self.targets), -1).astype(np.float64).sum(1)
+            for n, (target, logit) in enumerate(zip(self.targets, self.target_logits)):
+                has = m in self.expected
+                rows.append({"model": self.model, "image": n, "method": m, "target": target, "target_logit": logit,
+                             "map_sum": float(sums[n]), "expected": self.expected[m][n] if has else None,
+                             "completeness_gap": self.completeness[m][n] if has else None})
+        return rows
+
+    def figures(self, figure_rows: int = 6) -> dict[str, Any]:
+        """attributions.png: one row per image (the first ``figure_rows``): the image, then each method's map."""
+        if self.images is None or not self.maps:
+            return {}
+        from ..viz import attribution_grid_figure
+
+        rows = slice(0, max(1, figure_rows))
+        return {"attributions.png": attribution_grid_figure(
+            self.images[rows], {m: self.maps[m][rows] for m in self.methods if m in self.maps},
+            signed=[m for m in self.methods if m in SIGNED], row_titles=[f"target {t}" for t in self.targets[rows]],
+            title=self.model)}
+
     def save(self, out: str | os.PathLike, figure_rows: int = 6) -> Path:
-        """attributions.json (targets, completeness, unavailable methods), attributions.npz (maps) and
-        attributions.png (one row per image, the first ``figure_rows`` images: the image, then each method's map)."""
-        from ..viz import attribution_grid_figure, save_figure
-
+        """attributions.json (targets, completeness, unavailable methods), attributions.csv (one row per image and
+        method), attributions.npz (maps and images) and attributions.png, each written atomically."""
         out = _out_dir(out)
-        _write_json(out / "attributions.json", self.to_dict())
-        arrays = {f"map_{m}": a for m, a in self.maps.items()}
-        if self.images is not None:
-            arrays["images"] = self.images
-        np.savez_compressed(out / "attributions.npz", **arrays)
-        if self.images is not None and self.maps:
-            rows = slice(0, max(1, figure_rows))
-            fig = attribution_grid_figure(self.images[rows],
-                                          {m: self.maps[m][rows] for m in self.methods if m in self.maps},
-                                          signed=[m for m in self.methods if m in SIGNED],
-                                          row_titles=[f"target {t}" for t in self.targets[rows]], title=self.model)
-            save_figure(fig, out / "attributions.png")
+        with output_lock(out):
+            _write_json(out / "attributions.json", self.to_dict())
+            write_rows_csv(out / "attributions.csv", self.rows())
+            arrays = {f"map_{m}": a for m, a in self.maps.items()}
+            if self.images is not None:
+                arrays["images"] = self.images
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            write_bytes(out / "attributions.npz", buffer.getvalue())
+            for name, fig in self.figures(figure_rows).items():
+                write_bytes(out / name, figure_png(fig))
         return out
-
-
 
 
 # ---------------------------------------------------------------------------------------------------- attribute
