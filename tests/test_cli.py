@@ -96,3 +96,53 @@ def test_load_models_labels_and_deduplicates(tmp_path):
     assert list(models) == ["bagnet9", "default"]
     with pytest.raises(KeyError, match="unknown model"):
         load_models(["no-such-model"])
+
+
+def _subparser(parser, *names):
+    import argparse
+
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def test_every_flag_default_is_its_configs_default():
+    """A flag that sets a Config field starts from that field's default (they drifted once: --attack-steps 10 against
+    AttackConfig.steps 20)."""
+    import dataclasses
+
+    from bagnet.attribution import AttributionConfig, FaithfulnessConfig
+    from bagnet.cli import build_parser
+    from bagnet.experiments import InteractionConfig, MaskingConfig, ScramblingConfig
+    from bagnet.explanation import ExplainConfig
+    from bagnet.robust import AttackConfig
+
+    flags = {
+        ("certify",): [(AttackConfig, {"attack_steps": "steps", "attack_step_size": "step_size",
+                                       "attack_stride": "position_stride", "attack_top": "top_positions"})],
+        ("experiment", "scrambling"): [(ScramblingConfig, {"grids": "grids"})],
+        ("experiment", "interactions"): [(InteractionConfig, {"region": "region", "gaps": "gaps", "fill": "fill"})],
+        ("experiment", "masking"): [(MaskingConfig, {"block": "block", "ks": "ks", "fill": "fill"})],
+        ("attribution",): [(AttributionConfig, {"methods": "methods", "baseline": "baseline", "ig_steps": "ig_steps",
+                                                "evidence_stride": "evidence_stride"}),
+                           (FaithfulnessConfig, {"patch": "patch", "fill": "fill", "steps": "steps"})],
+        ("explain",): [(ExplainConfig, {name: name for name in ("top", "stride", "size", "max_side", "upscale_small",
+                                                                "patches", "background", "precision")})],
+    }
+    parser = build_parser()
+    differ = []
+    for path, configs in flags.items():
+        defaults = {a.dest: a.default for a in _subparser(parser, *path)._actions}
+        for cls, mapping in configs:
+            fields = {f.name: f.default for f in dataclasses.fields(cls)}
+            for flag, field in mapping.items():
+                flag_default, field_default = defaults[flag], fields[field]
+                if flag == "attack_top":  # 0 on the command line is None (every grid position) in the config
+                    flag_default = flag_default or None
+                if isinstance(flag_default, list):
+                    flag_default = tuple(flag_default)
+                if flag_default != field_default:
+                    differ.append(f"{' '.join(path)} --{flag.replace('_', '-')} {flag_default!r} vs "
+                                  f"{cls.__name__}.{field} {field_default!r}")
+    assert not differ, differ

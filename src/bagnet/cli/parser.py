@@ -308,17 +308,21 @@ def _add_certify(sub: argparse._SubParsersAction) -> None:
                    help="defences to certify (default masking)")
     p.add_argument("--clip-low", type=float, default=0.0, help="clipping: lower bound of a cell's evidence")
     p.add_argument("--clip-high", type=float, default=None, help="upper bound of a cell's evidence")
-    p.add_argument("--attack-steps", type=non_negative_int, default=10,
-                   help="sticker attack steps per position (0: no attack; default 10)")
-    p.add_argument("--attack-step-size", type=float, default=0.1, help="attack step size (default 0.1)")
-    p.add_argument("--attack-stride", type=positive_int, default=None,
+    from ..robust import AttackConfig
+
+    attack = AttackConfig()  # the flags' defaults are the config's: one default, in one place
+    p.add_argument("--attack-steps", type=non_negative_int, default=attack.steps,
+                   help=f"sticker attack steps per position (0: no attack; default {attack.steps})")
+    p.add_argument("--attack-step-size", type=float, default=attack.step_size,
+                   help=f"attack step size (default {attack.step_size})")
+    p.add_argument("--attack-stride", type=positive_int, default=attack.position_stride,
                    help="attack grid step in px (default: sticker/2)")
     p.add_argument("--attack-limit", type=positive_int, default=None,
                    help="attack only the first N of the certified images")
-    p.add_argument("--attack-top", type=non_negative_int, default=16,
-                   help="attack only the N grid positions whose cells hold the most evidence for the label against "
-                        "the strongest other class (default 16, the strongest positions found; 0: every grid "
-                        "position, minutes per image on a CPU)")
+    p.add_argument("--attack-top", type=non_negative_int, default=attack.top_positions or 0,
+                   help=f"attack only the N grid positions whose cells hold the most evidence for the label against "
+                        f"the strongest other class (default {attack.top_positions or 0}, the strongest positions "
+                        f"found; 0: every grid position, minutes per image on a CPU)")
     add_run_flags(p, "out/certify", limit=True)
     p.set_defaults(func=commands.cmd_certify)
 
