@@ -24,25 +24,14 @@ from PIL import Image
 import bagnet
 from bagnet.heatmaps import heatmap, heatmap_reference
 
+from test_heatmaps import randomised  # random BatchNorm statistics, so folding is exercised
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU that PyTorch can use (CUDA)"),
 ]
 
 CUDA = torch.device("cuda")
-
-
-def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BatchNorm statistics and affine parameters (so folding is exercised), eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-    return model.eval()
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
