@@ -11,7 +11,8 @@ from PIL import Image
 
 import bagnet
 from bagnet.cli import main
-from bagnet.explanation import ExplainConfig, class_patches, explain, explain_image
+from bagnet.explanation import ExplainConfig, explain, explain_image
+from bagnet.gallery import class_patches
 from bagnet.viz import overlay_rgb
 
 
