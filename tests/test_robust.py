@@ -138,7 +138,7 @@ def test_sticker_attack_breaks_the_undefended_model_and_never_a_certified_image(
 @pytest.mark.parametrize("q,sticker,size", [(9, 8, 41), (17, 12, 57), (9, 20, 45)])
 def test_attack_scores_from_crops_equal_a_full_forward_pass(q, sticker, size):
     """The attack recomputes only the cells a sticker reaches; its scores must equal the full model's."""
-    from bagnet.robust import _crops, sticker_scores
+    from bagnet.robust.attack import _crops, sticker_scores
 
     torch.manual_seed(7)
     model = tiny(q, classes=3)
