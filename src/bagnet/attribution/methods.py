@@ -330,14 +330,12 @@ def _check_images(images: Tensor) -> Tensor:
 
 
 def _targets(target: Any, logits: Tensor) -> Tensor:
-    """One class per image (N,): ``None`` → the predicted class; an int, a one-element list or a tensor of N."""
-    n, c = logits.shape
-    if target is not None and not isinstance(target, Tensor) and isinstance(target, (list, tuple)) and len(target) == n \
-            and n > 1:
-        target = torch.as_tensor(class_indices(target, "targets"))  # a list of one class per image
-    classes = per_image_classes(target, n, c, logits.argmax(1), "targets")
-    if classes.shape[1] != 1:
-        raise ValueError(f"{classes.numel()} targets for {n} images: give one class per image")
+    """One class per image (N,): ``None`` → the predicted class; one class for every image; or one per image."""
+    if target is not None:
+        target = class_indices(target, "targets").reshape(-1)
+        if target.numel() == 1:
+            target = target[0]  # the same class for every image
+    classes = per_image_classes(target, logits.shape[0], logits.shape[1], logits.argmax(1), "targets")
     return classes[:, 0].to(logits.device).contiguous()
 
 
