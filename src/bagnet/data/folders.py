@@ -96,7 +96,7 @@ def read_sample(path: str, label: int, index: int,
         image = transform(image)
     bad = _non_finite(image)
     if bad:
-        return Skipped(path, _non_finite_reason(bad, image))
+        return Skipped(path, _non_finite_reason(bad, image.numel()))
     return image, label, index
 
 
@@ -107,8 +107,8 @@ def _non_finite(image: Any) -> int:
     return 0
 
 
-def _non_finite_reason(bad: int, image: Tensor) -> str:
-    return (f"its transform gave {bad} non-finite values (NaN or inf) of {image.numel()} (a division by a zero "
+def _non_finite_reason(bad: int, values: int) -> str:
+    return (f"its transform gave {bad} non-finite values (NaN or inf) of {values} (a division by a zero "
             f"standard deviation?); models would turn them into NaN logits")
 
 
@@ -122,16 +122,10 @@ def _is_image_file(path: str) -> bool:
 
 
 def collate(samples: Sequence[Union[tuple[Any, int, int], Skipped]]) -> Batch:
-    """Stack the loadable samples of a batch; the others are passed on in ``Batch.skipped``."""
-    good, skipped = [], [s for s in samples if isinstance(s, Skipped)]
-    for s in samples:
-        if isinstance(s, Skipped):
-            continue
-        bad = _non_finite(s[0])  # any dataset's items (those of files are checked, with their path, when read)
-        if bad:
-            skipped.append(Skipped(f"item #{s[2]}", _non_finite_reason(bad, s[0])))
-        else:
-            good.append(s)
+    """Stack the loadable samples of a batch; the others are passed on in ``Batch.skipped``, and so are images with
+    NaN or ±inf values (one check over the stacked batch: any dataset's items; files are named when read)."""
+    good = [s for s in samples if not isinstance(s, Skipped)]
+    skipped = [s for s in samples if isinstance(s, Skipped)]
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped)
     shapes = {tuple(s[0].shape) for s in good}
@@ -141,6 +135,13 @@ def collate(samples: Sequence[Union[tuple[Any, int, int], Skipped]]) -> Batch:
     images = torch.stack([s[0] for s in good])
     labels = torch.tensor([s[1] for s in good], dtype=torch.long)
     indices = torch.tensor([s[2] for s in good], dtype=torch.long)
+    if images.is_floating_point():
+        bad = (~torch.isfinite(images)).flatten(1).sum(1)
+        if bool(bad.any()):
+            skipped += [Skipped(f"item #{int(indices[i])}", _non_finite_reason(int(bad[i]), images[i].numel()))
+                        for i in bad.nonzero()[:, 0].tolist()]
+            keep = bad == 0
+            images, labels, indices = images[keep], labels[keep], indices[keep]
     return Batch(images, labels, indices, skipped)
 
 
