@@ -21,7 +21,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return weight, bias
 
 
-def fuse_conv_bn_eval(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+def _fused_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new convolution equal to ``conv`` followed by eval-mode ``bn`` (its parameters in ``conv``'s dtype)."""
     fused = copy.deepcopy(conv)
     weight, bias = fold_conv_bn(conv, bn)
@@ -38,15 +38,15 @@ def fuse_batchnorm(model: BagNet) -> BagNet:
     """
     fused = copy.deepcopy(model).eval()
     if model.config.stem == "paper":  # conv1 (1×1) → conv2 (3×3) → bn1
-        fused.conv2 = fuse_conv_bn_eval(fused.conv2, fused.bn1)
+        fused.conv2 = _fused_conv(fused.conv2, fused.bn1)
     else:  # BagNets v2: conv1 (3×3) → bn1
-        fused.conv1 = fuse_conv_bn_eval(fused.conv1, fused.bn1)
+        fused.conv1 = _fused_conv(fused.conv1, fused.bn1)
     fused.bn1 = nn.Identity()
     for stage in fused.stages:
         for block in stage:
             for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
-                setattr(block, conv, fuse_conv_bn_eval(getattr(block, conv), getattr(block, bn)))
+                setattr(block, conv, _fused_conv(getattr(block, conv), getattr(block, bn)))
                 setattr(block, bn, nn.Identity())
             if block.downsample is not None:
-                block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
+                block.downsample = nn.Sequential(_fused_conv(block.downsample[0], block.downsample[1]))
     return fused
