@@ -95,7 +95,12 @@ def test_torch_hub_entry_points_from_a_local_checkout(tmp_path, offline_hub):
 def test_timm_builds_bagnets_own_model_with_the_pretrained_config(tmp_path, offline_hub):
     timm = pytest.importorskip("timm")
     assert set(timm.list_models("bagnet*")) >= {"bagnet9", "bagnet17", "bagnet33"}
-    assert "bagnet33" in timm.list_models("bagnet*", pretrained=True)
+    # timm lists pretrained weights with their tag, the paper's first (the default), BagNets v2 beside them
+    assert timm.list_models("bagnet33*", pretrained=True) == ["bagnet33.imagenet", "bagnet33.imagenet-v2"]
+    v2 = timm.create_model("bagnet9.imagenet-v2")
+    assert v2.config.stem == "v2" and "bagnetsv2" in v2.pretrained_cfg["url"] and v2.pretrained_cfg["tag"] == "imagenet-v2"
+    with pytest.raises(bagnet.WeightsError, match="bagnetsv2-bagnet9_imagenet_pretrained.pt"):
+        timm.create_model("bagnet9.imagenet-v2", pretrained=True)
     model = timm.create_model("bagnet33", num_classes=7)
     assert isinstance(model, bagnet.BagNet) and model.num_classes == 7 and model.patch_size == 33
     assert model.evidence(torch.randn(1, 3, 48, 48)).shape == (1, 7, 2, 2)

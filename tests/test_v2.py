@@ -122,11 +122,14 @@ def test_v2_heatmap_is_the_patch_by_patch_definition_and_matches_the_evidence_aw
 
 def test_imagenet_v2_by_name_is_fetched_from_the_pinned_commit_and_checked_by_its_git_blob_id(tmp_path, offline_hub,
                                                                                             monkeypatch):
+    import dataclasses
+
+    from bagnet.models import pretrained
     from bagnet.models import weights as weights_mod
 
     assert "bagnet33:imagenet-v2" in bagnet.list_models()
     meta = bagnet.models.model_entry("bagnet33:imagenet-v2").meta
-    assert meta.metrics and "berenslab/bagnetsv2" in meta.source and weights_mod.V2_COMMIT in meta.source
+    assert meta.metrics and "berenslab/bagnetsv2" in meta.source and pretrained.V2_COMMIT in meta.source
     with pytest.raises(bagnet.WeightsError, match="bagnetsv2-bagnet33_imagenet_pretrained.pt") as err:
         bagnet.load("bagnet33:imagenet-v2")
     assert str(offline_hub / "checkpoints") in str(err.value)
@@ -141,14 +144,15 @@ def test_imagenet_v2_by_name_is_fetched_from_the_pinned_commit_and_checked_by_it
         assert git.stdout.strip() == published
 
     def download(url, dst, hash_prefix=None, progress=True):
-        assert url == f"https://github.com/berenslab/bagnetsv2/raw/{weights_mod.V2_COMMIT}/models/bagnet9_imagenet_pretrained.pt"
+        assert url == f"https://github.com/berenslab/bagnetsv2/raw/{pretrained.V2_COMMIT}/models/bagnet9_imagenet_pretrained.pt"
         Path(dst).write_bytes((tmp_path / "published.pt").read_bytes())
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
     with pytest.raises(bagnet.WeightsError, match="git blob id"):  # not the file the repository publishes
         bagnet.load("bagnet9:imagenet-v2")
     assert not (offline_hub / "checkpoints" / "bagnetsv2-bagnet9_imagenet_pretrained.pt").exists()  # not kept
-    monkeypatch.setitem(weights_mod.V2_WEIGHTS, 9, weights_mod.V2Weights(9, published))
+    entry = pretrained.WEIGHTS["bagnet9:imagenet-v2"]
+    monkeypatch.setitem(pretrained.WEIGHTS, entry.name, dataclasses.replace(entry, blob_sha1=published))
     model = bagnet.load("bagnet9:imagenet-v2")
     assert model.config.padding and model.categories is not None and len(model.categories) == 1000
     (offline_hub / "checkpoints" / "bagnetsv2-bagnet9_imagenet_pretrained.pt").write_bytes(b"not the file")

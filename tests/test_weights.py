@@ -8,6 +8,7 @@ import torch
 
 import bagnet
 from bagnet import BagNet, BagNetConfig, WeightsError
+from bagnet.models import pretrained
 from bagnet.models import weights as weights_mod
 from test_architecture import spec_shapes
 
@@ -171,14 +172,14 @@ def test_official_download_uses_the_hub_cache_and_hash_prefix(tmp_path, monkeypa
     with pytest.raises(weights_mod.WeightsUnavailableError):
         bagnet.bagnet9(weights="imagenet")
     url, dst, prefix = calls[0]
-    assert url == weights_mod.OFFICIAL_BASE_URL + "bagnet8-34f4ccd2.pth.tar"
+    assert url == pretrained.PAPER_BASE_URL + "bagnet8-34f4ccd2.pth.tar"
     assert url.startswith("https://bitbucket.org/wielandbrendel/bag-of-feature-pretrained-models/raw/249e8fa8")
     assert dst.endswith("checkpoints/bagnet8-34f4ccd2.pth.tar") and prefix == "34f4ccd2"
 
 
 def test_cached_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    path = weights_mod.official_cache_path(17)
+    path = pretrained.official_cache_path(17)
     path.parent.mkdir(parents=True)
     torch.save(released_style_checkpoint(17), path)
     with pytest.raises(WeightsError, match="expected a hash starting with 105524de"):
@@ -233,3 +234,47 @@ def test_preprocess_is_a_typed_callable_with_normalize_and_denormalize():
     assert torch.allclose(p.normalize(pixels), x, atol=1e-6)
     with pytest.raises(ValueError, match="std"):
         Preprocess(std=(0.2, 0.0, 0.2))
+
+
+# ------------------------------------------------------------------------------------ weights as data
+def test_builders_are_keyword_only_with_a_warning_shim_for_one_release(tmp_path):
+    path = tmp_path / "b9.safetensors"
+    bagnet.save_weights(bagnet.bagnet9(num_classes=3), path)
+    with pytest.warns(DeprecationWarning, match=r"positionally .* bagnet 0\.3"):
+        model = bagnet.bagnet9(path, num_classes=3)  # the old call still loads the file
+    assert model.num_classes == 3 and model.meta.source == str(path)
+    with pytest.raises(TypeError, match="keyword arguments only"):
+        bagnet.bagnet9(None, 3)
+    import inspect
+
+    assert all(p.kind is p.KEYWORD_ONLY for p in inspect.signature(bagnet.bagnet33).parameters.values())
+
+
+def test_every_named_weight_is_one_description_read_by_load_timm_and_the_listing(monkeypatch):
+    import dataclasses
+
+    timm = pytest.importorskip("timm")
+    from bagnet.models import model_entry
+    from bagnet.models.timm_registry import pretrained_cfg
+
+    for name, entry in pretrained.WEIGHTS.items():
+        assert name in bagnet.list_models(pretrained=True)
+        assert model_entry(name).meta == entry.meta  # the registry's metadata is the description's
+        cfg = pretrained_cfg(entry)
+        assert cfg["url"] == entry.url and cfg["mean"] == entry.meta.preprocess.mean
+        assert f"bagnet{entry.patch_size}.{entry.tag}" in timm.list_models(pretrained=True)
+    # one change to the description reaches every reader
+    entry = pretrained.WEIGHTS["bagnet17:imagenet"]
+    changed = dataclasses.replace(entry, metrics={"elsewhere": {"top1": 0.5, "top5": 0.75}})
+    monkeypatch.setitem(pretrained.WEIGHTS, entry.name, changed)
+    assert "top-1 50.0 % on elsewhere" in model_entry("bagnet17:imagenet").description
+    assert changed.top1 == 50.0 and changed.top5 == 75.0
+    assert pretrained.OFFICIAL_WEIGHTS[33] is pretrained.WEIGHTS["bagnet33:imagenet"]  # views, not copies
+    assert pretrained.V2_WEIGHTS[9].blob_sha1 == "627294f0b710355de8cfee3c1c2db35910b95396"
+
+
+def test_a_description_of_the_wrong_patch_size_is_refused():
+    with pytest.raises(ValueError, match="BagNet-33 weights, not BagNet-9"):
+        bagnet.bagnet9(weights=pretrained.WEIGHTS["bagnet33:imagenet"])
+    with pytest.raises(WeightsError, match="no 'imagenet-v3' weights"):
+        pretrained.get_weights(9, "imagenet-v3")

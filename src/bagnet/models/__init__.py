@@ -9,19 +9,9 @@ from .fuse import fuse_batchnorm
 from .summary import ModelSummary, summarize, summarize_model
 from .registry import (bagnet9, bagnet17, bagnet33, list_models, load, load_file, load_models, model_entry,
                        model_label)
-from .weights import (
-    OFFICIAL_WEIGHTS,
-    V2_WEIGHTS,
-    WeightsError,
-    WeightsUnavailableError,
-    infer_config,
-    load_into,
-    load_official_state_dict,
-    load_v2_state_dict,
-    official_cache_path,
-    read_checkpoint,
-    save_weights,
-)
+from .pretrained import (OFFICIAL_WEIGHTS, V2_WEIGHTS, WEIGHTS, PretrainedWeights, load_official_state_dict,
+                         load_v2_state_dict, official_cache_path)
+from .weights import WeightsError, WeightsUnavailableError, infer_config, load_into, read_checkpoint, save_weights
 
 __all__ = [
     "BagNet", "BagNetConfig", "Bottleneck", "strict_fp32", "ModelSummary", "summarize_model", "summarize",
@@ -31,6 +21,6 @@ __all__ = [
     "ReceptiveField", "output_length", "receptive_field", "cells_reached", "reach_window", "cell_block",
     "block_pixels",
     "bagnet9", "bagnet17", "bagnet33", "list_models", "load", "load_file", "load_models", "model_entry", "model_label",
-    "OFFICIAL_WEIGHTS", "V2_WEIGHTS", "load_v2_state_dict", "WeightsError", "WeightsUnavailableError", "infer_config", "load_into",
+    "WEIGHTS", "PretrainedWeights", "OFFICIAL_WEIGHTS", "V2_WEIGHTS", "load_v2_state_dict", "WeightsError", "WeightsUnavailableError", "infer_config", "load_into",
     "load_official_state_dict", "official_cache_path", "read_checkpoint", "save_weights",
 ]

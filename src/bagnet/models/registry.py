@@ -7,11 +7,13 @@ from the file).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -21,19 +23,9 @@ from .hub import HF_PREFIX, hf_folder
 from .meta import ModelMeta, attach_meta, read_sidecar
 from .preprocess import INTERPOLATIONS, imagenet_categories, make_preprocess
 
-from .weights import (
-    OFFICIAL_WEIGHTS,
-    WeightsError,
-    parse_bagnet_config,
-    read_header,
-    check_fits,
-    infer_config,
-    load_into,
-    load_official_state_dict,
-    load_v2_state_dict,
-    read_checkpoint,
-    V2_WEIGHTS,
-)
+from .pretrained import PATCH_SIZES, VARIANTS, WEIGHTS, PretrainedWeights, architecture_meta, get_weights
+from .weights import (WeightsError, check_fits, infer_config, load_into, parse_bagnet_config, read_checkpoint,
+                      read_header)
 
 PAPER_KERNEL3: dict[int, tuple[int, int, int, int]] = {
     9: (1, 1, 0, 0),
@@ -41,55 +33,93 @@ PAPER_KERNEL3: dict[int, tuple[int, int, int, int]] = {
     33: (1, 1, 1, 1),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".tar", ".bin", ".ckpt")
-Weights = Optional[str | os.PathLike]
+WeightsArg = Optional[Union[str, os.PathLike, PretrainedWeights]]
 
 
-def _paper_bagnet(patch_size: int, weights: Weights, num_classes: int, progress: bool, variant: str) -> BagNet:
-    if variant not in ("paper", "v2"):
+#: The release that stops accepting a positional ``weights`` argument in the builders.
+POSITIONAL_WEIGHTS_REMOVED_IN = "0.3"
+
+
+def _keyword_only_weights(builder: Callable[..., BagNet]) -> Callable[..., BagNet]:
+    """torchvision's kind of shim for one release: ``bagnet33("imagenet")`` still works and warns."""
+
+    @functools.wraps(builder)
+    def wrapper(*args: Any, **kwargs: Any) -> BagNet:
+        if args:
+            if len(args) > 1 or "weights" in kwargs:
+                raise TypeError(f"{builder.__name__}() takes keyword arguments only (weights=, num_classes=, …)")
+            warnings.warn(f"{builder.__name__}: passing weights positionally is deprecated and stops working in "
+                          f"bagnet {POSITIONAL_WEIGHTS_REMOVED_IN}; write {builder.__name__}(weights={args[0]!r})",
+                          DeprecationWarning, stacklevel=2)
+            kwargs["weights"] = args[0]
+        return builder(**kwargs)
+
+    return wrapper
+
+
+def _paper_bagnet(patch_size: int, weights: WeightsArg, num_classes: int, progress: bool, variant: str) -> BagNet:
+    if variant not in VARIANTS:
         raise ValueError(f"variant must be 'paper' (the released BagNets) or 'v2' (BagNets v2), got {variant!r}")
-    v2 = variant == "v2" or weights == "imagenet-v2"
+    named = _named_weights(patch_size, weights)
+    v2 = variant == "v2" or (named is not None and named.variant == "v2")
     config = BagNetConfig(layers=(3, 4, 6, 3), kernel3=PAPER_KERNEL3[patch_size], num_classes=num_classes,
                           **(BagNetConfig.V2_LAYOUT if v2 else {}))
     model = BagNet(config)
     if weights is None:
-        return attach_meta(model, _paper_meta(patch_size, False, v2))
-    if isinstance(weights, str) and weights in ("imagenet", "imagenet-v2"):
+        return attach_meta(model, architecture_meta(patch_size, "v2" if v2 else "paper"))
+    if named is not None:
         if num_classes != 1000:
             raise ValueError(
                 f"the ImageNet weights have 1000 classes, not num_classes={num_classes}; to fine-tune, load them "
                 f"with num_classes=1000 and replace the classifier (model.reset_classifier(n))"
             )
-        if v2:
-            load_into(model, load_v2_state_dict(patch_size, progress=progress),
-                      f"BagNet-{patch_size} v2 weights")
-        else:
-            load_into(model, load_official_state_dict(patch_size, progress=progress),
-                      f"official BagNet-{patch_size} weights")
-        return attach_meta(model, _paper_meta(patch_size, True, v2))
-    path = Path(weights)
+        load_into(model, named.state_dict(progress=progress), f"{named.name} weights")
+        return attach_meta(model, named.meta)
+    path = Path(weights)  # type: ignore[arg-type]
     checkpoint = read_checkpoint(path)
     load_into(model, checkpoint.state_dict, str(path))
-    default = _paper_meta(patch_size, False, v2).replace(source=os.fspath(path))
+    default = architecture_meta(patch_size, "v2" if v2 else "paper").replace(source=os.fspath(path))
     return attach_meta(model, _file_meta(validate_metadata(checkpoint.metadata, str(path)), path, default,
                                          model.num_classes))
 
 
-def bagnet9(weights: Weights = None, num_classes: int = 1000, progress: bool = True, variant: str = "paper") -> BagNet:
-    """BagNet-9 (patch size 9) as released; ``weights`` is None, ``"imagenet"``, ``"imagenet-v2"`` (BagNets v2,
-    which also selects ``variant="v2"``: same-padded, one 3×3 stem) or a file path."""
+def _named_weights(patch_size: int, weights: WeightsArg) -> Optional[PretrainedWeights]:
+    """The table entry ``weights`` names (an entry, its tag ``imagenet`` or its full name), None for a path."""
+    if isinstance(weights, PretrainedWeights):
+        if weights.patch_size != patch_size:
+            raise ValueError(f"{weights.name} are BagNet-{weights.patch_size} weights, not BagNet-{patch_size}'s")
+        return weights
+    if isinstance(weights, str) and weights in WEIGHTS:
+        return _named_weights(patch_size, WEIGHTS[weights])
+    if isinstance(weights, str) and any(w.tag == weights for w in WEIGHTS.values()):
+        return get_weights(patch_size, weights)
+    return None
+
+
+@_keyword_only_weights
+def bagnet9(*, weights: WeightsArg = None, progress: bool = True, num_classes: int = 1000,
+            variant: str = "paper") -> BagNet:
+    """BagNet-9 (patch size 9) as released; ``weights`` is None (random), ``"imagenet"`` (the paper's),
+    ``"imagenet-v2"`` (BagNets v2, which also selects ``variant="v2"``: same-padded, one 3×3 stem), an entry of
+    :data:`bagnet.models.pretrained.WEIGHTS`, or a file path."""
     return _paper_bagnet(9, weights, num_classes, progress, variant)
 
 
-def bagnet17(weights: Weights = None, num_classes: int = 1000, progress: bool = True, variant: str = "paper") -> BagNet:
-    """BagNet-17 (patch size 17) as released; ``weights`` is None, ``"imagenet"``, ``"imagenet-v2"`` (BagNets v2,
-    which also selects ``variant="v2"``: same-padded, one 3×3 stem) or a file path."""
+@_keyword_only_weights
+def bagnet17(*, weights: WeightsArg = None, progress: bool = True, num_classes: int = 1000,
+             variant: str = "paper") -> BagNet:
+    """BagNet-17 (patch size 17) as released; ``weights`` as for :func:`bagnet9`."""
     return _paper_bagnet(17, weights, num_classes, progress, variant)
 
 
-def bagnet33(weights: Weights = None, num_classes: int = 1000, progress: bool = True, variant: str = "paper") -> BagNet:
-    """BagNet-33 (patch size 33) as released; ``weights`` is None, ``"imagenet"``, ``"imagenet-v2"`` (BagNets v2,
-    which also selects ``variant="v2"``: same-padded, one 3×3 stem) or a file path."""
+@_keyword_only_weights
+def bagnet33(*, weights: WeightsArg = None, progress: bool = True, num_classes: int = 1000,
+             variant: str = "paper") -> BagNet:
+    """BagNet-33 (patch size 33) as released; ``weights`` as for :func:`bagnet9`."""
     return _paper_bagnet(33, weights, num_classes, progress, variant)
+
+
+BUILDERS: dict[int, Callable[..., BagNet]] = {9: bagnet9, 17: bagnet17, 33: bagnet33}
 
 
 @dataclass(frozen=True)
@@ -112,50 +142,17 @@ class ModelEntry:
         return "; ".join(filter(None, (meta.title, meta.describe(), meta.source)))
 
 
-def _paper_meta(patch_size: int, imagenet: bool, v2: bool = False) -> ModelMeta:
-    if v2:
-        meta = ModelMeta(name=f"bagnet{patch_size}-v2", arch="bagnet", patch_size=patch_size,
-                         title=f"BagNet-{patch_size} v2 (same padding, one 3×3 stem; berenslab/bagnetsv2)")
-        if not imagenet:
-            return meta
-        info = V2_WEIGHTS[patch_size]
-        metrics = ({"imagenet/val (reported by berenslab, 224 px fp32)": {"top1": info.top1 / 100,
-                                                                            "top5": info.top5 / 100}}
-                   if info.top1 is not None and info.top5 is not None else {})
-        return meta.replace(
-            name=f"bagnet{patch_size}:imagenet-v2", categories=imagenet_categories(), resolution=224,
-            title=f"BagNet-{patch_size} v2, ImageNet weights of berenslab/bagnetsv2",
-            source=f"BagNets v2 ImageNet weights (berenslab/bagnetsv2), downloaded once into torch.hub's cache "
-                   f"({info.url})", metrics=metrics)
-    meta = ModelMeta(name=f"bagnet{patch_size}", arch="bagnet", patch_size=patch_size,
-                     title=f"BagNet-{patch_size} as in the paper")
-    if not imagenet:
-        return meta
-    official = OFFICIAL_WEIGHTS[patch_size]
-    return meta.replace(
-        name=f"bagnet{patch_size}:imagenet", categories=imagenet_categories(), resolution=224,
-        title=f"BagNet-{patch_size}, official ImageNet weights",
-        source=f"official ImageNet weights released with the paper, downloaded once into torch.hub's cache "
-               f"({official.url})",
-        metrics={"imagenet/val (reported, 224 px fp32)": {"top1": official.top1 / 100, "top5": official.top5 / 100}})
-
-
 def _entries() -> dict[str, ModelEntry]:
     entries = {}
-    for q, fn in ((9, bagnet9), (17, bagnet17), (33, bagnet33)):
-        entries[f"bagnet{q}"] = ModelEntry(f"bagnet{q}", fn, False, lambda _q=q: _paper_meta(_q, False))
-        entries[f"bagnet{q}:imagenet"] = ModelEntry(
-            f"bagnet{q}:imagenet",
-            lambda progress=True, _fn=fn: _fn(weights="imagenet", progress=progress),
-            True,
-            lambda _q=q: _paper_meta(_q, True),
-        )
-        entries[f"bagnet{q}:imagenet-v2"] = ModelEntry(
-            f"bagnet{q}:imagenet-v2",
-            lambda progress=True, _fn=fn: _fn(weights="imagenet-v2", progress=progress),
-            True,
-            lambda _q=q: _paper_meta(_q, True, True),
-        )
+    for q in PATCH_SIZES:
+        entries[f"bagnet{q}"] = ModelEntry(f"bagnet{q}", BUILDERS[q], False, lambda _q=q: architecture_meta(_q))
+        for named in (w for w in WEIGHTS.values() if w.patch_size == q):
+            entries[named.name] = ModelEntry(
+                named.name,
+                lambda progress=True, _n=named.name, _q=q: BUILDERS[_q](weights=_n, progress=progress),
+                True,
+                lambda _n=named.name: WEIGHTS[_n].meta,
+            )
     return entries
 
 

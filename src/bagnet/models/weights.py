@@ -1,4 +1,5 @@
-"""Reading, checking and writing BagNet weights: official ImageNet checkpoints, local .pth and .safetensors files."""
+"""Reading, checking and writing weights files: verified downloads, local .pth and .safetensors files (the named
+weights themselves are data, in :mod:`bagnet.models.pretrained`)."""
 
 from __future__ import annotations
 
@@ -15,75 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from .bagnet import BagNetConfig
-
-OFFICIAL_BASE_URL = (
-    "https://bitbucket.org/wielandbrendel/bag-of-feature-pretrained-models/raw/"
-    "249e8fa82c0913623a807d9d35eeab9da7dcc2a8/"
-)
-
-
-@dataclass(frozen=True)
-class OfficialWeights:
-    """One released ImageNet checkpoint; ``sha256_prefix`` is the 8-hex part of its file name."""
-
-    patch_size: int
-    filename: str
-    top1: float
-    top5: float
-
-    @property
-    def url(self) -> str:
-        return OFFICIAL_BASE_URL + self.filename
-
-    @property
-    def sha256_prefix(self) -> str:
-        return self.filename.split("-")[1].split(".")[0]
-
-
-#: Released checkpoints by patch size, with the re-evaluated ImageNet accuracy (224 px, fp32).
-OFFICIAL_WEIGHTS: dict[int, OfficialWeights] = {
-    9: OfficialWeights(9, "bagnet8-34f4ccd2.pth.tar", 46.4, 70.4),
-    17: OfficialWeights(17, "bagnet16-105524de.pth.tar", 58.8, 81.2),
-    33: OfficialWeights(33, "bagnet32-2ddd53ed.pth.tar", 66.7, 87.0),
-}
-
-
-#: berenslab/bagnetsv2: the BagNets retrained with same padding and one 3×3 stem (robust to TF32 and fp16), at the
-#: commit that holds their ImageNet weights (GitHub serves them under /raw/<commit>/<path>).
-V2_COMMIT = "faa5f41f35c591e687d62511d434d14870e1b594"
-V2_BASE_URL = f"https://github.com/berenslab/bagnetsv2/raw/{V2_COMMIT}/models/"
-
-
-@dataclass(frozen=True)
-class V2Weights:
-    """One BagNets-v2 ImageNet state dict (``bagnet{q}_imagenet_pretrained.pt``), checked by its git blob id (the
-    SHA-1 git gives the file: ``sha1(b"blob <size>\\0" + content)``, the only hash the repository publishes), with
-    its reported accuracy (fp32, 224 px, the authors' README) where they give one."""
-
-    patch_size: int
-    blob_sha1: str
-    top1: Optional[float] = None
-    top5: Optional[float] = None
-
-    @property
-    def filename(self) -> str:
-        return f"bagnet{self.patch_size}_imagenet_pretrained.pt"
-
-    @property
-    def url(self) -> str:
-        return V2_BASE_URL + self.filename
-
-    @property
-    def cache_name(self) -> str:
-        return f"bagnetsv2-{self.filename}"
-
-
-V2_WEIGHTS: dict[int, V2Weights] = {
-    9: V2Weights(9, "627294f0b710355de8cfee3c1c2db35910b95396"),
-    17: V2Weights(17, "950c52980e13d2649cfcf81bd2dbd9688a124f8a"),
-    33: V2Weights(33, "c4ee0350036feca9035e14d3a0a7c657d4c57437", 65.51, 86.35),
-}
-
 
 def git_blob_sha1(path: Path) -> str:
     """The id git gives a file's content: SHA-1 of ``b"blob <size>\\0"`` followed by the bytes."""
@@ -102,33 +34,7 @@ class WeightsUnavailableError(WeightsError, OSError):
     """The official weights are neither cached nor downloadable (for example, no network)."""
 
 
-# ---------------------------------------------------------------------------------------------------- official
-def official_cache_path(patch_size: int) -> Path:
-    """Where torch.hub keeps (or where to put by hand) the official checkpoint for ``patch_size``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / _official(patch_size).filename
-
-
-def load_v2_state_dict(patch_size: int, progress: bool = True) -> dict[str, Tensor]:
-    """The BagNets-v2 ImageNet state dict for BagNet-``patch_size`` (berenslab/bagnetsv2), downloaded once into
-    torch.hub's cache as ``bagnetsv2-bagnet{q}_imagenet_pretrained.pt``."""
-    try:
-        info = V2_WEIGHTS[patch_size]
-    except KeyError:
-        raise WeightsError(f"there are BagNets-v2 weights only for patch sizes {sorted(V2_WEIGHTS)}, "
-                           f"not {patch_size}") from None
-    return read_state_dict(fetch_verified(info.url, progress, f"the BagNet-{patch_size} v2 ImageNet weights",
-                                          cache_name=info.cache_name, blob_sha1=info.blob_sha1))
-
-
-def load_official_state_dict(patch_size: int, progress: bool = True) -> dict[str, Tensor]:
-    """The official ImageNet state dict for BagNet-``patch_size``, downloaded once into torch.hub's cache.
-
-    The file's SHA-256 is checked against the prefix in its name every time it is loaded.
-    """
-    info = _official(patch_size)
-    return read_state_dict(fetch_verified(info.url, progress, f"the official BagNet-{patch_size} ImageNet weights"))
-
-
+# ---------------------------------------------------------------------------------------------------- downloads
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
@@ -172,15 +78,6 @@ def _check_hash(path: Path, sha256_prefix: str) -> None:
             f"{path} has SHA-256 {digest[:16]}…, expected a hash starting with {sha256_prefix}; "
             f"the file is corrupt or not the released checkpoint. Delete it and try again"
         )
-
-
-def _official(patch_size: int) -> OfficialWeights:
-    try:
-        return OFFICIAL_WEIGHTS[patch_size]
-    except KeyError:
-        raise WeightsError(
-            f"there are official ImageNet weights only for patch sizes {sorted(OFFICIAL_WEIGHTS)}, not {patch_size}"
-        ) from None
 
 
 def _sha256(path: Path) -> str:
