@@ -53,9 +53,9 @@ def main() -> None:
         results = {}
         for _ in range(args.repeats):
             for local in (False, True):
-                config = InteractionConfig(limit=args.images, local_effects=local)
+                config = InteractionConfig(local_effects=local)
                 start = time.perf_counter()
-                results[local] = interactions({name: model}, data, 10, config, progress=False)
+                results[local] = interactions({name: model}, data, 10, config, progress=False, limit=args.images)
                 times[local].append((time.perf_counter() - start) / args.images)
         slow, fast = statistics.median(times[False]), statistics.median(times[True])
         diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(results[True].mean_abs_effect[name],

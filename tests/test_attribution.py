@@ -420,3 +420,26 @@ def test_torchvision_resnet50_bottlenecks_get_every_method_and_lrp_conserves():
                                                           lrp_epsilon=1e-9))
     assert result.unavailable == {} and result.notes["gradcam"] == "layer layer4"
     assert result.maps["lrp_epsilon"].astype(np.float64).sum() == pytest.approx(result.target_logits[0], rel=1e-3)
+
+
+def test_run_options_are_keyword_arguments_and_the_old_config_fields_warn_for_one_release():
+    torch.manual_seed(7)
+    x = torch.randn(3, 3, 32, 32)
+    model = RegionModel().eval()
+    new = attribute(model, x, target=1, config=AttributionConfig(methods=("saliency",)), batch_size=1)
+    with pytest.warns(DeprecationWarning, match=r"AttributionConfig\(batch_size=…\).* bagnet 0\.3"):
+        old_config = AttributionConfig(methods=("saliency",), batch_size=1)
+    old = attribute(model, x, target=1, config=old_config)
+    np.testing.assert_array_equal(new.maps["saliency"], old.maps["saliency"])
+    assert new.config["batch_size"] == old.config["batch_size"] == 1
+    assert attribute(model, x, target=1, config=AttributionConfig(methods=("saliency",))).config["batch_size"] == 16
+    # the random floor follows seed=, whichever way it is given; another seed draws other orders
+    maps = {"saliency": new.maps["saliency"]}
+    one = deletion_insertion(model, x, [1] * 3, maps, FaithfulnessConfig(patch=8, steps=4), seed=1, batch_size=2)
+    with pytest.warns(DeprecationWarning, match=r"FaithfulnessConfig\(seed=…\)"):
+        old_faith = FaithfulnessConfig(patch=8, steps=4, seed=1)
+    assert deletion_insertion(model, x, [1] * 3, maps, old_faith).deletion["random"] == one.deletion["random"]
+    other = deletion_insertion(model, x, [1] * 3, maps, FaithfulnessConfig(patch=8, steps=4), seed=2)
+    assert other.deletion["random"] != one.deletion["random"] and one.config["seed"] == 1
+    with pytest.raises(bagnet.errors.ConfigError, match="batch_size must be a positive integer"):
+        attribute(model, x, config=AttributionConfig(methods=("saliency",)), batch_size=0)

@@ -48,7 +48,7 @@ def test_scramble_permutes_whole_tiles():
 
 
 def test_scrambling_spares_a_local_model_and_breaks_a_spatial_one(tmp_path):
-    config = ScramblingConfig(grids=(1, 2, 4), batch_size=16)
+    config = ScramblingConfig(grids=(1, 2, 4))
     local = scrambling({"local": colour_model()}, colour_data(), 2, config, progress=False)
     assert local.top1["local"] == [1.0, 1.0, 1.0]  # colour survives any shuffle
     result = scrambling({"spatial": TwoRegionModel(), "local": colour_model()}, two_region_data(), 2, config,
@@ -76,9 +76,9 @@ def test_scrambling_bad_input():
 def test_interactions_zero_for_additive_model_and_large_for_a_product_of_distant_regions(tmp_path):
     from experiment_models import ProductModel
 
-    config = InteractionConfig(region=6, gaps=(0, 8, 16), pairs_per_gap=6, fill="zero", limit=8)
+    config = InteractionConfig(region=6, gaps=(0, 8, 16), pairs_per_gap=6, fill="zero")
     result = interactions({"linear": colour_model(), "product": ProductModel()}, two_region_data(8), 2, config,
-                          progress=False)
+                          progress=False, limit=8)
     assert result.images == 8
     assert max(result.normalised_interaction["linear"]) < 1e-5  # a linear model adds effects (fp32 rounding only)
     assert min(result.normalised_interaction["product"]) > 1e-3  # a product of region means never adds up
@@ -96,9 +96,8 @@ def test_bagnet_interaction_is_exactly_zero_once_no_patch_covers_both_regions(fi
 
     model = randomised(BagNet(BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=2))).double()
     data = TensorImages(torch.randn(3, 3, 48, 48, dtype=torch.float64), torch.tensor([0, 1, 0]))
-    config = InteractionConfig(region=6, gaps=(0, 3, 9, 12, 20), pairs_per_gap=8, fill=fill, limit=3,
-                               local_effects=local)
-    result = interactions({"bagnet9": model}, data, 2, config, progress=False)
+    config = InteractionConfig(region=6, gaps=(0, 3, 9, 12, 20), pairs_per_gap=8, fill=fill, local_effects=local)
+    result = interactions({"bagnet9": model}, data, 2, config, progress=False, limit=3)
     norm = dict(zip(result.gaps, result.normalised_interaction["bagnet9"]))
     assert norm[0] > 1e-3
     assert norm[9] <= 1e-5 and norm[12] <= 1e-5 and norm[20] <= 1e-5, norm
@@ -175,7 +174,7 @@ def test_similarity_of_identical_opposite_and_unrelated_models(tmp_path):
             return -self.inner(x)
 
     result = similarity({"a": colour_model(), "a again": colour_model(), "opposite": Flip(colour_model()),
-                         "spatial": TwoRegionModel()}, data, 2, SimilarityConfig(batch_size=16), progress=False)
+                         "spatial": TwoRegionModel()}, data, 2, SimilarityConfig(), progress=False, batch_size=16)
     m = {name: i for i, name in enumerate(result.models)}
     ec, lc, cc = result.error_consistency, result.logit_correlation, result.class_accuracy_correlation
     assert result.accuracy["a"] == pytest.approx(0.8) and result.accuracy["opposite"] == pytest.approx(0.2)
@@ -198,7 +197,7 @@ def test_masking_the_known_region_first_destroys_the_model_that_uses_it(tmp_path
         scores[:, 12:20, 12:20] = 1.0
         return scores
 
-    config = MaskingConfig(block=8, ks=(0, 1, 4), fill="zero", batch_size=8)
+    config = MaskingConfig(block=8, ks=(0, 1, 4), fill="zero")
     result = masking({"centre": CentreColourModel()}, {"oracle": centre_first, "random": "random"},
                      centre_colour_data(), 2, config, progress=False)
     acc = result.accuracy["centre"]
@@ -216,10 +215,11 @@ def test_masking_by_each_models_own_attribution():
     own map destroys it as fast as the oracle; a method that cannot handle the model gets NaN and a note."""
     from bagnet.experiments import OwnAttribution
 
-    config = MaskingConfig(block=8, ks=(0, 4), fill="zero", batch_size=8, limit=8)
+    config = MaskingConfig(block=8, ks=(0, 4), fill="zero")
     result = masking({"centre": CentreColourModel()},
                      {"own IG": OwnAttribution("integrated_gradients", ig_steps=8), "own evidence":
-                      OwnAttribution("evidence")}, centre_colour_data(8), 2, config, progress=False)
+                      OwnAttribution("evidence")}, centre_colour_data(8), 2, config, progress=False, batch_size=8,
+                     limit=8)
     acc = result.accuracy["centre"]
     assert acc["own IG"] == [1.0, 0.5]  # the four blocks the centre straddles go first
     assert all(v != v for v in acc["own evidence"])  # NaN: exact evidence exists only for BagNets
@@ -243,7 +243,7 @@ def test_masking_with_a_bagnet_ranking_runs_and_checks_inputs():
     ranker = BagNet(BagNetConfig.for_patch_size(9, layers=(1, 1, 1, 1), width=8, num_classes=2)).eval()
     data = centre_colour_data(4)
     result = masking({"centre": CentreColourModel(), "ranker": ranker}, {"bagnet": ranker}, data, 2,
-                     MaskingConfig(ks=(0, 2), batch_size=4), progress=False)
+                     MaskingConfig(ks=(0, 2)), progress=False, batch_size=4)
     assert set(result.accuracy) == {"centre", "ranker"}
     with pytest.raises(ValueError, match="cannot mask k = 99"):
         masking({"c": CentreColourModel()}, {"random": "random"}, data, 2, MaskingConfig(ks=(99,)), progress=False)
@@ -366,7 +366,7 @@ def test_diagnostic_from_a_scrambling_run_of_trained_models(tmp_path):
     from bagnet.experiments import DiagnosticResult
 
     models = {"local": colour_model(), "spatial": TwoRegionModel()}
-    run = scrambling(models, two_region_data(), 2, ScramblingConfig(grids=(1, 2, 4), batch_size=16), progress=False)
+    run = scrambling(models, two_region_data(), 2, ScramblingConfig(grids=(1, 2, 4)), progress=False)
     result = DiagnosticResult.from_scrambling(run, {8: "local"}, cnn="spatial", grid=2, dataset="colours")
     assert result.bagnet_top1 == [run.top1["local"][0]] and result.cnn_top1 == run.top1["spatial"][0]
     assert result.scrambling_gap == pytest.approx(run.top1["spatial"][0] - run.top1["spatial"][1])
@@ -383,7 +383,7 @@ def test_diagnostic_from_a_scrambling_run_of_trained_models(tmp_path):
 def test_summary_cli_reads_saved_results(tmp_path, capsys):
     from bagnet.cli import main
 
-    config = ScramblingConfig(grids=(1, 2, 4), batch_size=16)
+    config = ScramblingConfig(grids=(1, 2, 4))
     scrambling({"local": colour_model(), "spatial": TwoRegionModel()}, colour_data(), 2, config,
                progress=False).save(tmp_path / "r")
     similarity({"local": colour_model(), "spatial": TwoRegionModel()}, colour_data(), 2,
@@ -414,8 +414,8 @@ def test_experiments_accept_image_label_pairs_and_name_bad_items():
 
     data = two_region_data(6)
     pairs = Pairs([(data.images[i], int(data.labels[i])) for i in range(6)])
-    a = scrambling({"m": TwoRegionModel()}, pairs, 2, ScramblingConfig(grids=(2,), limit=6), progress=False)
-    b = scrambling({"m": TwoRegionModel()}, data, 2, ScramblingConfig(grids=(2,), limit=6), progress=False)
+    a = scrambling({"m": TwoRegionModel()}, pairs, 2, ScramblingConfig(grids=(2,)), progress=False, limit=6)
+    b = scrambling({"m": TwoRegionModel()}, data, 2, ScramblingConfig(grids=(2,)), progress=False, limit=6)
     assert a.top1 == b.top1
     from PIL import Image
 
@@ -427,7 +427,7 @@ def test_experiments_accept_image_label_pairs_and_name_bad_items():
         scrambling({"m": TwoRegionModel()}, Pairs([(data.images[0], "cat")]), 2, progress=False)
     mixed = Pairs([(torch.zeros(3, 8, 8), 0), (torch.zeros(3, 9, 9), 1)])
     with pytest.raises(ValueError, match=r"share a size, got \[\(3, 8, 8\), \(3, 9, 9\)\]"):
-        scrambling({"m": MeanColourModel(2)}, mixed, 2, ScramblingConfig(grids=(2,), batch_size=2), progress=False)
+        scrambling({"m": MeanColourModel(2)}, mixed, 2, ScramblingConfig(grids=(2,)), progress=False, batch_size=2)
 
 
 def test_a_dataset_of_only_unreadable_files_is_an_error_not_an_empty_result(capsys):
@@ -479,8 +479,11 @@ def test_run_plumbing_is_keyword_arguments_that_override_the_config():
     assert whole.images == 40
     some = scrambling(models, data, 2, ScramblingConfig(grids=(1, 2)), progress=False, limit=7, seed=3, batch_size=4)
     assert some.images == 7 and some.config["limit"] == 7 and some.config["seed"] == 3
-    kept = scrambling(models, data, 2, ScramblingConfig(grids=(1, 2), limit=5), progress=False)
-    assert kept.images == 5  # None keeps the config's value
+    with pytest.warns(DeprecationWarning, match=r"ScramblingConfig\(limit=…\).* bagnet 0\.3.* limit= to the function"):
+        old = ScramblingConfig(grids=(1, 2), limit=5)
+    kept = scrambling(models, data, 2, old, progress=False)
+    assert kept.images == 5  # the deprecated field still works for one release, when no keyword overrides it
+    assert scrambling(models, data, 2, old, progress=False, limit=3).images == 3  # the keyword wins
     assert similarity({**models, "again": colour_model()}, data, 2, progress=False, limit=9).images == 9
     assert masking(models, {"random": "random"}, data, 2, MaskingConfig(block=4, ks=(0, 1)), progress=False,
                    limit=6).images == 6
@@ -494,7 +497,7 @@ def test_summary_infers_the_reference_bagnet_from_registered_names_and_reads_the
     and takes the first BagNet as the reference, with its patch size and class count; unknown names ask for flags."""
     from bagnet.cli import main
 
-    config = ScramblingConfig(grids=(1, 2, 4), batch_size=16)
+    config = ScramblingConfig(grids=(1, 2, 4))
     models = {"resnet18:imagenette": TwoRegionModel(), "bagnet17:imagenette": colour_model()}
     scrambling(models, colour_data(), 2, config, progress=False).save(tmp_path / "out" / "scrambling")
     monkeypatch.chdir(tmp_path)
@@ -510,7 +513,7 @@ def test_summary_infers_the_reference_bagnet_from_registered_names_and_reads_the
 
 
 def test_scrambling_results_of_the_same_images_merge_and_others_do_not():
-    config = ScramblingConfig(grids=(1, 2, 4), batch_size=16)
+    config = ScramblingConfig(grids=(1, 2, 4))
     a = scrambling({"local": colour_model()}, colour_data(), 2, config, progress=False)
     b = scrambling({"spatial": TwoRegionModel()}, colour_data(), 2, config, progress=False)
     both = scrambling({"local": colour_model(), "spatial": TwoRegionModel()}, colour_data(), 2, config, progress=False)

@@ -77,6 +77,69 @@ def deprecated_alias(function: Any, old_name: str, since: str = "0.2") -> Any:
     return alias
 
 
+# ---------------------------------------------------------------------------------------------------- run options
+#: Run plumbing every experiment and attribution function takes as keyword arguments (never Config fields).
+RUN_OPTIONS = ("batch_size", "limit", "seed", "device")
+#: The release that removes the deprecated run-option fields of the method Configs.
+RUN_FIELDS_REMOVED_IN = "0.3"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """One call's run plumbing, resolved: the keyword argument, else the deprecated Config field of the same name,
+    else the function's default."""
+
+    batch_size: int = 32
+    limit: Optional[int] = None
+    seed: int = 0
+    device: Any = None
+
+    def __post_init__(self) -> None:
+        from .errors import ConfigError
+
+        for key in ("batch_size", "limit"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}", field=key)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}", field="seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "limit": self.limit, "seed": self.seed,
+                "device": None if self.device is None else str(self.device)}
+
+
+def warn_run_fields(config: Any) -> None:
+    """For a Config's ``__post_init__``: a DeprecationWarning when run options were set as its fields."""
+    import warnings
+
+    given = [k for k in RUN_OPTIONS if getattr(config, k, None) is not None]
+    if given:
+        name = type(config).__name__
+        warnings.warn(f"{name}({', '.join(f'{k}=…' for k in given)}): run options as Config fields are deprecated and "
+                      f"stop working in bagnet {RUN_FIELDS_REMOVED_IN}; pass {', '.join(f'{k}=' for k in given)} to the "
+                      f"function as keyword arguments", DeprecationWarning, stacklevel=4)
+
+
+def run_options(config: Any, defaults: RunOptions, **given: Any) -> RunOptions:
+    """The run options of one call: each keyword argument in ``given`` that is not None, else ``config``'s
+    deprecated field of that name when set, else ``defaults``'."""
+    values = {}
+    for key in RUN_OPTIONS:
+        value = given.get(key)
+        if value is None:
+            value = getattr(config, key, None)
+        values[key] = getattr(defaults, key) if value is None else value
+    return RunOptions(**values)
+
+
+def config_record(config: Any, run: Optional[RunOptions] = None) -> dict[str, Any]:
+    """What a result records of its settings: the Config's method fields (tuples as lists) and the run options."""
+    record = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in RUN_OPTIONS}
+    record = {k: list(v) if isinstance(v, tuple) else v for k, v in record.items()}
+    return {**record, **(run.to_dict() if run is not None else {})}
+
+
 def check_image_batch(images: Any, channels: int = 3) -> torch.Tensor:
     """``images`` as a batch (N, channels, H, W) of finite floats (a single (channels, H, W) image gets N = 1), or a
     ``TypeError``/``ValueError`` that names what is wrong (type, shape, emptiness, dtype, NaN/inf)."""

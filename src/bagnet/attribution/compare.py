@@ -75,6 +75,9 @@ def compare(
     faithfulness: Optional[FaithfulnessConfig] = FaithfulnessConfig(),
     device: Any = None,
     progress: bool = True,
+    *,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> AttributionComparison:
     """:func:`attribute` and :func:`deletion_insertion` for every model on the same images and targets."""
     from tqdm.auto import tqdm
@@ -83,8 +86,9 @@ def compare(
         raise ValueError("give at least one model")
     attributions, faith = {}, {}
     for mname, model in tqdm(models.items(), desc="attribution", unit="model", disable=not progress):
-        attr = attribute(model, images, targets, config, name=mname, device=device)
+        attr = attribute(model, images, targets, config, name=mname, device=device, batch_size=batch_size)
         attributions[mname] = attr
         if faithfulness is not None and attr.maps:
-            faith[mname] = deletion_insertion(model, images, attr.targets, attr.maps, faithfulness, mname, device)
+            faith[mname] = deletion_insertion(model, images, attr.targets, attr.maps, faithfulness, mname, device,
+                                              seed=seed, batch_size=batch_size)
     return AttributionComparison(attributions, faith)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..masks import block_mask, block_order, check_fill, fill_images
-from ..plumbing import eval_mode, model_device, model_dtype
+from ..plumbing import RunOptions, config_record, eval_mode, model_device, model_dtype, run_options, warn_run_fields
 from .methods import _check_images
 
 
@@ -27,10 +27,12 @@ class FaithfulnessConfig:
     blur_sigma: float = 4.0
     steps: int = 16
     random_orders: int = 3
-    seed: int = 0
-    batch_size: int = 64
+    # deprecated run options (keyword arguments of deletion_insertion since 0.2; removed in 0.3)
+    seed: Optional[int] = None
+    batch_size: Optional[int] = None
 
     def __post_init__(self) -> None:
+        warn_run_fields(self)
         check_fill(self.fill)
         if self.patch < 1 or self.steps < 1 or self.random_orders < 0:
             raise ConfigError(f"patch and steps must be >= 1 and random_orders >= 0, got {self.patch}, {self.steps}, "
@@ -79,12 +81,16 @@ def deletion_insertion(
     config: FaithfulnessConfig = FaithfulnessConfig(),
     name: Optional[str] = None,
     device: Any = None,
+    *,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
 ) -> Faithfulness:
     """Deletion and insertion curves of the target's softmax probability for every map, plus random orders.
 
     All maps are reduced to the same grid of ``config.patch``-px squares by summing inside each square, so no method
     gains from its resolution; every curve uses the same fill image.
     """
+    run = run_options(config, RunOptions(batch_size=64), seed=seed, batch_size=batch_size)
     device = model_device(model, device)
     images = _check_images(images).to(device=device, dtype=model_dtype(model))
     n, _, H, W = images.shape
@@ -100,7 +106,7 @@ def deletion_insertion(
         if m.shape != (n, H, W):
             raise ValueError(f"map {method!r} has shape {tuple(m.shape)}, expected {(n, H, W)}")
         orders[method] = block_order(m, config.patch)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(run.seed)
     randoms = [torch.stack([torch.randperm(blocks, generator=generator) for _ in range(n)])
                for _ in range(config.random_orders)]
     ks = sorted({round(i * blocks / config.steps) for i in range(config.steps + 1)})
@@ -109,7 +115,7 @@ def deletion_insertion(
     with eval_mode(model):
         curves = {}
         for method, order in list(orders.items()) + [(f"random{i}", o) for i, o in enumerate(randoms)]:
-            curves[method] = _curves(model, images, fills, targets, order, ks, config)
+            curves[method] = _curves(model, images, fills, targets, order, ks, config.patch, run.batch_size)
     deletion = {m: c[0] for m, c in curves.items() if not m.startswith("random")}
     insertion = {m: c[1] for m, c in curves.items() if not m.startswith("random")}
     methods = list(orders)
@@ -120,22 +126,22 @@ def deletion_insertion(
         methods.append("random")
     return Faithfulness(model=name or getattr(model, "name", type(model).__name__), methods=methods,
                         fractions=fractions, deletion=deletion, insertion=insertion, patch=config.patch,
-                        fill=config.fill, config=asdict(config))
+                        fill=config.fill, config={**config_record(config), "seed": run.seed, "batch_size": run.batch_size})
 
 
 def _curves(model: nn.Module, images: Tensor, fills: Tensor, targets: Tensor, order: Tensor, ks: list[int],
-            config: FaithfulnessConfig) -> tuple[list[list[float]], list[list[float]]]:
+            patch: int, batch_size: int) -> tuple[list[list[float]], list[list[float]]]:
     """Deletion and insertion probabilities (N lists of len(ks)) for one ranking."""
     n, _, H, W = images.shape
     deletion, insertion = [], []
     for i in range(n):
-        masks = torch.stack([block_mask(order[i : i + 1], k, config.patch, H, W)[0] for k in ks]).to(images.device)
+        masks = torch.stack([block_mask(order[i : i + 1], k, patch, H, W)[0] for k in ks]).to(images.device)
         img, fill = images[i : i + 1], fills[i : i + 1]
         deleted = torch.where(masks[:, None], fill, img)
         inserted = torch.where(masks[:, None], img, fill)
         probs = []
         with torch.no_grad():
-            for batch in torch.cat([deleted, inserted]).split(config.batch_size):
+            for batch in torch.cat([deleted, inserted]).split(batch_size):
                 probs.append(model(batch).float().softmax(1)[:, targets[i]])
         p = torch.cat(probs).cpu().tolist()
         deletion.append(p[: len(ks)])

@@ -22,7 +22,8 @@ from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
 from ..plumbing import check_image_batch, check_logits, eval_mode, model_device, model_dtype, out_dir as _out_dir
-from ..plumbing import Result, figure_png, output_lock, write_bytes, write_rows_csv
+from ..plumbing import (Result, RunOptions, config_record, figure_png, output_lock, run_options, warn_run_fields,
+                        write_bytes, write_rows_csv)
 from ..plumbing import write_result_json as _write_json
 from .tokens import attention_modules, attention_rollout, is_token_model, token_gradcam
 from .surgery import (_Unavailable, epsilon_composite, gradcam_layer, place_cells, reused_activations,
@@ -46,17 +47,18 @@ class AttributionConfig:
     lrp_epsilon: float = 1e-6
     evidence_stride: int = 1  # BagNet evidence at every s-th pixel (1: exact at every pixel), nearest-upsampled
     gradcam_layer: Optional[str] = None  # module name; default: the last child with a 4-D output that holds a conv
-    batch_size: int = 16
+    batch_size: Optional[int] = None  # deprecated: attribute(..., batch_size=) since 0.2; removed in 0.3
 
     def __post_init__(self) -> None:
+        warn_run_fields(self)
         object.__setattr__(self, "methods", tuple(self.methods))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"unknown attribution methods {unknown}; choose from {', '.join(METHODS)}")
         if self.baseline not in BASELINES:
             raise ConfigError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
-        if self.ig_steps < 2 or self.batch_size < 1:
-            raise ConfigError(f"ig_steps must be >= 2 and batch_size >= 1, got {self.ig_steps}, {self.batch_size}")
+        if self.ig_steps < 2:
+            raise ConfigError(f"ig_steps must be >= 2, got {self.ig_steps}", field="ig_steps")
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -143,6 +145,8 @@ def attribute(
     device: Any = None,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    *,
+    batch_size: Optional[int] = None,
 ) -> Attributions:
     """Per-pixel maps (N, H, W) of every method in ``config.methods`` for ``images`` (N, 3, H, W, normalised).
 
@@ -152,6 +156,10 @@ def attribute(
     in parallel threads). ``mean``/``std`` only turn the images back into pictures for figures (default: the
     model's own preprocessing, ``model_meta(model)``).
     """
+    run = run_options(config, RunOptions(batch_size=16), batch_size=batch_size)
+    if mean is not None or std is not None:
+        warnings.warn("attribute(mean=, std=) is deprecated and stops working in bagnet 0.3: the pictures use the "
+                      "model's own preprocessing (model.meta.preprocess)", DeprecationWarning, stacklevel=2)
     if any(m in ("saliency", "integrated_gradients", "deeplift", "gradcam") for m in config.methods):
         try:
             import captum  # noqa: F401
@@ -174,7 +182,7 @@ def attribute(
         baselines = _baselines(images, config)
         for method in config.methods:
             try:
-                result = _METHOD_FUNCS[method](model, images, targets, baselines, config, notes)
+                result = _METHOD_FUNCS[method](model, images, targets, baselines, config, run.batch_size, notes)
             except _Unavailable as err:
                 unavailable[method] = str(err)
                 continue
@@ -195,11 +203,11 @@ def attribute(
         model=name, methods=[m for m in config.methods], maps=maps, targets=targets.cpu().tolist(),
         target_logits=target_logits.double().cpu().tolist(), expected=expected, completeness=completeness,
         unavailable=unavailable, notes=notes, images=pictures,
-        config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        config={**config_record(config), "batch_size": run.batch_size},
     )
 
 
-def _evidence(model, images, targets, baselines, config, notes) -> Tensor:
+def _evidence(model, images, targets, baselines, config, batch_size, notes) -> Tensor:
     if not isinstance(model, BagNet):
         raise _Unavailable(f"exact evidence exists only for BagNets, not for {type(model).__name__}")
     s = config.evidence_stride
@@ -208,11 +216,11 @@ def _evidence(model, images, targets, baselines, config, notes) -> Tensor:
     return hm[:, 0]
 
 
-def _saliency(model, images, targets, baselines, config, notes) -> Tensor:
+def _saliency(model, images, targets, baselines, config, batch_size, notes) -> Tensor:
     from captum.attr import Saliency
 
     out = []
-    for x, t in _chunks(config.batch_size, images, targets):
+    for x, t in _chunks(batch_size, images, targets):
         out.append(Saliency(model).attribute(x.clone().requires_grad_(True), target=t, abs=True).amax(dim=1))
     return torch.cat(out)
 
@@ -222,14 +230,14 @@ def _chunks(size: int, *tensors: Tensor):
     return zip(*(t.split(size) for t in tensors))
 
 
-def _integrated_gradients(model, images, targets, baselines, config, notes) -> Tensor:
+def _integrated_gradients(model, images, targets, baselines, config, batch_size, notes) -> Tensor:
     from captum.attr import IntegratedGradients
 
     ig = IntegratedGradients(model)
     out = []
-    for x, b, t in _chunks(config.batch_size, images, baselines, targets):
+    for x, b, t in _chunks(batch_size, images, baselines, targets):
         out.append(ig.attribute(x, baselines=b, target=t, n_steps=config.ig_steps, method="gausslegendre",
-                                internal_batch_size=config.batch_size).sum(dim=1))
+                                internal_batch_size=batch_size).sum(dim=1))
     return torch.cat(out)
 
 
@@ -243,7 +251,7 @@ def _no_attention(model: nn.Module, method: str) -> None:
                            "grid or attention rollout")
 
 
-def _deeplift(model, images, targets, baselines, config, notes) -> Tensor:
+def _deeplift(model, images, targets, baselines, config, batch_size, notes) -> Tensor:
     from captum.attr import DeepLift
 
     _no_attention(model, "DeepLIFT")
@@ -258,14 +266,14 @@ def _deeplift(model, images, targets, baselines, config, notes) -> Tensor:
                                  "nets); see completeness")
         dl = DeepLift(net)
         out = []
-        for x, b, t in _chunks(config.batch_size, images, baselines, targets):
+        for x, b, t in _chunks(batch_size, images, baselines, targets):
             with warnings.catch_warnings():  # Captum announces its temporary hooks on every call
                 warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
                 out.append(dl.attribute(x.clone().requires_grad_(True), baselines=b, target=t).sum(dim=1))
     return torch.cat(out)
 
 
-def _lrp_epsilon(model, images, targets, baselines, config, notes) -> Tensor:
+def _lrp_epsilon(model, images, targets, baselines, config, batch_size, notes) -> Tensor:
     try:
         from zennit.attribution import Gradient
     except ImportError as err:  # pragma: no cover - zennit is an optional dependency
@@ -278,7 +286,7 @@ def _lrp_epsilon(model, images, targets, baselines, config, notes) -> Tensor:
                                 f"(e.g. {left[0]}); relevance passes through them unchanged")
     out = []
     with separated_activations(model) as net:  # undone afterwards, like the composite's canonizers
-        for x, t in _chunks(config.batch_size, images, targets):
+        for x, t in _chunks(batch_size, images, targets):
             with Gradient(model=net, composite=composite) as attributor:
                 output, relevance = attributor(x.clone().requires_grad_(True),
                                                lambda y, t=t: y * F.one_hot(t, y.shape[1]).to(y.dtype))
@@ -286,27 +294,27 @@ def _lrp_epsilon(model, images, targets, baselines, config, notes) -> Tensor:
     return torch.cat(out)
 
 
-def _gradcam(model, images, targets, baselines, config, notes) -> Tensor:
+def _gradcam(model, images, targets, baselines, config, batch_size, notes) -> Tensor:
     from captum.attr import LayerGradCam
 
     if is_token_model(model):
         notes["gradcam"] = "the tokens entering the last block's attention (blocks[-1].norm1), on the token grid"
-        return torch.cat([token_gradcam(model, x, t) for x, t in _chunks(config.batch_size, images, targets)])
+        return torch.cat([token_gradcam(model, x, t) for x, t in _chunks(batch_size, images, targets)])
     layer_name, layer = gradcam_layer(model, images[:1], config.gradcam_layer)
     notes["gradcam"] = f"layer {layer_name}"
     out = []
-    for x, t in _chunks(config.batch_size, images, targets):
+    for x, t in _chunks(batch_size, images, targets):
         cam = LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)
         out.append(place_cells(cam[:, 0], model, images.shape[-2:]))
     return torch.cat(out)
 
 
-def _attention_rollout(model, images, targets, baselines, config, notes) -> Tensor:
+def _attention_rollout(model, images, targets, baselines, config, batch_size, notes) -> Tensor:
     if not is_token_model(model):
         raise _Unavailable(f"attention rollout needs a transformer's attention (a timm VisionTransformer), not "
                            f"{type(model).__name__}")
     notes["attention_rollout"] = "class-independent: the same map for every target"
-    return torch.cat([attention_rollout(model, x) for (x,) in _chunks(config.batch_size, images)])
+    return torch.cat([attention_rollout(model, x) for (x,) in _chunks(batch_size, images)])
 
 
 _METHOD_FUNCS = {

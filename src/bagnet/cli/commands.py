@@ -182,8 +182,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             print(f"{m:<28} " + "  ".join(f"{g}×{g}: {100 * a:5.1f}%" for g, a in zip(result.grids, result.top1[m])))
     elif args.name == "interactions":
         config = ex.InteractionConfig(region=args.region, gaps=tuple(args.gaps), fill=args.fill,
-                                      local_effects=not args.forward_effects, limit=args.limit)  # None: all images
-        result = ex.interactions(models, dataset, n, config, **run)
+                                      local_effects=not args.forward_effects)
+        # the command's --limit default is every image (the function's is 100)
+        result = ex.interactions(models, dataset, n, config, **{**run, "limit": args.limit or max(len(dataset), 1)})
         for m in result.models:
             print(f"{m:<28} " + "  ".join(f"gap {g}: {v:.3f}" for g, v in zip(result.gaps, result.normalised_interaction[m]))
                   + f"  (single effects: {result.effects_from[m]})")
@@ -323,10 +324,10 @@ def cmd_attribution(args: argparse.Namespace) -> int:
     images, labels_ = load_batch(dataset, args.limit, args.seed, skips)
     config = AttributionConfig(methods=tuple(args.methods), baseline=args.baseline, ig_steps=args.ig_steps,
                                evidence_stride=args.evidence_stride)
-    faith = FaithfulnessConfig(patch=args.patch, fill=args.fill, steps=args.steps, seed=args.seed)
+    faith = FaithfulnessConfig(patch=args.patch, fill=args.fill, steps=args.steps)
     targets = labels_ if args.target == "true" else None
     result = compare(models, images, targets if targets is not None else predicted_classes(first, images),
-                     config, faith, device=args.device, progress=not args.no_progress)
+                     config, faith, device=args.device, progress=not args.no_progress, seed=args.seed)
     print(f"{'model':<24} {'method':<22} {'deletion AUC':>12} {'insertion AUC':>13}  completeness |gap| / |expected|")
     for row in result.rows():
         if not row["available"]:

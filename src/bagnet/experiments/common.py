@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
 from ..plumbing import (SCHEMA_VERSION, check_logits, eval_mode, model_device, model_dtype, out_dir,  # noqa: F401
                         write_result_json as write_json, write_rows_csv as write_csv)
 
@@ -22,23 +21,6 @@ def logits_of(model: nn.Module, images: Tensor, num_classes: int, name: str = "m
     with eval_mode(model):
         out = model(images.to(dtype=model_dtype(model)))
     return check_logits(out, images.shape[0], name, num_classes).double()  # differences of logits are taken later: keep every bit the model produced
-
-
-
-
-def with_run_options(config: Any, **options: Any) -> Any:
-    """``config`` with the run-plumbing keyword arguments that were given (``device``, ``limit``, ``seed``,
-    ``batch_size``; None: keep the config's) in place of its fields, validated again. Plumbing is passed as keyword
-    arguments, the same names in every function; the config fields of the same names remain for one release."""
-    given = {k: v for k, v in options.items() if v is not None}
-    for key in ("batch_size", "limit"):
-        value = given.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}", field=key)
-    seed = given.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}", field="seed")
-    return dataclasses.replace(config, **given) if given else config
 
 
 def read_result(cls: type, path: str | os.PathLike) -> Any:

@@ -136,8 +136,8 @@ def dataset_diagnostic(
 
     splits = make_splits(base)
     result = scrambling({name: load(path) for name, path in runs.items()}, splits.val, len(splits.categories),
-                        ScramblingConfig(grids=(1, scramble_grid), seed=base.seed, device=base.device),
-                        progress=progress)
+                        ScramblingConfig(grids=(1, scramble_grid)), progress=progress, seed=base.seed,
+                        device=base.device)
     measured = DiagnosticResult.from_scrambling(result, {q: f"bagnet{q}" for q in patch_sizes}, cnn,
                                                 scramble_grid, base.data)
     # the accuracies stay those of the training runs; the scrambling figures come from the scrambling run

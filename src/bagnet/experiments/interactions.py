@@ -21,13 +21,13 @@ both regions masked, so the zero interaction beyond the patch size stays a measu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result
+from ..plumbing import Result, RunOptions, config_record, run_options, warn_run_fields
 from ..plumbing import eval_mode
 from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, pin_for, tracked_batches
@@ -35,7 +35,7 @@ from ..masks import FILLS, fill_image
 from ..models.bagnet import BagNet
 from ..models.receptive import block_pixels, cell_block, cells_reached
 from ..parallel import item_generator, merged_dict, merged_sum
-from .common import logits_of, model_device, with_run_options
+from .common import logits_of, model_device
 
 
 
@@ -46,13 +46,15 @@ class InteractionConfig:
     pairs_per_gap: int = 4  # random pairs per image and gap
     fill: str = "mean"  # mean (the image's mean colour) | zero (zero in the normalised input) | blur
     blur_sigma: float = 4.0
-    batch_size: int = 64  # images per forward pass
     local_effects: bool = True  # BagNets: single effects from one evidence map + the crops the region reaches
-    limit: Optional[int] = 100
-    seed: int = 0
+    # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
+    batch_size: Optional[int] = None
+    limit: Optional[int] = None
+    seed: Optional[int] = None
     device: Optional[str] = None
 
     def __post_init__(self) -> None:
+        warn_run_fields(self)
         if self.fill not in FILLS:
             raise ConfigError(f"fill must be one of {FILLS}, got {self.fill!r}")
         if self.region < 1 or any(g < 0 for g in self.gaps) or not self.gaps:
@@ -127,8 +129,12 @@ def interactions(
     seed: Optional[int] = None,
     batch_size: Optional[int] = None,
 ) -> InteractionResult:
-    """Mean interaction of region pairs against their gap, for each model, on the same pairs and fills."""
-    config = with_run_options(config, device=device, limit=limit, seed=seed, batch_size=batch_size)
+    """Mean interaction of region pairs against their gap, for each model, on the same pairs and fills.
+
+    Run options are keyword arguments: ``limit`` images (default 100: every image costs a forward pass per region
+    pair and gap), ``seed`` (which images and pairs), ``batch_size`` (masked copies per forward pass, default 64),
+    ``device`` (default: each model's own)."""
+    run = run_options(config, RunOptions(batch_size=64, limit=100), device=device, limit=limit, seed=seed, batch_size=batch_size)
     if not models:
         raise ValueError("give at least one model")
     check_dataset(dataset)
@@ -136,22 +142,22 @@ def interactions(
     sums = {m: {k: [0.0] * len(config.gaps) for k in ("abs", "norm", "effect", "count", "excluded")} for m in models}
     skips = SkipLog()
     total = 0
-    for batch in tracked_batches(dataset, 1, config.limit, config.seed, skips, "interactions", progress,
-                                 pin_memory=pin_for(config.device)):
+    for batch in tracked_batches(dataset, 1, run.limit, run.seed, skips, "interactions", progress,
+                                 pin_memory=pin_for(run.device)):
         image, label = batch.images[0], int(batch.labels[0])
         _, h, w = image.shape
         filler = fill_image(image, config.fill, config.blur_sigma)
-        generator = item_generator(config.seed, int(batch.indices[0]))  # the image's own pairs, on any process
+        generator = item_generator(run.seed, int(batch.indices[0]))  # the image's own pairs, on any process
         pairs = [(i, pair) for i, gap in enumerate(config.gaps)
                  for pair in region_pairs(h, w, r, gap, config.pairs_per_gap, generator)]
         for name, model in models.items():
-            device = model_device(model, config.device)
+            device = model_device(model, run.device)
             if _local(model, config):
                 ea, eb, joint = _local_effects(model, image, filler, label, pairs, r, device, num_classes, name,
-                                               config.batch_size)
+                                               run.batch_size)
             else:
                 ea, eb, joint = _forward_effects(model, image, filler, label, pairs, r, device, num_classes, name,
-                                                 config.batch_size)
+                                                 run.batch_size)
             s = sums[name]
             for k, (i, _) in enumerate(pairs):
                 inter = float((joint[k] - ea[k] - eb[k]).abs())
@@ -181,7 +187,7 @@ def interactions(
         patch_sizes={m: getattr(model, "patch_size", None) for m, model in models.items()},
         effects_from={m: "evidence map + reached cells" if _local(model, config) else "forward passes"
                       for m, model in models.items()},
-        config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        config=config_record(config, run),
         skipped=merged_dict(dict(skips.paths)),
     )
 

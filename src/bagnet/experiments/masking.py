@@ -8,19 +8,19 @@ and every model's accuracy is reported against k, for every ranking, on the same
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result
+from ..plumbing import Result, RunOptions, config_record, run_options, warn_run_fields
 from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..masks import FILLS, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
 from ..parallel import gather, item_generator, merged_dict, merged_sum
-from .common import logits_of, model_device, with_run_options
+from .common import logits_of, model_device
 
 #: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
 PixelScores = Callable[[Tensor, Tensor], Tensor]
@@ -33,12 +33,14 @@ class MaskingConfig:
     fill: str = "mean"  # mean | zero | blur (as in the interaction experiment)
     blur_sigma: float = 4.0
     heatmap_stride: int = 2  # BagNet rankings: evidence at every s-th pixel (1 = exact per pixel)
-    batch_size: int = 32
+    # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
+    batch_size: Optional[int] = None
     limit: Optional[int] = None
-    seed: int = 0
+    seed: Optional[int] = None
     device: Optional[str] = None
 
     def __post_init__(self) -> None:
+        warn_run_fields(self)
         if self.fill not in FILLS:
             raise ConfigError(f"fill must be one of {FILLS}, got {self.fill!r}")
         if self.block < 1 or any(k < 0 for k in self.ks):
@@ -129,7 +131,7 @@ def masking(
     per-pixel scores (N, H, W), to an :class:`OwnAttribution` (each model ranked by its own attribution map; a model
     the method cannot handle gets NaN accuracies and a note in ``unavailable``), or to the string ``"random"``.
     """
-    config = with_run_options(config, device=device, limit=limit, seed=seed, batch_size=batch_size)
+    run = run_options(config, RunOptions(batch_size=32), device=device, limit=limit, seed=seed, batch_size=batch_size)
     if not models or not rankings:
         raise ValueError("give at least one model and one ranking")
     check_dataset(dataset)
@@ -151,8 +153,8 @@ def masking(
     total, blocks = 0, 0
     skips = SkipLog()
     unavailable: dict[str, str] = {}
-    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "masking", progress,
-                                 pin_memory=pin_for(config.device)):
+    for batch in tracked_batches(dataset, run.batch_size, run.limit, run.seed, skips, "masking", progress,
+                                 pin_memory=pin_for(run.device)):
         images, labels = batch.images, batch.labels
         n, _, h, w = images.shape
         blocks = (h // config.block) * (w // config.block)
@@ -162,12 +164,12 @@ def masking(
         for rname, scorer in scorers.items():
             orders: dict[str, Optional[Tensor]] = {}
             if scorer is None:
-                shared = torch.stack([torch.randperm(blocks, generator=item_generator(config.seed, int(i)))
+                shared = torch.stack([torch.randperm(blocks, generator=item_generator(run.seed, int(i)))
                                       for i in batch.indices])
                 orders = {m: shared for m in models}
             elif isinstance(scorer, OwnAttribution):
                 for mname, model in models.items():
-                    pixel = scorer.scores(model, images, labels, model_device(model, config.device))
+                    pixel = scorer.scores(model, images, labels, model_device(model, run.device))
                     if pixel is None:
                         unavailable[f"{mname} / {rname}"] = f"{scorer.method} cannot handle {type(model).__name__}"
                     orders[mname] = None if pixel is None else block_order(_check_map(pixel, rname, n, h, w),
@@ -184,7 +186,7 @@ def masking(
                         hits[mname][rname][i] = float("nan")
                         continue
                     masked = mask_blocks(images, fills, order, k, config.block)
-                    device = model_device(model, config.device)
+                    device = model_device(model, run.device)
                     pred = logits_of(model, masked.to(device), num_classes, mname).argmax(1).cpu()
                     hits[mname][rname][i] += int((pred == labels).sum())
         total += n
@@ -193,7 +195,7 @@ def masking(
         models=list(models), rankings=list(rankings), ks=ks, block=config.block, blocks_per_image=blocks,
         fill=config.fill, images=total,
         accuracy={m: {r: [v / total for v in hits[m][r]] for r in rankings} for m in models},
-        config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        config=config_record(config, run),
         skipped=merged_dict(dict(skips.paths)), unavailable=merged_dict(unavailable),
     )
 

@@ -7,6 +7,7 @@ arrangement of parts loses accuracy. Every model sees the same scrambled images.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
@@ -14,12 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result
+from ..plumbing import Result, RunOptions, config_record, run_options, warn_run_fields
 from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
 from ..parallel import gather, item_generator, merged_dict, merged_sum
-from .common import logits_of, model_device, with_run_options
+from .common import logits_of, model_device
 
 
 def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = None, offset: int = 0) -> Tensor:
@@ -55,12 +56,21 @@ def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = N
 class ScramblingConfig:
     grids: tuple[int, ...] = (1, 2, 4, 8, 16)
     offset: int = 0  # shift of the tile grid in pixels (tiles that do not line up with a ViT's tokens)
-    batch_size: int = 32
-    limit: Optional[int] = None
-    seed: int = 0
-    device: Optional[str] = None
-    mean: Optional[tuple[float, ...]] = None  # only for showing example images (None: the first model's own)
+    # deprecated: example images are shown with the first model's own preprocessing (its ModelMeta); removed in 0.3
+    mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
+    # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
+    batch_size: Optional[int] = None
+    limit: Optional[int] = None
+    seed: Optional[int] = None
+    device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        warn_run_fields(self)
+        if self.mean is not None or self.std is not None:
+            warnings.warn("ScramblingConfig(mean=, std=) is deprecated and stops working in bagnet 0.3: example "
+                          "images are shown with the first model's own preprocessing (model.meta.preprocess)",
+                          DeprecationWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ def scrambling(
     batch_size: Optional[int] = None,
 ) -> ScramblingResult:
     """Top-1/top-5 of each model on the dataset's images scrambled at each grid size."""
-    config = with_run_options(config, device=device, limit=limit, seed=seed, batch_size=batch_size)
+    run = run_options(config, RunOptions(batch_size=32), device=device, limit=limit, seed=seed, batch_size=batch_size)
     if not models:
         raise ValueError("give at least one model")
     check_dataset(dataset)
@@ -140,13 +150,13 @@ def scrambling(
     hits5 = {m: [0] * len(grids) for m in models}
     total, size, examples = 0, None, None
     skips = SkipLog()
-    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "scrambling", progress,
-                                 pin_memory=pin_for(config.device)):
+    for batch in tracked_batches(dataset, run.batch_size, run.limit, run.seed, skips, "scrambling", progress,
+                                 pin_memory=pin_for(run.device)):
         size = size or tuple(batch.images.shape[-2:])
         if tuple(batch.images.shape[-2:]) != size:
             raise ValueError(f"all images must have the same size for scrambling: {size} vs {tuple(batch.images.shape[-2:])}")
         # each image's tile orders come from its own generator: the result does not depend on batches or processes
-        generators = [item_generator(config.seed, int(i)) for i in batch.indices]
+        generators = [item_generator(run.seed, int(i)) for i in batch.indices]
         scrambled = [torch.cat([scramble(batch.images[k:k + 1], g, generators[k], config.offset if g > 1 else 0)
                                 for k in range(len(batch))]) for g in grids]
         if examples is None:
@@ -154,7 +164,7 @@ def scrambling(
             mean, std = config.mean or own.mean, config.std or own.std
             examples = np.stack([_show(s[0], mean, std) for s in scrambled])
         for name, model in models.items():
-            device = model_device(model, config.device)
+            device = model_device(model, run.device)
             labels = batch.labels.to(device)
             for i, images in enumerate(scrambled):
                 logits = logits_of(model, images.to(device), num_classes, name)
@@ -168,7 +178,7 @@ def scrambling(
     return ScramblingResult(
         models=list(models), grids=grids, tile_sizes=[min(size) // g for g in grids], images=total,
         top1={m: [h / total for h in hits1[m]] for m in models}, top5={m: [h / total for h in hits5[m]] for m in models},
-        config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        config=config_record(config, run),
         skipped=merged_dict(dict(skips.paths)), examples=examples,
     )
 

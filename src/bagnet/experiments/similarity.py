@@ -10,25 +10,29 @@ For every pair of models:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result
+from ..plumbing import Result, RunOptions, config_record, run_options, warn_run_fields
 from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..parallel import merged_cat, merged_dict
-from .common import logits_of, model_device, with_run_options
+from .common import logits_of, model_device
 
 
 @dataclass(frozen=True)
 class SimilarityConfig:
-    batch_size: int = 64
+    # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
+    batch_size: Optional[int] = None
     limit: Optional[int] = None
-    seed: int = 0
+    seed: Optional[int] = None
     device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        warn_run_fields(self)
 
 
 def error_consistency(correct_a: Tensor, correct_b: Tensor) -> float:
@@ -115,7 +119,7 @@ def similarity(
     batch_size: Optional[int] = None,
 ) -> SimilarityResult:
     """Pairwise similarity of the models' decisions on the same images."""
-    config = with_run_options(config, device=device, limit=limit, seed=seed, batch_size=batch_size)
+    run = run_options(config, RunOptions(batch_size=64), device=device, limit=limit, seed=seed, batch_size=batch_size)
     if len(models) < 2:
         raise ValueError(f"similarity compares models: give at least two, got {len(models)}")
     check_dataset(dataset)
@@ -123,10 +127,10 @@ def similarity(
     labels: list[Tensor] = []
     indices: list[Tensor] = []
     skips = SkipLog()
-    for batch in tracked_batches(dataset, config.batch_size, config.limit, config.seed, skips, "similarity", progress,
-                                 pin_memory=pin_for(config.device)):
+    for batch in tracked_batches(dataset, run.batch_size, run.limit, run.seed, skips, "similarity", progress,
+                                 pin_memory=pin_for(run.device)):
         for name, model in models.items():
-            logits[name].append(logits_of(model, batch.images.to(model_device(model, config.device)), num_classes,
+            logits[name].append(logits_of(model, batch.images.to(model_device(model, run.device)), num_classes,
                                           name).cpu())
         labels.append(batch.labels)
         indices.append(batch.indices)
@@ -144,5 +148,5 @@ def similarity(
         error_consistency=[[error_consistency(correct[a], correct[b]) for b in names] for a in names],
         logit_correlation=[[mean_logit_correlation(all_logits[a], all_logits[b]) for b in names] for a in names],
         per_class_accuracy={m: class_acc[m].tolist() for m in names},
-        config=asdict(config), skipped=merged_dict(dict(skips.paths)),
+        config=config_record(config, run), skipped=merged_dict(dict(skips.paths)),
     )
