@@ -108,41 +108,41 @@ def _subparser(parser, *names):
 
 
 def test_every_flag_default_is_its_configs_default():
-    """A flag that sets a Config field starts from that field's default (they drifted once: --attack-steps 10 against
-    AttackConfig.steps 20)."""
+    """Every command's Config comes from its flags: each field (but the deprecated ones) has a flag, and the flags'
+    defaults build exactly the Config's defaults (they drifted once: --attack-steps 10 against AttackConfig.steps
+    20)."""
     import dataclasses
 
     from bagnet.attribution import AttributionConfig, FaithfulnessConfig
     from bagnet.cli import build_parser
+    from bagnet.cli.flags import config_from_args
     from bagnet.experiments import InteractionConfig, MaskingConfig, ScramblingConfig
     from bagnet.explanation import ExplainConfig
     from bagnet.robust import AttackConfig
 
-    flags = {
-        ("certify",): [(AttackConfig, {"attack_steps": "steps", "attack_step_size": "step_size",
-                                       "attack_stride": "position_stride", "attack_top": "top_positions"})],
-        ("experiment", "scrambling"): [(ScramblingConfig, {"grids": "grids"})],
-        ("experiment", "interactions"): [(InteractionConfig, {"region": "region", "gaps": "gaps", "fill": "fill"})],
-        ("experiment", "masking"): [(MaskingConfig, {"block": "block", "ks": "ks", "fill": "fill"})],
-        ("attribution",): [(AttributionConfig, {"methods": "methods", "baseline": "baseline", "ig_steps": "ig_steps",
-                                                "evidence_stride": "evidence_stride"}),
-                           (FaithfulnessConfig, {"patch": "patch", "fill": "fill", "steps": "steps"})],
-        ("explain",): [(ExplainConfig, {name: name for name in ("top", "stride", "size", "max_side", "upscale_small",
-                                                                "patches", "background", "precision")})],
+    commands = {
+        ("certify",): [(AttackConfig, "attack-", {"seed"})],
+        ("experiment", "scrambling", "--models", "m"): [(ScramblingConfig, "", set())],
+        ("experiment", "interactions", "--models", "m"): [(InteractionConfig, "", set())],
+        ("experiment", "masking", "--models", "m"): [(MaskingConfig, "", set())],
+        ("attribution", "--models", "m"): [(AttributionConfig, "", set()), (FaithfulnessConfig, "", set())],
+        ("explain",): [(ExplainConfig, "", set())],
     }
     parser = build_parser()
-    differ = []
-    for path, configs in flags.items():
-        defaults = {a.dest: a.default for a in _subparser(parser, *path)._actions}
-        for cls, mapping in configs:
-            fields = {f.name: f.default for f in dataclasses.fields(cls)}
-            for flag, field in mapping.items():
-                flag_default, field_default = defaults[flag], fields[field]
-                if flag == "attack_top":  # 0 on the command line is None (every grid position) in the config
-                    flag_default = flag_default or None
-                if isinstance(flag_default, list):
-                    flag_default = tuple(flag_default)
-                if flag_default != field_default:
-                    differ.append(f"{' '.join(path)} --{flag.replace('_', '-')} {flag_default!r} vs "
-                                  f"{cls.__name__}.{field} {field_default!r}")
+    differ, missing = [], []
+    for argv, configs in commands.items():
+        args = parser.parse_args(list(argv))
+        for cls, prefix, skipped in configs:
+            fields = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("deprecated")]
+            missing += [f"{argv[0]} {cls.__name__}.{name}" for name in fields
+                        if name not in skipped and not hasattr(args, f"{cls.__name__}.{prefix}{name}")]
+            built = config_from_args(args, cls, prefix=prefix)
+            differ += [f"{' '.join(argv)}: {cls.__name__}.{name} from the flags {getattr(built, name)!r}, default "
+                       f"{getattr(cls(), name)!r}" for name in fields if getattr(built, name) != getattr(cls(), name)]
+    assert not missing, missing
     assert not differ, differ
+    # and a flag reaches its field: --attack-top 0 is "every grid position" (None), --no-local-effects turns it off
+    args = parser.parse_args(["certify", "--attack-top", "0", "--attack-steps", "3"])
+    assert config_from_args(args, AttackConfig, prefix="attack-") == AttackConfig(steps=3, top_positions=None)
+    args = parser.parse_args(["experiment", "interactions", "--models", "m", "--forward-effects", "--gaps", "0", "4"])
+    assert config_from_args(args, InteractionConfig) == InteractionConfig(local_effects=False, gaps=(0, 4))

@@ -182,9 +182,14 @@ def test_patches_gallery_finds_each_images_best_cell(tmp_path, capsys):
         img = np.asarray(Image.open(src).convert("RGB"))
         t, l, b, r = gallery.top_boxes[c][0]
         assert np.abs(gallery.top_crops[c][0].astype(int) - img[t:b, l:r].astype(int)).max() <= 1
-    code = main(["patches", str(tmp_path / "data"), "--model", str(weights), "--per-class", "2", "--out",
+    code = main(["patches", "--data", str(tmp_path / "data"), "--model", str(weights), "--per-class", "2", "--out",
                  str(tmp_path / "g"), "--no-progress"])
     assert code == 0 and (tmp_path / "g" / "gallery.png").is_file() and (tmp_path / "g" / "report.html").is_file()
+    # the data given positionally, as before 0.2: still read, with a note naming the flag
+    code = main(["patches", str(tmp_path / "data"), "--model", str(weights), "--per-class", "1", "--out",
+                 str(tmp_path / "g1"), "--no-progress"])
+    assert code == 0 and (tmp_path / "g1" / "gallery.png").is_file()
+    assert "deprecated (removed in 0.3); write --data" in capsys.readouterr().err
 
 
 def _chromium() -> str:

@@ -109,7 +109,13 @@ def test_config_file_and_cli_overrides(tmp_path):
     with pytest.raises(ValueError, match="unknown config keys \\['learning_rate'\\]"):
         TrainConfig.load(tmp_path / "bad.yaml")
     args = build_parser().parse_args(["train", "--lr", "0.5", "--layers", "1", "1", "1", "1", "--no-amp"])
-    assert (args.cfg_lr, args.cfg_layers, args.cfg_amp) == (0.5, [1, 1, 1, 1], False)
+    from bagnet.cli.flags import config_from_args
+
+    flags = {k: v for k, v in vars(args).items() if k.startswith("TrainConfig.") and v is not None}
+    assert flags == {"TrainConfig.lr": 0.5, "TrainConfig.layers": [1, 1, 1, 1], "TrainConfig.amp": False}
+    built = config_from_args(args, TrainConfig, **{k: v for k, v in TrainConfig().to_dict().items()
+                                                   if vars(args)[f"TrainConfig.{k}"] is None})
+    assert built == TrainConfig(lr=0.5, layers=(1, 1, 1, 1), amp=False)
     with pytest.raises(ValueError, match="arch .--arch. must be one of bagnet"):
         TrainConfig(arch="alexnet")
 

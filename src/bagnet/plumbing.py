@@ -109,6 +109,17 @@ class RunOptions:
                 "device": None if self.device is None else str(self.device)}
 
 
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A Config field with its help text (and flag hints: ``choices``, ``min``, ``metavar``, ``zero_means_none``):
+    the command-line flag generated from it takes default and help from here, so they are written once."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def deprecated_option() -> Any:
+    """A Config field kept for one release (default None, no command-line flag)."""
+    return dataclasses.field(default=None, metadata={"deprecated": True})
+
+
 def warn_run_fields(config: Any) -> None:
     """For a Config's ``__post_init__``: a DeprecationWarning when run options were set as its fields."""
     import warnings

@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..masks import block_mask, block_order, check_fill, fill_images
-from ..plumbing import RunOptions, config_record, eval_mode, model_device, model_dtype, run_options, warn_run_fields
+from ..masks import FILLS, block_mask, block_order, check_fill, fill_images
+from ..plumbing import (RunOptions, config_record, deprecated_option, eval_mode, model_device, model_dtype, option,
+                        run_options, warn_run_fields)
 from .methods import _check_images
 
 
@@ -22,14 +23,14 @@ class FaithfulnessConfig:
     (insertion) the ``fill`` image, at ``steps`` equal fractions of the patches; ``random_orders`` random rankings
     per image give the floor."""
 
-    patch: int = 8
-    fill: str = "blur"  # mean | zero | blur, as in bagnet.masks
-    blur_sigma: float = 4.0
-    steps: int = 16
-    random_orders: int = 3
+    patch: int = option(8, "deletion/insertion: patch side in px", min=1, metavar="PX")
+    fill: str = option("blur", "deletion/insertion fill", choices=FILLS)
+    blur_sigma: float = option(4.0, "deletion/insertion blur fill: the Gaussian's sigma in px", min=0.0, metavar="PX")
+    steps: int = option(16, "deletion/insertion: points on each curve", min=1)
+    random_orders: int = option(3, "random rankings per image (the floor)", min=0, metavar="N")
     # deprecated run options (keyword arguments of deletion_insertion since 0.2; removed in 0.3)
-    seed: Optional[int] = None
-    batch_size: Optional[int] = None
+    seed: Optional[int] = deprecated_option()
+    batch_size: Optional[int] = deprecated_option()
 
     def __post_init__(self) -> None:
         warn_run_fields(self)

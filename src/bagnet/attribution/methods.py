@@ -22,8 +22,8 @@ from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
 from ..plumbing import check_image_batch, check_logits, eval_mode, model_device, model_dtype, out_dir as _out_dir
-from ..plumbing import (Result, RunOptions, config_record, figure_png, output_lock, run_options, warn_run_fields,
-                        write_bytes, write_rows_csv)
+from ..plumbing import (Result, RunOptions, config_record, deprecated_option, figure_png, option, output_lock,
+                        run_options, warn_run_fields, write_bytes, write_rows_csv)
 from ..plumbing import write_result_json as _write_json
 from .tokens import attention_modules, attention_rollout, is_token_model, token_gradcam
 from .surgery import (_Unavailable, epsilon_composite, gradcam_layer, place_cells, reused_activations,
@@ -40,18 +40,23 @@ BASELINES = ("zero", "mean", "blur")
 class AttributionConfig:
     """Settings of :func:`attribute` (the same for every model and method)."""
 
-    methods: tuple[str, ...] = METHODS
-    baseline: str = "zero"  # IG/DeepLIFT baseline: zero (in the normalised input) | mean (image colour) | blur
-    blur_sigma: float = 4.0
-    ig_steps: int = 32
-    lrp_epsilon: float = 1e-6
-    evidence_stride: int = 1  # BagNet evidence at every s-th pixel (1: exact at every pixel), nearest-upsampled
-    gradcam_layer: Optional[str] = None  # module name; default: the last child with a 4-D output that holds a conv
-    batch_size: Optional[int] = None  # deprecated: attribute(..., batch_size=) since 0.2; removed in 0.3
+    methods: tuple[str, ...] = option(METHODS, f"attribution methods ({', '.join(METHODS)}); each model gets those "
+                                               f"that apply to it, the others are listed with the reason",
+                                      metavar="METHOD")
+    baseline: str = option("zero", "IG/DeepLIFT baseline: zero (in the normalised input), mean (image colour) or blur",
+                           choices=BASELINES)
+    blur_sigma: float = option(4.0, "blur baseline: the Gaussian's sigma in px", min=0.0, metavar="PX")
+    ig_steps: int = option(32, "Integrated Gradients steps", min=2)
+    lrp_epsilon: float = option(1e-6, "LRP-ε's epsilon", min=0.0, metavar="EPS")
+    evidence_stride: int = option(1, "BagNet evidence at every s-th pixel (1: exact at every pixel), nearest-upsampled",
+                                  min=1, metavar="S")
+    gradcam_layer: Optional[str] = option(None, "Grad-CAM layer (a module name; default: the last child with a 4-D "
+                                                "output that holds a convolution)", metavar="NAME")
+    batch_size: Optional[int] = deprecated_option()  # attribute(..., batch_size=) since 0.2; removed in 0.3
 
     def __post_init__(self) -> None:
         warn_run_fields(self)
-        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "methods", tuple(self.methods))  # a list from the command line or a file
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"unknown attribution methods {unknown}; choose from {', '.join(METHODS)}")

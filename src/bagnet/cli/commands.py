@@ -7,12 +7,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from ..errors import ConfigError
 from ..models.meta import model_meta
 from ..plumbing import output_lock
+from .flags import config_from_args
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> int:
@@ -87,7 +89,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, train
 
-    overrides = {k[len("cfg_"):]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    overrides = {k[len("TrainConfig."):]: v for k, v in vars(args).items()
+                 if k.startswith("TrainConfig.") and v is not None}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     if args.config:
         config = TrainConfig.load(args.config)
     elif args.resume and "out" in overrides and (Path(overrides["out"]) / "config.yaml").is_file():
@@ -177,12 +181,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     n = len(categories)
     run = dict(progress=not args.no_progress, limit=args.limit, seed=args.seed, device=args.device)
     if args.name == "scrambling":
-        result = ex.scrambling(models, dataset, n, ex.ScramblingConfig(grids=tuple(args.grids), offset=args.offset), **run)
+        result = ex.scrambling(models, dataset, n, config_from_args(args, ex.ScramblingConfig), **run)
         for m in result.models:
             print(f"{m:<28} " + "  ".join(f"{g}×{g}: {100 * a:5.1f}%" for g, a in zip(result.grids, result.top1[m])))
     elif args.name == "interactions":
-        config = ex.InteractionConfig(region=args.region, gaps=tuple(args.gaps), fill=args.fill,
-                                      local_effects=not args.forward_effects)
+        config = config_from_args(args, ex.InteractionConfig)
         # the command's --limit default is every image (the function's is 100)
         result = ex.interactions(models, dataset, n, config, **{**run, "limit": args.limit or max(len(dataset), 1)})
         for m in result.models:
@@ -199,7 +202,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             rankings[model_label(spec)] = models[by_spec[spec]] if spec in by_spec else load(spec, device=args.device)
         for method in args.own_attribution:
             rankings[f"own {method}"] = ex.OwnAttribution(method)
-        config = ex.MaskingConfig(block=args.block, ks=tuple(args.ks), fill=args.fill)
+        config = config_from_args(args, ex.MaskingConfig)
         result = ex.masking(models, rankings, dataset, n, config, **run)
         for row in result.rows():
             print(f"{row['model']:<28} {row['ranking']:<24} k={row['k']:<3} top-1 {100 * row['top1']:5.1f}%")
@@ -231,9 +234,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         inputs += [(f"skimage.data.{name}()", sample_image(name)) for name in SAMPLE_PHOTOS]
     if not inputs:
         raise ConfigError("give image files or folders to explain (or --samples for scikit-image's sample photos)")
-    config = ExplainConfig(top=args.top, stride=args.stride, size=args.size, max_side=args.max_side,
-                           upscale_small=args.upscale_small, patches=args.patches, background=args.background,
-                           precision=args.precision)
+    config = config_from_args(args, ExplainConfig)
     with output_lock(args.out):
         return explain_locked(args, inputs, config)
 
@@ -259,6 +260,10 @@ def explain_locked(args: argparse.Namespace, inputs: list, config) -> int:
 def cmd_patches(args: argparse.Namespace) -> int:
     from ..gallery import class_patches
 
+    if args.legacy_data is not None:
+        print("bagnet patches: the data as a positional argument is deprecated (removed in 0.3); write --data "
+              f"{args.legacy_data}", file=sys.stderr)
+        args.data = args.legacy_data
     model, dataset, _, data_name = model_and_data(args)
     gallery = class_patches(model, dataset, per_class=args.per_class, batch_size=args.batch_size, limit=args.limit,
                             seed=args.seed, device=args.device, workers=args.workers, progress=not args.no_progress)
@@ -281,13 +286,12 @@ def cmd_certify(args: argparse.Namespace) -> int:
             if args.clip_high is None:
                 raise ConfigError("--defences clipping needs --clip-high (the upper bound on a cell's evidence)")
             defences.append(DefenceConfig(sticker=p, method="clipping", low=args.clip_low, high=args.clip_high))
-    top = args.attack_top or None  # 0: the full grid
-    attack = None if args.attack_steps == 0 else AttackConfig(steps=args.attack_steps, step_size=args.attack_step_size,
-                                                              position_stride=args.attack_stride, top_positions=top,
-                                                              seed=args.seed)
-    if attack is not None and str(args.device).startswith("cpu") and top is None:
+    attack: Optional[AttackConfig] = config_from_args(args, AttackConfig, prefix="attack-", seed=args.seed)
+    if attack is not None and attack.steps == 0:
+        attack = None  # --attack-steps 0: certificates only
+    if attack is not None and str(args.device).startswith("cpu") and attack.top_positions is None:
         attacked = min(x for x in (args.attack_limit, args.limit, len(dataset)) if x is not None)
-        print(f"bagnet certify: warning: the sticker attack takes {args.attack_steps} gradient steps at every position "
+        print(f"bagnet certify: warning: the sticker attack takes {attack.steps} gradient steps at every position "
               f"of a grid over each of {attacked} images and every sticker size; on a CPU that is minutes per image "
               f"(measured: 20 images with the full grid did not finish in 5 min). --attack-limit N attacks only the "
               f"first N images, --attack-top N (default 16) only the N most evidential positions, --attack-steps 0 "
@@ -322,9 +326,8 @@ def cmd_attribution(args: argparse.Namespace) -> int:
     dataset, categories, data_name = evaluation_dataset(args.data, model_meta(first).preprocess)
     skips = SkipLog()
     images, labels_ = load_batch(dataset, args.limit, args.seed, skips)
-    config = AttributionConfig(methods=tuple(args.methods), baseline=args.baseline, ig_steps=args.ig_steps,
-                               evidence_stride=args.evidence_stride)
-    faith = FaithfulnessConfig(patch=args.patch, fill=args.fill, steps=args.steps)
+    config = config_from_args(args, AttributionConfig)
+    faith = config_from_args(args, FaithfulnessConfig)
     targets = labels_ if args.target == "true" else None
     result = compare(models, images, targets if targets is not None else predicted_classes(first, images),
                      config, faith, device=args.device, progress=not args.no_progress, seed=args.seed)

@@ -27,7 +27,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result, RunOptions, config_record, run_options, warn_run_fields
+from ..plumbing import (Result, RunOptions, config_record, deprecated_option, option, run_options,
+                        warn_run_fields)
 from ..plumbing import eval_mode
 from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, pin_for, tracked_batches
@@ -41,17 +42,20 @@ from .common import logits_of, model_device
 
 @dataclass(frozen=True)
 class InteractionConfig:
-    region: int = 16  # side of each square region, pixels
-    gaps: tuple[int, ...] = (0, 8, 16, 32, 48, 64)  # pixels between the two regions (Chebyshev gap)
-    pairs_per_gap: int = 4  # random pairs per image and gap
-    fill: str = "mean"  # mean (the image's mean colour) | zero (zero in the normalised input) | blur
-    blur_sigma: float = 4.0
-    local_effects: bool = True  # BagNets: single effects from one evidence map + the crops the region reaches
+    region: int = option(16, "side of each square region in px", min=1, metavar="PX")
+    gaps: tuple[int, ...] = option((0, 8, 16, 32, 48, 64), "gaps between the two regions in px (Chebyshev)", min=0,
+                                   metavar="PX")
+    pairs_per_gap: int = option(4, "random region pairs per image and gap", min=1, metavar="N")
+    fill: str = option("mean", "what replaces a removed region: the image's mean colour, zero (in the normalised "
+                               "input) or a blur", choices=FILLS)
+    blur_sigma: float = option(4.0, "fill blur: the Gaussian's sigma in px", min=0.0, metavar="PX")
+    local_effects: bool = option(True, "BagNets: single-region effects from one evidence map and the crops each region "
+                                       "reaches (exact and faster); --no-local-effects: from forward passes")
     # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
-    batch_size: Optional[int] = None
-    limit: Optional[int] = None
-    seed: Optional[int] = None
-    device: Optional[str] = None
+    batch_size: Optional[int] = deprecated_option()
+    limit: Optional[int] = deprecated_option()
+    seed: Optional[int] = deprecated_option()
+    device: Optional[str] = deprecated_option()
 
     def __post_init__(self) -> None:
         warn_run_fields(self)

@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result, RunOptions, config_record, run_options, warn_run_fields
+from ..plumbing import (Result, RunOptions, config_record, deprecated_option, option, run_options,
+                        warn_run_fields)
 from ..errors import ConfigError
 from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..masks import FILLS, block_order, fill_image, mask_blocks
@@ -28,16 +29,17 @@ PixelScores = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class MaskingConfig:
-    block: int = 8  # side of the square blocks that are masked, pixels
-    ks: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32)
-    fill: str = "mean"  # mean | zero | blur (as in the interaction experiment)
-    blur_sigma: float = 4.0
-    heatmap_stride: int = 2  # BagNet rankings: evidence at every s-th pixel (1 = exact per pixel)
+    block: int = option(8, "block side in px", min=1, metavar="PX")
+    ks: tuple[int, ...] = option((0, 1, 2, 4, 8, 16, 32), "numbers of blocks masked", min=0, metavar="K")
+    fill: str = option("mean", "what replaces a masked block", choices=FILLS)
+    blur_sigma: float = option(4.0, "fill blur: the Gaussian's sigma in px", min=0.0, metavar="PX")
+    heatmap_stride: int = option(2, "BagNet rankings: evidence at every s-th pixel (1: exact at every pixel)", min=1,
+                                 metavar="S")
     # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
-    batch_size: Optional[int] = None
-    limit: Optional[int] = None
-    seed: Optional[int] = None
-    device: Optional[str] = None
+    batch_size: Optional[int] = deprecated_option()
+    limit: Optional[int] = deprecated_option()
+    seed: Optional[int] = deprecated_option()
+    device: Optional[str] = deprecated_option()
 
     def __post_init__(self) -> None:
         warn_run_fields(self)

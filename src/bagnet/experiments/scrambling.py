@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result, RunOptions, config_record, run_options, warn_run_fields
+from ..plumbing import (Result, RunOptions, config_record, deprecated_option, option, run_options,
+                        warn_run_fields)
 from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
@@ -54,16 +55,17 @@ def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = N
 
 @dataclass(frozen=True)
 class ScramblingConfig:
-    grids: tuple[int, ...] = (1, 2, 4, 8, 16)
-    offset: int = 0  # shift of the tile grid in pixels (tiles that do not line up with a ViT's tokens)
+    grids: tuple[int, ...] = option((1, 2, 4, 8, 16), "n of the n×n tile grids (1: unscrambled)", min=1, metavar="N")
+    offset: int = option(0, "shift the tile grid by PX pixels (wrapping around the border): tiles that do not line "
+                            "up with a ViT's tokens", min=0, metavar="PX")
     # deprecated: example images are shown with the first model's own preprocessing (its ModelMeta); removed in 0.3
-    mean: Optional[tuple[float, ...]] = None
-    std: Optional[tuple[float, ...]] = None
+    mean: Optional[tuple[float, ...]] = deprecated_option()
+    std: Optional[tuple[float, ...]] = deprecated_option()
     # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
-    batch_size: Optional[int] = None
-    limit: Optional[int] = None
-    seed: Optional[int] = None
-    device: Optional[str] = None
+    batch_size: Optional[int] = deprecated_option()
+    limit: Optional[int] = deprecated_option()
+    seed: Optional[int] = deprecated_option()
+    device: Optional[str] = deprecated_option()
 
     def __post_init__(self) -> None:
         warn_run_fields(self)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result, RunOptions, config_record, run_options, warn_run_fields
+from ..plumbing import Result, RunOptions, config_record, deprecated_option, run_options, warn_run_fields
 from ..data import SkipLog, check_dataset, pin_for, tracked_batches
 from ..parallel import merged_cat, merged_dict
 from .common import logits_of, model_device
@@ -26,10 +26,10 @@ from .common import logits_of, model_device
 @dataclass(frozen=True)
 class SimilarityConfig:
     # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
-    batch_size: Optional[int] = None
-    limit: Optional[int] = None
-    seed: Optional[int] = None
-    device: Optional[str] = None
+    batch_size: Optional[int] = deprecated_option()
+    limit: Optional[int] = deprecated_option()
+    seed: Optional[int] = deprecated_option()
+    device: Optional[str] = deprecated_option()
 
     def __post_init__(self) -> None:
         warn_run_fields(self)

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.receptive import block_pixels, cell_block
-from ..plumbing import eval_mode
+from ..plumbing import eval_mode, option
 
 from .certificates import DefenceConfig, affected_cells, defended_logits
 
@@ -27,13 +27,16 @@ class AttackConfig:
     defaults are the cheap attack ``bagnet certify`` runs unless told otherwise (its flags take them from here).
     """
 
-    steps: int = 10
-    step_size: float = 0.1  # per step, in [0, 1] pixel units
-    position_stride: Optional[int] = None  # grid step in px (None: the sticker size / 2)
-    top_positions: Optional[int] = 16
-    restarts: int = 1
-    batch_size: int = 32  # positions attacked together
-    seed: int = 0
+    steps: int = option(10, "sticker attack steps per position (0: no attack)", min=0)
+    step_size: float = option(0.1, "attack step size, in [0, 1] pixel units", min=0.0)
+    position_stride: Optional[int] = option(None, "attack grid step in px (default: sticker/2)", min=1, metavar="PX")
+    top_positions: Optional[int] = option(
+        16, "attack only the N grid positions whose cells hold the most evidence for the label against the strongest "
+            "other class (the strongest positions found; 0: every grid position, minutes per image on a CPU)",
+        min=0, zero_means_none=True, metavar="N")
+    restarts: int = option(1, "random restarts per position", min=1)
+    batch_size: int = option(32, "positions attacked together", min=1)
+    seed: int = option(0, "seed of the stickers' random starts", min=0)
 
 
 def sticker_positions(height: int, width: int, sticker: int, step: int) -> list[tuple[int, int]]:
