@@ -355,8 +355,15 @@ def test_compare_saves_table_figures_and_maps(tmp_path):
                      progress=False)
     out = result.save(tmp_path / "cmp")
     for name in ("comparison.json", "comparison.csv", "bagnet/attributions.png", "bagnet/attributions.npz",
-                 "bagnet/deletion.png", "resnet/insertion.png", "resnet/attributions.json"):
+                 "bagnet/deletion.png", "resnet/insertion.png", "resnet/attributions.json",
+                 "resnet/faithfulness.json", "resnet/faithfulness.csv"):
         assert (out / name).is_file(), name
+    from bagnet.plumbing import Result
+
+    assert all(isinstance(r, Result) for r in (result, *result.faithfulness.values(), *result.attributions.values()))
+    faith = json.loads((out / "resnet" / "faithfulness.json").read_text())
+    assert faith["auc"] == json.loads(json.dumps(result.faithfulness["resnet"].auc()))
+    assert len((out / "resnet" / "faithfulness.csv").read_text().splitlines()) == 1 + len(faith["methods"])
     data = json.loads((out / "comparison.json").read_text())
     assert data["schema_version"] == 1
     rows = {(r["model"], r["method"]): r for r in data["rows"]}

@@ -51,8 +51,13 @@ def test_short_run_lowers_loss_and_writes_a_loadable_model(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["skipped"] == 1
     assert "broken.png" in (tmp_path / "run" / "skipped.txt").read_text()
-    for name in ("config.yaml", "metrics.csv", "metrics.json", "checkpoint.pt", "model.safetensors"):
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "checkpoint.pt", "model.safetensors", "curves.png"):
         assert (tmp_path / "run" / name).is_file(), name
+    # the result is a Result: its rows are the CSV's, and save() writes it anywhere
+    assert isinstance(result, bagnet.plumbing.Result) and len(result.rows()) == 4
+    copy = result.save(tmp_path / "copy")
+    assert json.loads((copy / "summary.json").read_text())["history"] == summary["history"]
+    assert (copy / "metrics.csv").read_text() == (tmp_path / "run" / "metrics.csv").read_text()
     model = bagnet.load(tmp_path / "run")
     assert model.categories == ["blue", "green", "red"] and model.patch_size == 9
     x = torch.randn(2, 3, 24, 24)

@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from torch import Tensor, nn
 
-from ..plumbing import out_dir as _out_dir
-from ..plumbing import write_result_json as _write_json, write_rows_csv as _write_csv
+from ..plumbing import Result, out_dir, output_lock
 from .faithfulness import Faithfulness, FaithfulnessConfig, deletion_insertion
 from .methods import AttributionConfig, Attributions, _safe, attribute
 
 # ---------------------------------------------------------------------------------------------------- comparison
 @dataclass(frozen=True)
-class AttributionComparison:
+class AttributionComparison(Result):
     """Attributions and faithfulness of every method for every model, on the same images and targets."""
+
+    stem: ClassVar[str] = "comparison"
 
     attributions: dict[str, Attributions]
     faithfulness: dict[str, Faithfulness]
@@ -49,21 +50,15 @@ class AttributionComparison:
 
     def save(self, out: str | os.PathLike, figure_rows: int = 6) -> Path:
         """comparison.json, comparison.csv (the table), and per model a folder with its attributions (maps and a
-        figure of the first ``figure_rows`` images) and its deletion and insertion curves."""
-        from ..viz import line_figure, save_figure
-
-        out = _out_dir(out)
-        _write_json(out / "comparison.json", self.to_dict())
-        _write_csv(out / "comparison.csv", self.rows())
-        for mname, attr in self.attributions.items():
-            attr.save(out / _safe(mname), figure_rows)
-        for mname, faith in self.faithfulness.items():
-            series_d = {m: (faith.fractions, np.mean(faith.deletion[m], axis=0).tolist()) for m in faith.methods}
-            series_i = {m: (faith.fractions, np.mean(faith.insertion[m], axis=0).tolist()) for m in faith.methods}
-            for kind, series in (("deletion", series_d), ("insertion", series_i)):
-                fig = line_figure(series, xlabel=f"fraction of {faith.patch}-px patches {kind.rstrip('ion')}ed",
-                                  ylabel="target probability", title=f"{mname}: {kind} (fill={faith.fill})")
-                save_figure(fig, out / _safe(mname) / f"{kind}.png")
+        figure of the first ``figure_rows`` images) and its faithfulness (deletion and insertion curves), each file
+        written atomically under the folder's lock."""
+        out = out_dir(out)
+        with output_lock(out):
+            super().write(out)
+            for mname, attr in self.attributions.items():
+                attr.save(out / _safe(mname), figure_rows)
+            for mname, faith in self.faithfulness.items():
+                faith.save(out / _safe(mname))
         return out
 
 

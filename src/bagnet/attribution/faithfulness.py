@@ -4,7 +4,7 @@ patches, with random orders as the floor."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..masks import FILLS, block_mask, block_order, check_fill, fill_images
-from ..plumbing import (RunOptions, config_record, deprecated_option, eval_mode, model_device, model_dtype, option,
+from ..plumbing import (Result, RunOptions, config_record, deprecated_option, eval_mode, model_device, model_dtype, option,
                         run_options, warn_run_fields)
 from .methods import _check_images
 
@@ -41,13 +41,15 @@ class FaithfulnessConfig:
 
 
 @dataclass(frozen=True)
-class Faithfulness:
+class Faithfulness(Result):
     """Target-class probability after deleting / inserting the top fraction of patches, per method and image.
 
     ``deletion[m][n][i]`` is image n's probability with the top ``fractions[i]`` of the patches, ranked by method m,
     replaced by the fill; ``insertion`` starts from the fill image and reveals them. Lower deletion AUC and higher
     insertion AUC mean a more faithful ranking; ``random`` is the mean over random orders.
     """
+
+    stem: ClassVar[str] = "faithfulness"
 
     model: str
     methods: list[str]
@@ -71,6 +73,18 @@ class Faithfulness:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "auc": self.auc()}
+
+    def figures(self) -> dict[str, Any]:
+        """deletion.png and insertion.png: the curves averaged over images, one line per method."""
+        from ..viz import line_figure
+
+        figures = {}
+        for kind, curves in (("deletion", self.deletion), ("insertion", self.insertion)):
+            series = {m: (self.fractions, np.mean(curves[m], axis=0).tolist()) for m in self.methods}
+            figures[f"{kind}.png"] = line_figure(
+                series, xlabel=f"fraction of {self.patch}-px patches {kind.rstrip('ion')}ed",
+                ylabel="target probability", title=f"{self.model}: {kind} (fill={self.fill})")
+        return figures
 
 
 # ---------------------------------------------------------------------------------------------------- faithfulness

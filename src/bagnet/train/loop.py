@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 from ..data import Batch, SkipLog, collate
 from ..errors import ConfigError, RunFolderError, TrainingDiverged
 from ..models import save_weights
-from ..plumbing import SCHEMA_VERSION, output_lock, resolve_device, write_csv, write_json, write_text
+from ..plumbing import SCHEMA_VERSION, Result, output_lock, resolve_device, write_csv, write_json, write_text
 from .config import CHECKPOINT, TrainConfig, build_model, model_metadata
 from .distributed import any_rank, dist_info, use_global_batchnorm
 from .evaluation import evaluate_accuracy
@@ -42,9 +42,13 @@ class EpochMetrics:
     seconds: float
 
 
-@dataclass
-class TrainResult:
-    """What a run produced: its directory, per-epoch metrics and the final weights file."""
+@dataclass(frozen=True)
+class TrainResult(Result):
+    """What a run produced: its directory, per-epoch metrics and the final weights file. ``save(dir)`` writes
+    summary.json, metrics.csv (one row per epoch) and curves.png (loss and accuracy per epoch)."""
+
+    stem: ClassVar[str] = "summary"
+    csv_stem: ClassVar[Optional[str]] = "metrics"
 
     out: Path
     config: TrainConfig
@@ -54,12 +58,30 @@ class TrainResult:
     wall_seconds: float
     completed: bool
     commands: list[str] = field(default_factory=list)
+    stopped: Optional[str] = None  # why a run stopped early (a divergence), None otherwise
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "out": str(self.out), "config": self.config.to_dict(),
+        data = {"schema_version": SCHEMA_VERSION, "out": str(self.out), "config": self.config.to_dict(),
                 "history": [asdict(h) for h in self.history], "weights": str(self.weights) if self.weights else None,
                 "skipped": self.skipped, "wall_seconds": self.wall_seconds, "completed": self.completed,
                 "commands": self.commands}
+        return {**data, "stopped": self.stopped} if self.stopped is not None else data
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [asdict(h) for h in self.history]
+
+    def figures(self) -> dict[str, Any]:
+        """curves.png: training loss, and training and validation top-1, per epoch."""
+        if not self.history:
+            return {}
+        from ..viz import line_figure
+
+        epochs = [h.epoch for h in self.history]
+        accuracy = {"train top-1": (epochs, [h.train_top1 for h in self.history]),
+                    "val top-1": (epochs, [h.val_top1 for h in self.history])}
+        fig = line_figure({"train loss": (epochs, [h.train_loss for h in self.history]), **accuracy}, "epoch",
+                          "loss / accuracy", title=f"{self.config.arch} on {self.config.data}")
+        return {"curves.png": fig}
 
 
 class _Interrupted(Exception):
@@ -353,12 +375,10 @@ def _finish(run: _Run, completed: bool, diverged: Optional[TrainingDiverged]) ->
         weights = save_weights(run.model, run.out / "model.safetensors",
                                model_metadata(run.config, run.splits.categories))
     result = TrainResult(run.out, run.config, run.history, weights, len(run.skips),
-                         run.wall_before + time.time() - run.started, completed, run.commands)
+                         run.wall_before + time.time() - run.started, completed, run.commands,
+                         stopped=None if diverged is None else str(diverged))
     if run.rank == 0:
-        summary = result.to_dict()
-        if diverged is not None:
-            summary["stopped"] = str(diverged)
-        write_json(run.out / "summary.json", summary)
+        result.save(run.out)  # summary.json, metrics.csv, curves.png (the run's lock is re-entrant)
         if run.skips.paths:
             run.say(f"{len(run.skips)} unreadable images were skipped (listed in {run.out / 'summary.json'})")
             write_text(run.out / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in run.skips.paths.items()))
