@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..heatmaps import class_indices, heatmap, per_image_classes
+from ..heatmaps import heatmap
+from ..targets import class_indices, per_image_classes
 from ..masks import fill_images
 from ..models.bagnet import BagNet
 from ..models.meta import model_meta

@@ -137,19 +137,7 @@ def masking(
     if not models or not rankings:
         raise ValueError("give at least one model and one ranking")
     check_dataset(dataset)
-    scorers: dict[str, Union[None, PixelScores, OwnAttribution]] = {}
-    for name, r in rankings.items():
-        if isinstance(r, OwnAttribution):
-            scorers[name] = r
-        elif isinstance(r, BagNet):
-            scorers[name] = bagnet_scores(r, config.heatmap_stride)
-        elif r == "random":
-            scorers[name] = None
-        elif callable(r):
-            scorers[name] = r
-        else:
-            raise TypeError(f"ranking {name!r} must be a BagNet, a function, an OwnAttribution or 'random', got "
-                            f"{type(r).__name__}")
+    scorers = _scorers(rankings, config.heatmap_stride)
     ks = sorted(set(config.ks))
     hits = {m: {r: [0] * len(ks) for r in rankings} for m in models}
     total, blocks = 0, 0
@@ -164,23 +152,7 @@ def masking(
             raise ValueError(f"{h}×{w} images have {blocks} blocks of {config.block} px; cannot mask k = {max(ks)}")
         fills = torch.stack([fill_image(img, config.fill, config.blur_sigma) for img in images])
         for rname, scorer in scorers.items():
-            orders: dict[str, Optional[Tensor]] = {}
-            if scorer is None:
-                shared = torch.stack([torch.randperm(blocks, generator=item_generator(run.seed, int(i)))
-                                      for i in batch.indices])
-                orders = {m: shared for m in models}
-            elif isinstance(scorer, OwnAttribution):
-                for mname, model in models.items():
-                    pixel = scorer.scores(model, images, labels, model_device(model, run.device))
-                    if pixel is None:
-                        unavailable[f"{mname} / {rname}"] = f"{scorer.method} cannot handle {type(model).__name__}"
-                    orders[mname] = None if pixel is None else block_order(_check_map(pixel, rname, n, h, w),
-                                                                            config.block)
-            else:
-                with torch.no_grad():
-                    pixel = scorer(images, labels).detach().float().cpu()
-                shared = block_order(_check_map(pixel, rname, n, h, w), config.block)
-                orders = {m: shared for m in models}
+            orders = _orders(rname, scorer, models, batch, blocks, config.block, run, unavailable)
             for i, k in enumerate(ks):
                 for mname, model in models.items():
                     order = orders[mname]
@@ -200,6 +172,49 @@ def masking(
         config=config_record(config, run),
         skipped=merged_dict(dict(skips.paths)), unavailable=merged_dict(unavailable),
     )
+
+
+def _scorers(rankings: Mapping[str, Any], heatmap_stride: int) -> dict[str, Union[None, PixelScores, OwnAttribution]]:
+    """Each ranking as what scores blocks: an OwnAttribution, a pixel-score function, or None (random)."""
+    scorers: dict[str, Union[None, PixelScores, OwnAttribution]] = {}
+    for name, r in rankings.items():
+        if isinstance(r, OwnAttribution):
+            scorers[name] = r
+        elif isinstance(r, BagNet):
+            scorers[name] = bagnet_scores(r, heatmap_stride)
+        elif isinstance(r, str) and r == "random":
+            scorers[name] = None
+        elif callable(r):
+            scorers[name] = r
+        else:
+            raise TypeError(f"ranking {name!r} must be a BagNet, a function, an OwnAttribution or 'random', got "
+                            f"{type(r).__name__}")
+    return scorers
+
+
+def _orders(rname: str, scorer: Union[None, PixelScores, OwnAttribution], models: Mapping[str, nn.Module], batch: Any,
+            blocks: int, block: int, run: RunOptions, unavailable: dict[str, str]) -> dict[str, Optional[Tensor]]:
+    """Per model, the order in which one ranking masks the batch's blocks (None: the method cannot handle it, noted
+    in ``unavailable``). Random orders come from each image's own generator; other rankings are shared by all models
+    unless each model ranks by its own attribution."""
+    images, labels = batch.images, batch.labels
+    n, _, h, w = images.shape
+    if scorer is None:
+        shared = torch.stack([torch.randperm(blocks, generator=item_generator(run.seed, int(i)))
+                              for i in batch.indices])
+        return {m: shared for m in models}
+    if isinstance(scorer, OwnAttribution):
+        orders: dict[str, Optional[Tensor]] = {}
+        for mname, model in models.items():
+            pixel = scorer.scores(model, images, labels, model_device(model, run.device))
+            if pixel is None:
+                unavailable[f"{mname} / {rname}"] = f"{scorer.method} cannot handle {type(model).__name__}"
+            orders[mname] = None if pixel is None else block_order(_check_map(pixel, rname, n, h, w), block)
+        return orders
+    with torch.no_grad():
+        pixel = scorer(images, labels).detach().float().cpu()
+    shared = block_order(_check_map(pixel, rname, n, h, w), block)
+    return {m: shared for m in models}
 
 
 def _check_map(pixel: Tensor, name: str, n: int, h: int, w: int) -> Tensor:

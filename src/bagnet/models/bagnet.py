@@ -11,13 +11,14 @@ import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .receptive import ReceptiveField, output_length, output_length_padded, receptive_field
+from .runtime import checkpointed, inference_chunk, strict_fp32, tf32_allowed  # noqa: F401 (tf32_allowed: public here too)
 
 EXPANSION = 4
 
@@ -370,7 +371,7 @@ class BagNet(nn.Module):
             for stage in self.stages:
                 if recompute:  # block by block: only each block's input is kept
                     for block in stage:
-                        x = _checkpointed(block, x)
+                        x = checkpointed(block, x)
                 else:
                     x = stage(x)
         return x
@@ -424,19 +425,6 @@ class BagNet(nn.Module):
         return f"patch_size={self.patch_size}, stride={self.stride}"
 
 
-def inference_chunk(device_type: str, batch: int, pixels: int, cpu_pixels: int, bytes_per_pixel: int,
-                    free_bytes: Optional[int] = None, memory_fraction: float = 0.5) -> int:
-    """Images per chunk of an inference batch, by where it runs: on the CPU at most ``cpu_pixels`` input pixels
-    (measured to pay there); on CUDA as many images as fit in ``memory_fraction`` of the ``free_bytes`` at
-    ``bytes_per_pixel``, at least one (by this estimate a 256-image 224² batch of the paper-size BagNet-33 in fp32 needs
-    36 GB and goes through an 80 GB GPU in one pass); elsewhere (mps, the meta device) the whole batch."""
-    if device_type == "cpu":
-        return max(1, min(batch, cpu_pixels // max(pixels, 1)))
-    if device_type == "cuda" and free_bytes is not None:
-        return max(1, min(batch, int(free_bytes * memory_fraction) // max(pixels * bytes_per_pixel, 1)))
-    return batch
-
-
 def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, kernel3: int, padding: bool = False,
                 align: str = "corner") -> tuple[nn.Sequential, int]:
     outplanes = planes * EXPANSION
@@ -447,45 +435,3 @@ def _make_stage(inplanes: int, planes: int, blocks: int, stride: int, kernel3: i
     for i in range(1, blocks):
         layers.append(Bottleneck(outplanes, planes, 1, 3 if i < kernel3 else 1, None, padding, align))
     return nn.Sequential(*layers), outplanes
-
-
-@contextlib.contextmanager
-def tf32_allowed(enabled: bool) -> Iterator[None]:
-    """Temporarily set TF32 in cuDNN convolutions and CUDA matmuls, restoring the caller's settings after."""
-    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = conv
-        torch.backends.cuda.matmul.allow_tf32 = mm
-
-
-def strict_fp32() -> contextlib.AbstractContextManager:
-    """Temporarily disable TF32 in cuDNN convolutions and CUDA matmuls, restoring the caller's settings after."""
-    return tf32_allowed(False)
-
-
-def _checkpointed(module: nn.Module, x: Tensor) -> Tensor:
-    """``module(x)`` whose activations are recomputed in the backward pass; the recomputation leaves BatchNorm's
-    running statistics alone (they are updated once, by the forward pass, as without checkpointing)."""
-    from torch.utils.checkpoint import checkpoint
-
-    return checkpoint(module, x, use_reentrant=False,
-                      context_fn=lambda: (contextlib.nullcontext(), _frozen_batchnorm_stats(module)))
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0  # running = (1 − 0)·running + 0·batch: unchanged
-    try:
-        yield
-    finally:
-        for m, (momentum, tracked) in zip(norms, saved):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)

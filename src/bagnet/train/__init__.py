@@ -16,7 +16,9 @@ from .config import (AUGMENTS, CHECKPOINT, TrainConfig, build_model,  # noqa: F4
 from .distributed import GlobalBatchNorm2d, any_rank, dist_info, use_global_batchnorm  # noqa: F401
 from .evaluation import (EvaluationResult, check_categories, evaluate, evaluate_accuracy,  # noqa: F401
                          model_outputs, predict, topk_accuracy)
-from .loop import (EpochMetrics, TrainResult, autocast_dtype, compiled, lr_at, read_run_checkpoint,  # noqa: F401
+from .checkpoint import read_run_checkpoint
+from .result import EpochMetrics, TrainResult
+from .loop import (autocast_dtype, compiled, lr_at,  # noqa: F401
                    train, train_step)
 from .splits import (EpochBatches, SeededSamples, Splits, eval_transform, make_splits,  # noqa: F401
                      mix_batch, sample_seed, train_transform)

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -20,69 +20,15 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data import Batch, SkipLog, collate
-from ..errors import ConfigError, RunFolderError, TrainingDiverged
+from ..errors import RunFolderError, TrainingDiverged
 from ..models import save_weights
-from ..plumbing import SCHEMA_VERSION, Result, output_lock, resolve_device, write_csv, write_json, write_text
+from ..plumbing import output_lock, resolve_device, write_csv, write_json, write_text
+from .checkpoint import CHECKPOINT_KEYS, never_checkpointed, read_run_checkpoint  # noqa: F401
 from .config import CHECKPOINT, TrainConfig, build_model, model_metadata
 from .distributed import any_rank, dist_info, use_global_batchnorm
 from .evaluation import evaluate_accuracy
+from .result import EpochMetrics, TrainResult
 from .splits import EpochBatches, SeededSamples, make_splits, mix_batch
-
-@dataclass
-class EpochMetrics:
-    epoch: int
-    train_loss: float
-    train_top1: float
-    images_per_s: float
-    lr: float
-    val_top1: float
-    val_top5: float
-    holdout_top1: Optional[float]
-    skipped_total: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class TrainResult(Result):
-    """What a run produced: its directory, per-epoch metrics and the final weights file. ``save(dir)`` writes
-    summary.json, metrics.csv (one row per epoch) and curves.png (loss and accuracy per epoch)."""
-
-    stem: ClassVar[str] = "summary"
-    csv_stem: ClassVar[Optional[str]] = "metrics"
-
-    out: Path
-    config: TrainConfig
-    history: list[EpochMetrics]
-    weights: Optional[Path]
-    skipped: int
-    wall_seconds: float
-    completed: bool
-    commands: list[str] = field(default_factory=list)
-    stopped: Optional[str] = None  # why a run stopped early (a divergence), None otherwise
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {"schema_version": SCHEMA_VERSION, "out": str(self.out), "config": self.config.to_dict(),
-                "history": [asdict(h) for h in self.history], "weights": str(self.weights) if self.weights else None,
-                "skipped": self.skipped, "wall_seconds": self.wall_seconds, "completed": self.completed,
-                "commands": self.commands}
-        return {**data, "stopped": self.stopped} if self.stopped is not None else data
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [asdict(h) for h in self.history]
-
-    def figures(self) -> dict[str, Any]:
-        """curves.png: training loss, and training and validation top-1, per epoch."""
-        if not self.history:
-            return {}
-        from ..viz import line_figure
-
-        epochs = [h.epoch for h in self.history]
-        accuracy = {"train top-1": (epochs, [h.train_top1 for h in self.history]),
-                    "val top-1": (epochs, [h.val_top1 for h in self.history])}
-        fig = line_figure({"train loss": (epochs, [h.train_loss for h in self.history]), **accuracy}, "epoch",
-                          "loss / accuracy", title=f"{self.config.arch} on {self.config.data}")
-        return {"curves.png": fig}
-
 
 class _Interrupted(Exception):
     pass
@@ -126,7 +72,7 @@ def train(
     rank = dist_info()[0]
     # a resumed run's checkpoint is read and checked once, before the lock would create the folder
     state = None
-    if resume and _never_checkpointed(Path(config.out)):
+    if resume and never_checkpointed(Path(config.out)):
         (log or (lambda msg: print(msg, file=sys.stderr)))(
             f"--resume: {config.out} stopped before its first checkpoint; starting the run again from the beginning")
     elif resume:
@@ -385,49 +331,6 @@ def _finish(run: _Run, completed: bool, diverged: Optional[TrainingDiverged]) ->
     if diverged is not None:
         raise diverged
     return result
-
-
-#: What a training checkpoint holds (all plain data and tensors: it is read with ``weights_only=True``).
-CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "torch_rng", "epoch", "step_in_epoch", "history",
-                   "wall_seconds")
-
-
-def _never_checkpointed(out: Path) -> bool:
-    """A run folder that a run started in (its config.yaml is there) but that stopped before writing a checkpoint
-    or a model (a full disk, an early error): ``--resume`` restarts it from the beginning."""
-    return (out / "config.yaml").is_file() and not (out / CHECKPOINT).exists() and not (out / "model.safetensors").exists()
-
-
-def read_run_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
-    """A run's checkpoint for ``--resume``, read without executing anything (``weights_only``) and checked: that it
-    is a bagnet training checkpoint and that it was written with the same settings as ``config``."""
-    if not path.is_file():
-        raise RunFolderError(f"--resume: there is no checkpoint {path}; start the run without --resume (or point "
-                             f"--out at the run's folder)")
-    fix = (f"it cannot be resumed: restore an intact copy of {path.name}, or start over in another --out (or delete "
-           f"{path.parent})")
-    if path.stat().st_size == 0:
-        raise RunFolderError(f"{path} is empty (0 bytes; an interrupted copy?); {fix}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a broken or hostile file (pickle, zip, EOF, runtime)
-        from ..models.weights import describe_load_error
-
-        raise RunFolderError(f"{path} {describe_load_error(err)}; {fix}") from None
-    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
-        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-        raise RunFolderError(f"{path} is not a bagnet training checkpoint (missing {missing}); {fix}")
-    if not isinstance(state["config"], dict):
-        raise RunFolderError(f"{path} holds no training config; {fix}")
-    defaults = TrainConfig().to_dict()  # fields added since the checkpoint was written count as defaults
-    saved = {k: state["config"].get(k, defaults[k]) for k in defaults}
-    now = config.to_dict()
-    if saved != now:
-        diff = {k: (saved[k], v) for k, v in now.items() if saved[k] != v}
-        raise ConfigError(f"--resume: the settings differ from those of the checkpoint {path} (checkpoint, now): "
-                             f"{diff}; resume with the run's own settings (its config.yaml), or start a new run in "
-                             f"another --out")
-    return state
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
