@@ -15,9 +15,12 @@ FILLS = ("mean", "zero", "blur")
 
 
 def check_fill(fill: str) -> None:
-    """Raise a ``ValueError`` naming the choices when ``fill`` is not one of :data:`FILLS`."""
+    """Raise a :class:`~bagnet.errors.ConfigError` (a ``ValueError``) naming the choices when ``fill`` is not one of
+    :data:`FILLS`."""
     if fill not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        from .errors import ConfigError
+
+        raise ConfigError(f"fill must be one of {FILLS}, got {fill!r}", field="fill")
 
 
 def fill_image(image: Tensor, fill: str, sigma: float = 4.0) -> Tensor:

@@ -19,7 +19,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Optional, Sequence, TypedDict
 
 import torch
 from torch import nn
@@ -109,6 +109,17 @@ class RunOptions:
                 "device": None if self.device is None else str(self.device)}
 
 
+class RunKwargs(TypedDict, total=False):
+    """The run options every experiment takes as keyword arguments (``**options: Unpack[RunKwargs]``): ``device``
+    (default: each model's own), ``limit`` (a seeded sample of that many images), ``seed`` (which images, and every
+    random draw of the run), ``batch_size`` (images per forward pass). None means the function's default."""
+
+    device: Any
+    limit: Optional[int]
+    seed: Optional[int]
+    batch_size: Optional[int]
+
+
 def option(default: Any, help: str, **metadata: Any) -> Any:
     """A Config field with its help text (and flag hints: ``choices``, ``min``, ``metavar``, ``zero_means_none``):
     the command-line flag generated from it takes default and help from here, so they are written once."""
@@ -129,12 +140,29 @@ def warn_run_fields(config: Any) -> None:
         name = type(config).__name__
         warnings.warn(f"{name}({', '.join(f'{k}=…' for k in given)}): run options as Config fields are deprecated and "
                       f"stop working in bagnet {RUN_FIELDS_REMOVED_IN}; pass {', '.join(f'{k}=' for k in given)} to the "
-                      f"function as keyword arguments", DeprecationWarning, stacklevel=4)
+                      f"function as keyword arguments", DeprecationWarning, stacklevel=user_stacklevel())
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` (called by the caller of this) that points at the first frame outside
+    bagnet and outside generated code (a dataclass's ``__init__``): the user's line that asked for the old thing."""
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and (frame.f_code.co_filename.startswith(package)
+                                        or frame.f_code.co_filename.startswith("<")):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def run_options(config: Any, defaults: RunOptions, **given: Any) -> RunOptions:
     """The run options of one call: each keyword argument in ``given`` that is not None, else ``config``'s
-    deprecated field of that name when set, else ``defaults``'."""
+    deprecated field of that name when set, else ``defaults``'. An unknown keyword is a TypeError, as for any
+    function."""
+    unknown = sorted(set(given) - set(RUN_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}; the run options are {', '.join(RUN_OPTIONS)}")
     values = {}
     for key in RUN_OPTIONS:
         value = given.get(key)

@@ -31,6 +31,14 @@ def add_model_flag(p: argparse.ArgumentParser, help: str = BAGNET_HELP, **kwargs
                    help=help)
 
 
+def add_loader_flags(p: argparse.ArgumentParser, batch_size: int, workers: int) -> None:
+    """``--batch-size`` and ``--workers`` of a command that streams a dataset through a model."""
+    p.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help=f"images per forward pass (default {batch_size})")
+    p.add_argument("--workers", type=worker_count, default=workers,
+                   help=f"data-loading processes, 0 to 64 (default {workers})")
+
+
 def add_models_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", type=model_spec, required=True, metavar="MODEL", help=MODELS_HELP)
 
@@ -147,8 +155,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     add_model_flag(p, "a registered name (bagnet models), torchvision:NAME[:WEIGHTS|:FILE], timm:NAME[:FILE], a "
                       "weights file or a training run folder", required=True)
     add_data_flag(p)
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=worker_count, default=2, help="data-loading processes, 0 to 64 (default 2)")
+    add_loader_flags(p, batch_size=64, workers=2)
     add_run_flags(p, "out/evaluate", limit=True)
     p.set_defaults(func=commands.cmd_evaluate)
 
@@ -174,8 +181,7 @@ def _add_patches(sub: argparse._SubParsersAction) -> None:
     p.add_argument("legacy_data", nargs="?", metavar="DATA", help="the data given positionally (deprecated: use --data; "
                    "removed in 0.3)")
     p.add_argument("--per-class", type=positive_int, default=8, help="patches kept per class (default 8)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=worker_count, default=0, help="data-loading processes, 0 to 64 (default 0)")
+    add_loader_flags(p, batch_size=32, workers=0)
     add_run_flags(p, "out/patches", limit=True)
     p.set_defaults(func=commands.cmd_patches)
 

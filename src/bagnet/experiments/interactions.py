@@ -24,24 +24,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from typing_extensions import Unpack
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import (Result, RunOptions, config_record, deprecated_option, option, run_options,
-                        warn_run_fields)
+from ..plumbing import Result, RunKwargs, RunOptions, config_record, option
 from ..plumbing import eval_mode
 from ..errors import ConfigError
-from ..data import SkipLog, check_dataset, pin_for, tracked_batches
-from ..masks import FILLS, fill_image
+from ..data import SkipLog, pin_for, tracked_batches
+from ..masks import FILLS, check_fill, fill_image
 from ..models.bagnet import BagNet
 from ..models.receptive import block_pixels, cell_block, cells_reached
 from ..parallel import item_generator, merged_dict, merged_sum
-from .common import logits_of, model_device
+from .common import DeprecatedRunFields, logits_of, model_device, start
 
 
 
 @dataclass(frozen=True)
-class InteractionConfig:
+class InteractionConfig(DeprecatedRunFields):
+    """The settings of :func:`interactions` (run options are its keyword arguments)."""
+
     region: int = option(16, "side of each square region in px", min=1, metavar="PX")
     gaps: tuple[int, ...] = option((0, 8, 16, 32, 48, 64), "gaps between the two regions in px (Chebyshev)", min=0,
                                    metavar="PX")
@@ -51,16 +53,10 @@ class InteractionConfig:
     blur_sigma: float = option(4.0, "fill blur: the Gaussian's sigma in px", min=0.0, metavar="PX")
     local_effects: bool = option(True, "BagNets: single-region effects from one evidence map and the crops each region "
                                        "reaches (exact and faster); --no-local-effects: from forward passes")
-    # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
-    batch_size: Optional[int] = deprecated_option()
-    limit: Optional[int] = deprecated_option()
-    seed: Optional[int] = deprecated_option()
-    device: Optional[str] = deprecated_option()
 
     def __post_init__(self) -> None:
-        warn_run_fields(self)
-        if self.fill not in FILLS:
-            raise ConfigError(f"fill must be one of {FILLS}, got {self.fill!r}")
+        super().__post_init__()
+        check_fill(self.fill)
         if self.region < 1 or any(g < 0 for g in self.gaps) or not self.gaps:
             raise ConfigError(f"region must be >= 1 and gaps non-negative, got region={self.region}, gaps={self.gaps}")
 
@@ -127,21 +123,14 @@ def interactions(
     num_classes: int,
     config: InteractionConfig = InteractionConfig(),
     progress: bool = True,
-    *,
-    device: Any = None,
-    limit: Optional[int] = None,
-    seed: Optional[int] = None,
-    batch_size: Optional[int] = None,
+    **options: Unpack[RunKwargs],
 ) -> InteractionResult:
     """Mean interaction of region pairs against their gap, for each model, on the same pairs and fills.
 
     Run options are keyword arguments: ``limit`` images (default 100: every image costs a forward pass per region
     pair and gap), ``seed`` (which images and pairs), ``batch_size`` (masked copies per forward pass, default 64),
     ``device`` (default: each model's own)."""
-    run = run_options(config, RunOptions(batch_size=64, limit=100), device=device, limit=limit, seed=seed, batch_size=batch_size)
-    if not models:
-        raise ValueError("give at least one model")
-    check_dataset(dataset)
+    run = start("interactions", models, dataset, config, RunOptions(batch_size=64, limit=100), **options)
     r = config.region
     sums = {m: {k: [0.0] * len(config.gaps) for k in ("abs", "norm", "effect", "count", "excluded")} for m in models}
     skips = SkipLog()

@@ -11,40 +11,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
+from typing_extensions import Unpack
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import (Result, RunOptions, config_record, deprecated_option, option, run_options,
-                        warn_run_fields)
+from ..plumbing import Result, RunKwargs, RunOptions, config_record, option
 from ..errors import ConfigError
-from ..data import SkipLog, check_dataset, pin_for, tracked_batches
-from ..masks import FILLS, block_order, fill_image, mask_blocks
+from ..data import SkipLog, pin_for, tracked_batches
+from ..masks import FILLS, check_fill, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
 from ..parallel import gather, item_generator, merged_dict, merged_sum
-from .common import logits_of, model_device
+from .common import DeprecatedRunFields, logits_of, model_device, start
 
 #: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
 PixelScores = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
-class MaskingConfig:
+class MaskingConfig(DeprecatedRunFields):
+    """The settings of :func:`masking` (run options are its keyword arguments)."""
+
     block: int = option(8, "block side in px", min=1, metavar="PX")
     ks: tuple[int, ...] = option((0, 1, 2, 4, 8, 16, 32), "numbers of blocks masked", min=0, metavar="K")
     fill: str = option("mean", "what replaces a masked block", choices=FILLS)
     blur_sigma: float = option(4.0, "fill blur: the Gaussian's sigma in px", min=0.0, metavar="PX")
     heatmap_stride: int = option(2, "BagNet rankings: evidence at every s-th pixel (1: exact at every pixel)", min=1,
                                  metavar="S")
-    # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
-    batch_size: Optional[int] = deprecated_option()
-    limit: Optional[int] = deprecated_option()
-    seed: Optional[int] = deprecated_option()
-    device: Optional[str] = deprecated_option()
 
     def __post_init__(self) -> None:
-        warn_run_fields(self)
-        if self.fill not in FILLS:
-            raise ConfigError(f"fill must be one of {FILLS}, got {self.fill!r}")
+        super().__post_init__()
+        check_fill(self.fill)
         if self.block < 1 or any(k < 0 for k in self.ks):
             raise ConfigError(f"block must be >= 1 and ks non-negative, got block={self.block}, ks={self.ks}")
 
@@ -121,11 +117,7 @@ def masking(
     num_classes: int,
     config: MaskingConfig = MaskingConfig(),
     progress: bool = True,
-    *,
-    device: Any = None,
-    limit: Optional[int] = None,
-    seed: Optional[int] = None,
-    batch_size: Optional[int] = None,
+    **options: Unpack[RunKwargs],
 ) -> MaskingResult:
     """Accuracy of every model against the number of masked blocks, for every ranking.
 
@@ -133,10 +125,9 @@ def masking(
     per-pixel scores (N, H, W), to an :class:`OwnAttribution` (each model ranked by its own attribution map; a model
     the method cannot handle gets NaN accuracies and a note in ``unavailable``), or to the string ``"random"``.
     """
-    run = run_options(config, RunOptions(batch_size=32), device=device, limit=limit, seed=seed, batch_size=batch_size)
-    if not models or not rankings:
-        raise ValueError("give at least one model and one ranking")
-    check_dataset(dataset)
+    if not rankings:
+        raise ValueError("give at least one ranking (a BagNet, a function, an OwnAttribution or 'random')")
+    run = start("masking", models, dataset, config, RunOptions(batch_size=32), **options)
     scorers = _scorers(rankings, config.heatmap_stride)
     ks = sorted(set(config.ks))
     hits = {m: {r: [0] * len(ks) for r in rankings} for m in models}

@@ -11,17 +11,17 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
+from typing_extensions import Unpack
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import (Result, RunOptions, config_record, deprecated_option, option, run_options,
-                        warn_run_fields)
-from ..data import SkipLog, check_dataset, pin_for, tracked_batches
+from ..plumbing import Result, RunKwargs, RunOptions, config_record, deprecated_option, option, user_stacklevel
+from ..data import SkipLog, pin_for, tracked_batches
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
 from ..parallel import gather, item_generator, merged_dict, merged_sum
-from .common import logits_of, model_device
+from .common import DeprecatedRunFields, logits_of, model_device, start
 
 
 def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = None, offset: int = 0) -> Tensor:
@@ -54,25 +54,22 @@ def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = N
 
 
 @dataclass(frozen=True)
-class ScramblingConfig:
+class ScramblingConfig(DeprecatedRunFields):
+    """The settings of :func:`scrambling` (run options are its keyword arguments)."""
+
     grids: tuple[int, ...] = option((1, 2, 4, 8, 16), "n of the n×n tile grids (1: unscrambled)", min=1, metavar="N")
     offset: int = option(0, "shift the tile grid by PX pixels (wrapping around the border): tiles that do not line "
                             "up with a ViT's tokens", min=0, metavar="PX")
     # deprecated: example images are shown with the first model's own preprocessing (its ModelMeta); removed in 0.3
     mean: Optional[tuple[float, ...]] = deprecated_option()
     std: Optional[tuple[float, ...]] = deprecated_option()
-    # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
-    batch_size: Optional[int] = deprecated_option()
-    limit: Optional[int] = deprecated_option()
-    seed: Optional[int] = deprecated_option()
-    device: Optional[str] = deprecated_option()
 
     def __post_init__(self) -> None:
-        warn_run_fields(self)
+        super().__post_init__()
         if self.mean is not None or self.std is not None:
             warnings.warn("ScramblingConfig(mean=, std=) is deprecated and stops working in bagnet 0.3: example "
                           "images are shown with the first model's own preprocessing (model.meta.preprocess)",
-                          DeprecationWarning, stacklevel=3)
+                          DeprecationWarning, stacklevel=user_stacklevel())
 
 
 @dataclass(frozen=True)
@@ -136,17 +133,10 @@ def scrambling(
     num_classes: int,
     config: ScramblingConfig = ScramblingConfig(),
     progress: bool = True,
-    *,
-    device: Any = None,
-    limit: Optional[int] = None,
-    seed: Optional[int] = None,
-    batch_size: Optional[int] = None,
+    **options: Unpack[RunKwargs],
 ) -> ScramblingResult:
     """Top-1/top-5 of each model on the dataset's images scrambled at each grid size."""
-    run = run_options(config, RunOptions(batch_size=32), device=device, limit=limit, seed=seed, batch_size=batch_size)
-    if not models:
-        raise ValueError("give at least one model")
-    check_dataset(dataset)
+    run = start("scrambling", models, dataset, config, RunOptions(batch_size=32), **options)
     grids = sorted(set(config.grids))
     hits1 = {m: [0] * len(grids) for m in models}
     hits5 = {m: [0] * len(grids) for m in models}

@@ -11,28 +11,22 @@ For every pair of models:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
+from typing_extensions import Unpack
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result, RunOptions, config_record, deprecated_option, run_options, warn_run_fields
-from ..data import SkipLog, check_dataset, pin_for, tracked_batches
+from ..plumbing import Result, RunKwargs, RunOptions, config_record
+from ..data import SkipLog, pin_for, tracked_batches
 from ..parallel import merged_cat, merged_dict
-from .common import logits_of, model_device
+from .common import DeprecatedRunFields, logits_of, model_device, start
 
 
 @dataclass(frozen=True)
-class SimilarityConfig:
-    # deprecated run options (keyword arguments of the function since 0.2; removed in 0.3)
-    batch_size: Optional[int] = deprecated_option()
-    limit: Optional[int] = deprecated_option()
-    seed: Optional[int] = deprecated_option()
-    device: Optional[str] = deprecated_option()
-
-    def __post_init__(self) -> None:
-        warn_run_fields(self)
+class SimilarityConfig(DeprecatedRunFields):
+    """The settings of :func:`similarity`: none besides the run options, which are its keyword arguments."""
 
 
 def error_consistency(correct_a: Tensor, correct_b: Tensor) -> float:
@@ -112,17 +106,10 @@ def similarity(
     num_classes: int,
     config: SimilarityConfig = SimilarityConfig(),
     progress: bool = True,
-    *,
-    device: Any = None,
-    limit: Optional[int] = None,
-    seed: Optional[int] = None,
-    batch_size: Optional[int] = None,
+    **options: Unpack[RunKwargs],
 ) -> SimilarityResult:
     """Pairwise similarity of the models' decisions on the same images."""
-    run = run_options(config, RunOptions(batch_size=64), device=device, limit=limit, seed=seed, batch_size=batch_size)
-    if len(models) < 2:
-        raise ValueError(f"similarity compares models: give at least two, got {len(models)}")
-    check_dataset(dataset)
+    run = start("similarity", models, dataset, config, RunOptions(batch_size=64), 2, **options)
     logits: dict[str, list[Tensor]] = {m: [] for m in models}
     labels: list[Tensor] = []
     indices: list[Tensor] = []

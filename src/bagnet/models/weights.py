@@ -17,13 +17,10 @@ from torch import Tensor, nn
 
 from .bagnet import BagNetConfig
 
+
 def git_blob_sha1(path: Path) -> str:
     """The id git gives a file's content: SHA-1 of ``b"blob <size>\\0"`` followed by the bytes."""
-    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _digest(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
 
 
 class WeightsError(ValueError):
@@ -81,7 +78,11 @@ def _check_hash(path: Path, sha256_prefix: str) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    return _digest(path, hashlib.sha256())
+
+
+def _digest(path: Path, h: Any) -> str:
+    """The hex digest of ``h`` (a hashlib object, maybe already fed a header) over the file's bytes."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
