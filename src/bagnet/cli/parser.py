@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from . import commands
-from .flags import (add_config_flags, add_run_flags, device_arg, model_spec, non_negative_int,  # noqa: F401
+from .flags import (add_config_flags, add_run_flags, model_spec, non_negative_int,
                     output_folder, positive_int, worker_count)
 
 DATA_HELP = ("imagenette | fashion-mnist | imagenet:ROOT (the ImageNet validation split: torchvision, WordNet-id "

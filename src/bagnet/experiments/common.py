@@ -13,9 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..data import check_dataset
-from ..plumbing import (SCHEMA_VERSION, RunOptions, check_logits, deprecated_option, eval_mode,  # noqa: F401
-                        model_device, model_dtype, out_dir, run_options, warn_run_fields,
-                        write_result_json as write_json, write_rows_csv as write_csv)
+from ..plumbing import (RunOptions, check_logits, deprecated_option, eval_mode, model_dtype, run_options,
+                        warn_run_fields)
 
 
 @torch.no_grad()

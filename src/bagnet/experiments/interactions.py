@@ -28,15 +28,14 @@ from typing_extensions import Unpack
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result, RunKwargs, RunOptions, config_record, option
-from ..plumbing import eval_mode
+from ..plumbing import Result, RunKwargs, RunOptions, config_record, eval_mode, model_device, option
 from ..errors import ConfigError
 from ..data import SkipLog, pin_for, tracked_batches
 from ..masks import FILLS, check_fill, fill_image
 from ..models.bagnet import BagNet
 from ..models.receptive import block_pixels, cell_block, cells_reached
 from ..parallel import item_generator, merged_dict, merged_sum
-from .common import DeprecatedRunFields, logits_of, model_device, start
+from .common import DeprecatedRunFields, logits_of, start
 
 
 

@@ -15,13 +15,13 @@ from typing_extensions import Unpack
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result, RunKwargs, RunOptions, config_record, option
+from ..plumbing import Result, RunKwargs, RunOptions, config_record, model_device, option
 from ..errors import ConfigError
 from ..data import SkipLog, pin_for, tracked_batches
 from ..masks import FILLS, check_fill, block_order, fill_image, mask_blocks
 from ..models.bagnet import BagNet
 from ..parallel import gather, item_generator, merged_dict, merged_sum
-from .common import DeprecatedRunFields, logits_of, model_device, start
+from .common import DeprecatedRunFields, logits_of, start
 
 #: A ranking: per-pixel relevance maps (N, H, W) for images (N, C, H, W) and their labels (N,).
 PixelScores = Callable[[Tensor, Tensor], Tensor]

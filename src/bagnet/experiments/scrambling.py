@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result, RunKwargs, RunOptions, config_record, deprecated_option, option, user_stacklevel
+from ..plumbing import (Result, RunKwargs, RunOptions, config_record, deprecated_option, model_device, option,
+                        user_stacklevel)
 from ..data import SkipLog, pin_for, tracked_batches
 from ..models.meta import model_meta
 from ..models.preprocess import to_pixels
 from ..parallel import gather, item_generator, merged_dict, merged_sum
-from .common import DeprecatedRunFields, logits_of, model_device, start
+from .common import DeprecatedRunFields, logits_of, start
 
 
 def scramble(images: Tensor, grid: int, generator: Optional[torch.Generator] = None, offset: int = 0) -> Tensor:

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..plumbing import Result, RunKwargs, RunOptions, config_record
+from ..plumbing import Result, RunKwargs, RunOptions, config_record, model_device
 from ..data import SkipLog, pin_for, tracked_batches
 from ..parallel import merged_cat, merged_dict
-from .common import DeprecatedRunFields, logits_of, model_device, start
+from .common import DeprecatedRunFields, logits_of, start
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from ..data import Batch, SkipLog, collate
 from ..errors import RunFolderError, TrainingDiverged
 from ..models import save_weights
 from ..plumbing import output_lock, resolve_device, write_csv, write_json, write_text
-from .checkpoint import CHECKPOINT_KEYS, never_checkpointed, read_run_checkpoint  # noqa: F401
+from .checkpoint import never_checkpointed, read_run_checkpoint
 from .config import CHECKPOINT, TrainConfig, build_model, model_metadata
 from .distributed import any_rank, dist_info, use_global_batchnorm
 from .evaluation import evaluate_accuracy
