@@ -137,7 +137,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         shown = sorted(shown, key=lambda item: item[1])[:10]
     for cat, acc in shown:
         print(f"  {cat:<24} {100 * acc:6.2f}%")
-    print(f"files: {out / 'evaluation.json'}, {out / 'predictions.csv'}, {out / 'confusion.png'}")
+    from ..train.metrics import format_metrics
+
+    print(f"metrics ({int(100 * result.metrics['level'])} % bootstrap intervals, {result.metrics['bootstrap']} "
+          f"resamples):\n" + "\n".join("  " + line for line in format_metrics(result.metrics).splitlines()))
+    if result.sparsity:
+        print(f"evidence sparsity (predicted class, bias excluded): top-5 % cells carry "
+              f"{100 * result.sparsity['top5_share']:.1f} % of |evidence|, Gini {result.sparsity['gini']:.3f}")
+    print(f"files: {out / 'evaluation.json'}, {out / 'predictions.csv'}, {out / 'metrics.csv'}, "
+          f"{out / 'confusion.png'}")
     return exit_code(result.skipped)
 
 

@@ -10,13 +10,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from PIL import Image
 from torchvision import datasets
 
+from ..errors import ConfigError
 from .folders import ImageFolderDataset
+from .split import DataSplit
 from .images import PathLike
 
 #: Where Debian's dataset-fashion-mnist package puts its files.
@@ -215,18 +217,23 @@ def fashion_mnist(
 @dataclass(frozen=True)
 class TrainingData:
     """The datasets a training run needs: training images with the training transform, the same images with the
-    evaluation transform (for a hold-out), the validation split, and the class names."""
+    evaluation transform (for a hold-out), the validation split, the class names, and a test split when there is
+    one (a single folder split with a test fraction)."""
 
     train: torch.utils.data.Dataset
     train_eval: torch.utils.data.Dataset
     val: torch.utils.data.Dataset
     categories: list[str]
+    test: Optional[torch.utils.data.Dataset] = None
 
 
 def training_data(spec: str, train_transform: Optional[Callable[[Image.Image], Any]],
-                  eval_transform: Optional[Callable[[Image.Image], Any]], subset: Optional[str] = None) -> TrainingData:
+                  eval_transform: Optional[Callable[[Image.Image], Any]], subset: Optional[str] = None, *,
+                  classes: Optional[Sequence[str]] = None, split: Optional[DataSplit] = None) -> TrainingData:
     """The training and validation datasets a ``--data`` names: ``imagenette`` (train / val; ``subset`` names one of
-    its list files), ``fashion-mnist`` (train / test) or a folder holding ``train/`` and ``val/`` class folders."""
+    its list files), ``fashion-mnist`` (train / test), a folder holding ``train/`` and ``val/`` class folders, or one
+    folder of class folders divided by ``split`` (:func:`bagnet.data.split.split_folder`). ``classes`` orders the
+    labels of folder data (default: sorted folder names)."""
     if spec == "imagenette":
         train = imagenette("train", train_transform, subset=subset)
         return TrainingData(train, imagenette("train", eval_transform, subset=subset), imagenette("val", eval_transform),
@@ -236,19 +243,36 @@ def training_data(spec: str, train_transform: Optional[Callable[[Image.Image], A
         return TrainingData(train, fashion_mnist("train", eval_transform), fashion_mnist("test", eval_transform),
                             list(train.categories))
     root = Path(spec)
-    train = ImageFolderDataset(root / "train", train_transform)
-    val = ImageFolderDataset(root / "val", eval_transform)
+    if split is not None:
+        def part(files: list[str], transform: Optional[Callable[[Image.Image], Any]]) -> ImageFolderDataset:
+            return ImageFolderDataset(root, transform, samples=files, classes=split.classes)
+
+        return TrainingData(part(split.train, train_transform), part(split.train, eval_transform),
+                            part(split.val, eval_transform), list(split.classes),
+                            part(split.test, eval_transform) if split.test else None)
+    if root.is_dir() and not ((root / "train").is_dir() and (root / "val").is_dir()):
+        raise unsplit_folder(root)
+    train = ImageFolderDataset(root / "train", train_transform, classes=classes)
+    val = ImageFolderDataset(root / "val", eval_transform, classes=classes)
     if train.classes != val.classes:
         raise ValueError(f"class folders differ between {root / 'train'} and {root / 'val'}")
-    return TrainingData(train, ImageFolderDataset(root / "train", eval_transform), val, list(train.categories))
+    return TrainingData(train, ImageFolderDataset(root / "train", eval_transform, classes=classes), val,
+                        list(train.categories))
+
+
+def unsplit_folder(root: Path) -> ConfigError:
+    """The error for training data that is one folder of class folders, given without the flag that splits it."""
+    return ConfigError(f"{root} has no train/ and val/ folders: to train on one folder of class folders, let bagnet "
+                       f"split it with --val-fraction (e.g. 0.2; and --test-fraction for a test split)", "val_fraction")
 
 
 def evaluation_dataset(
     spec: str, transform: Optional[Callable[[Image.Image], Any]] = None
 ) -> tuple[torch.utils.data.Dataset, list[str], str]:
     """The dataset a CLI ``--data`` names, for evaluation: ``imagenette`` (its val split), ``fashion-mnist`` (its
-    test split), ``imagenet:ROOT`` (the ImageNet validation split in any of the layouts of :mod:`bagnet.data.imagenet`)
-    or an ImageFolder folder (its ``val/`` sub-folder when there is one). Returns it with its class names and a
+    test split), ``imagenet:ROOT`` (the ImageNet validation split in any of the layouts of :mod:`bagnet.data.imagenet`),
+    a training run's folder holding ``split.json`` (its test split, else its val split: the images it never trained
+    on) or an ImageFolder folder (its ``val/`` sub-folder when there is one). Returns it with its class names and a
     display name."""
     if spec.startswith("imagenet:"):
         from .imagenet import ImageNetVal
@@ -262,6 +286,11 @@ def evaluation_dataset(
         fm = fashion_mnist("test", transform)
         return fm, fm.categories, "fashion-mnist/test"
     root = Path(spec)
+    if (root / "split.json").is_file():  # a training run that split one folder: its test split (else val)
+        split = DataSplit.load(root / "split.json")
+        part = "test" if split.test else "val"
+        ds = ImageFolderDataset(split.root, transform, samples=split.files(part), classes=split.classes)
+        return ds, ds.categories, f"{split.root} ({part} split of {root})"
     if (root / "val").is_dir():
         root = root / "val"
     else:

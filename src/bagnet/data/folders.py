@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision import datasets
 
+from ..errors import ConfigError
 from .images import IMAGE_EXTENSIONS, MAX_DATASET_ASPECT, ImageReadError, PathLike, load_image
 
 
@@ -53,9 +54,11 @@ def pin_for(device: Any) -> bool:
 
 
 class ImageFolderDataset(datasets.ImageFolder):
-    """torchvision's ImageFolder (one sub-folder per class, sorted) that returns :class:`Skipped` for bad files.
+    """torchvision's ImageFolder (one sub-folder per class) that returns :class:`Skipped` for bad files.
 
-    ``dataset[i]`` is ``(image, label, i)`` or ``Skipped``; ``categories`` holds readable class names.
+    ``dataset[i]`` is ``(image, label, i)`` or ``Skipped``; ``categories`` holds readable class names. Labels follow
+    ``classes`` when given (graded labels: none, mild, severe), else the sorted folder names; ``samples`` keeps only
+    those files (paths relative to ``root``).
     """
 
     def __init__(
@@ -64,10 +67,12 @@ class ImageFolderDataset(datasets.ImageFolder):
         transform: Optional[Callable[[Image.Image], Any]] = None,
         categories: Optional[Sequence[str]] = None,
         samples: Optional[Sequence[str]] = None,
+        classes: Optional[Sequence[str]] = None,
     ) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"dataset folder {root} does not exist")
+        self._order = None if classes is None else [str(c) for c in classes]
         super().__init__(str(root), transform=transform, loader=_dataset_loader, is_valid_file=_is_image_file)
         if samples is not None:
             keep = {str(root / s) for s in samples}
@@ -79,6 +84,18 @@ class ImageFolderDataset(datasets.ImageFolder):
         self.categories: list[str] = list(categories) if categories is not None else list(self.classes)
         if len(self.categories) != len(self.classes):
             raise ValueError(f"{len(self.categories)} category names for {len(self.classes)} class folders in {root}")
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        found, _ = super().find_classes(directory)
+        if self._order is None:
+            return found, {c: i for i, c in enumerate(found)}
+        missing, extra = sorted(set(self._order) - set(found)), sorted(set(found) - set(self._order))
+        if missing or extra:
+            raise ConfigError(
+                f"--classes does not match the class folders of {directory}: "
+                + "; ".join(filter(None, (f"no folder for {missing}" if missing else "",
+                                          f"folders not listed: {extra}" if extra else ""))), "classes")
+        return list(self._order), {c: i for i, c in enumerate(self._order)}
 
     def __getitem__(self, index: int) -> Union[tuple[Any, int, int], Skipped]:
         path, label = self.samples[index]

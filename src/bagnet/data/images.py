@@ -72,11 +72,12 @@ def _check_pixels(path: Path, w: int, h: int, max_pixels: int) -> None:
 
 
 def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255),
-               max_pixels: int = MAX_IMAGE_PIXELS, max_aspect: Optional[float] = None) -> Image.Image:
+               max_pixels: int = MAX_IMAGE_PIXELS, max_aspect: Optional[float] = None,
+               window: Optional[tuple[float, float]] = None) -> Image.Image:
     """Decode any image file PIL reads into an upright 8-bit RGB image (the first frame of an animation).
 
-    EXIF orientation is applied; transparency (RGBA, LA, palette) is composited on ``background``; 16- and 32-bit
-    grayscale is scaled to 8 bits; CMYK, palette and grayscale images are converted to RGB. Images whose header
+    EXIF orientation is applied; transparency (RGBA, LA, palette) is composited on ``background``; 16-bit, 32-bit and
+    float grayscale is scaled to 8 bits by its own range or ``window`` (:func:`window_to_8bit`); CMYK, palette and grayscale images are converted to RGB. Images whose header
     declares more than ``max_pixels`` pixels, or (when given) a long side more than ``max_aspect`` times the short
     one, are refused (:class:`ImageTooLarge`) before decoding.
     """
@@ -90,22 +91,39 @@ def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255
                                     f"datasets accept at most {max_aspect:.0f}:1 (resizing its short side to a "
                                     f"model's input would make it enormous)")
             image.load()
-            return to_rgb(ImageOps.exif_transpose(image), background)
+            return to_rgb(ImageOps.exif_transpose(image), background, window)
     except (FileNotFoundError, ImageReadError):
         raise
     except Exception as err:  # PIL raises many types for a broken or non-image file
         raise ImageReadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
 
 
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Convert a PIL image of any mode to 8-bit RGB (transparency composited on ``background``)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        if image.mode == "F":
-            top = 1.0 if array.max(initial=0.0) <= 1.0 else array.max()
-        else:
-            top = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
-        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+#: PIL modes of 16-bit, 32-bit integer and float grayscale images.
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def window_to_8bit(array: np.ndarray, window: Optional[tuple[float, float]] = None) -> np.ndarray:
+    """High-bit-depth grey values as 8 bits: ``window = (low, high)`` maps low → 0 and high → 255 (values outside are
+    clipped; a radiology window); without one, the image's own range (its minimum → 0, its maximum → 255), never
+    the container's maximum (a 12-bit X-ray in a 16-bit PNG would reach the model as grey levels 0-16). A constant
+    image becomes 0. NaN values become 0."""
+    array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+    if window is None:
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    else:
+        low, high = window
+    if window is not None and not high > low:
+        raise ValueError(f"an intensity window needs low < high, got {window}")
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return np.clip((array - low) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255),
+           window: Optional[tuple[float, float]] = None) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB (transparency composited on ``background``; 16-bit, 32-bit and
+    float grayscale through :func:`window_to_8bit` with ``window``)."""
+    if image.mode in HIGH_BIT_MODES:
+        image = Image.fromarray(window_to_8bit(np.asarray(image, dtype=np.float64), window), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

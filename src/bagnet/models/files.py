@@ -13,6 +13,7 @@ import torch
 from .bagnet import BagNet
 from .meta import ModelMeta, attach_meta, read_sidecar
 from .preprocess import INTERPOLATIONS, imagenet_categories, make_preprocess
+from .external import is_external, load_external
 from .weights import WeightsError, check_fits, infer_config, load_into, read_checkpoint
 
 
@@ -34,6 +35,10 @@ def load_file(path: str | os.PathLike) -> Any:
     source = os.fspath(path)
     metadata = validate_metadata(checkpoint.metadata, source)
     arch = metadata.get("arch", "bagnet")
+    if is_external(arch):  # a torchvision or timm architecture fine-tuned by bagnet train
+        model = load_external(f"{arch}:{source}")
+        default = model.meta.replace(name=arch, source=source, categories=None)
+        return attach_meta(model, file_meta(metadata, path, default, _num_outputs(model)))
     if arch == "bagnet":
         inferred = infer_config(checkpoint.state_dict)
         config = checkpoint.config or inferred
@@ -90,6 +95,9 @@ def validate_metadata(metadata: dict[str, Any], source: str) -> dict[str, Any]:
         raise WeightsError(f"{source}: metadata arch must be a string, got {arch!r}")
     if arch.startswith("bagnet"):
         arch = "bagnet"
+    if is_external(arch):
+        meta["arch"], meta["arch_kwargs"] = arch, {}
+        return _validated_rest(meta, source)
     if arch != "bagnet" and arch not in CNN_BUILDERS:
         raise WeightsError(f"{source}: metadata names an unknown architecture {arch!r}; known: bagnet, "
                            f"{', '.join(CNN_BUILDERS)}")
@@ -107,6 +115,11 @@ def validate_metadata(metadata: dict[str, Any], source: str) -> dict[str, Any]:
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise WeightsError(f"{source}: metadata arch_kwargs {key}={value!r} must be an integer in [{low}, {high}]")
     meta["arch_kwargs"] = kwargs
+    return _validated_rest(meta, source)
+
+
+def _validated_rest(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """The entries every architecture shares: ``categories``, ``preprocess``, ``name``."""
     categories = meta.get("categories")
     if categories is not None and (not isinstance(categories, list)
                                    or not all(isinstance(c, (str, int)) for c in categories)):

@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models import BagNet, BagNetConfig
 from ..models.cnn import CNN_BUILDERS, build_cnn
+from ..models.external import is_external
 from ..plumbing import write_text
 
 CHECKPOINT = "checkpoint.pt"
@@ -30,10 +31,16 @@ class TrainConfig:
     patch_size: int = 17  # BagNets: patch size q; ViT: token size in pixels
     width: int = 64  # base width (BagNet, ResNet-18, VGG); ViT: embedding dimension
     layers: tuple[int, ...] = (3, 4, 6, 3)  # BagNet blocks per stage; ViT: (depth,)
-    init: Optional[str] = None  # weights file to start from
+    init: Optional[str] = None  # a model to start from: any spec bagnet.load takes
+    freeze_stages: int = 0  # with init: 0 none, k the stem and the first k stages, -1 all but the classifier
+    freeze_bn: bool = False  # BatchNorm statistics fixed during training (small batches)
+    pretrained_lr_mult: float = 1.0  # with init: learning rate of the pretrained layers / that of the new head
     data: str = "imagenette"  # imagenette | fashion-mnist | a folder with train/ and val/ sub-folders
     train_subset: Optional[str] = None  # a list file of training images (Imagenette's train_subset300.txt)
     holdout_per_class: int = 0  # training images per class held out (for choices; never tune on val)
+    val_fraction: float = 0.0  # a folder of class folders only: the share of each class kept for validation
+    test_fraction: float = 0.0  # ... and for the test split (reported, never tuned on)
+    classes: Optional[tuple[str, ...]] = None  # class order (graded labels: none, mild, severe); default: sorted
     limit_train: Optional[int] = None  # use only the first N training images (after the hold-out)
     limit_val: Optional[int] = None
     image_size: int = 128
@@ -52,6 +59,7 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
+    evidence_l1: float = 0.0  # BagNets: weight of the L1 penalty on the class-evidence maps (sparse evidence)
     amp: bool = True  # mixed precision where the hardware has it (CUDA; bf16 on CPUs with AVX-512 BF16)
     channels_last: bool = True
     activation_checkpointing: bool = False  # BagNets: recompute each block in the backward pass (less memory)
@@ -69,6 +77,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["layers"] = list(self.layers)
+        d["classes"] = None if self.classes is None else list(self.classes)
         return d
 
     def save(self, path: Path) -> None:
@@ -159,7 +168,13 @@ def _check_types(config: TrainConfig) -> None:
             if optional:
                 continue
             raise ConfigError(f"{_flag(f.name)} must be set (got nothing)", f.name)
-        if typing.get_origin(base) is tuple:
+        if typing.get_origin(base) is tuple and typing.get_args(base)[0] is str:
+            items = _names(value)
+            if not items or len(set(items)) < len(items):
+                raise ConfigError(f"{_flag(f.name)} must be a list of distinct, non-empty names (a,b,c), got "
+                                  f"{value!r}", f.name)
+            object.__setattr__(config, f.name, tuple(items))
+        elif typing.get_origin(base) is tuple:
             if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) for v in value):
                 raise ConfigError(f"{_flag(f.name)} must be a list of integers, got {value!r}", f.name)
             object.__setattr__(config, f.name, tuple(int(v) for v in value))
@@ -178,6 +193,15 @@ def _check_types(config: TrainConfig) -> None:
                 raise ConfigError(f"{_flag(f.name)} must be a non-empty string, got {value!r}", f.name)
 
 
+def _names(value: Any) -> list[str]:
+    """Class names from a list, or from comma-separated text (``--classes none,mild,severe``)."""
+    parts = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [None]
+    if not all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in parts):
+        return []
+    names = [n.strip() for p in parts for n in str(p).split(",")]
+    return names if all(names) else []
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -188,10 +212,21 @@ FIELD_HELP: dict[str, str] = {
     "patch_size": "BagNet: the patch size q each evidence cell sees; ViT: the token size in pixels",
     "width": "base width (channels of the first stage); ViT: the embedding dimension",
     "layers": "BagNet: residual blocks per stage; ViT: its depth (one number)",
-    "init": "a weights file to start from instead of random weights",
+    "init": "a model to start from: any name, file, run folder or hf-hub:/torchvision:/timm: spec that bagnet.load "
+            "takes (bagnet33:imagenet, bagnet17:imagenette, …); its architecture and resolution are used, and its "
+            "classifier is replaced when the number of classes differs",
+    "freeze_stages": "with --init: freeze the stem and the first K residual stages (0: none; -1: everything but the "
+                     "classifier, a linear probe on the patch features)",
+    "freeze_bn": "keep every BatchNorm's statistics fixed during training (small batches)",
+    "pretrained_lr_mult": "with --init: the pretrained layers' learning rate as a multiple of the new head's",
     "data": "imagenette, fashion-mnist, or a folder with train/ and val/ class sub-folders",
     "train_subset": "a list file of the training images to use (e.g. Imagenette's train_subset300.txt)",
     "holdout_per_class": "training images per class held out for choices (never tune on val)",
+    "val_fraction": "data that is one folder of class folders: the seeded, stratified share of each class kept for "
+                    "validation (the split is saved in the run)",
+    "test_fraction": "… and for a test split, evaluated at the end and never used for choices",
+    "classes": "class order, comma-separated (graded labels: none,mild,severe; 2,10 is not sorted as text); "
+               "default: the sorted folder names",
     "limit_train": "use only N seeded-random training images (after the hold-out)",
     "limit_val": "evaluate on only N seeded-random validation images",
     "image_size": "side of the square training crops and of the evaluation centre crop (px)",
@@ -210,6 +245,8 @@ FIELD_HELP: dict[str, str] = {
     "momentum": "SGD momentum (Nesterov)",
     "warmup_epochs": "epochs of linear learning-rate warm-up",
     "label_smoothing": "label smoothing of the cross-entropy loss, in [0, 1)",
+    "evidence_l1": "BagNets: weight λ of an L1 penalty on the class-evidence maps (sparse evidence, Djoumessi et al. "
+                   "2023); 0: off",
     "amp": "mixed precision where the hardware has it (CUDA; bf16 on CPUs with AVX-512 BF16)",
     "channels_last": "channels-last memory layout",
     "activation_checkpointing": "BagNets: keep only each residual block's input and recompute the rest in the "
@@ -231,7 +268,9 @@ _RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "cutmix": (0, 100, True), "drop_path": (0, 0.99, True), "epochs": (1, 1_000_000, True),
     "batch_size": (1, 1 << 20, True), "lr": (0, None, False), "weight_decay": (0, None, True),
     "momentum": (0, 0.999, True), "warmup_epochs": (0, None, True), "label_smoothing": (0, 0.99, True),
-    "workers": (0, 64, True), "seed": (0, 2**31 - 1, True),
+    "workers": (0, 64, True), "seed": (0, 2**31 - 1, True), "freeze_stages": (-1, 16, True),
+    "pretrained_lr_mult": (0, None, True), "val_fraction": (0, 0.9, True), "test_fraction": (0, 0.9, True),
+    "evidence_l1": (0, None, True),
 }
 ARCHES = ("bagnet",) + tuple(CNN_BUILDERS)
 
@@ -247,8 +286,11 @@ def _check_ranges(config: TrainConfig) -> None:
             hi = "inf)" if high is None else f"{high:g}]"
             span = f"{'[' if low_ok else '('}{lo}, {hi}"
             raise ConfigError(f"{_flag(name)} must lie in {span}, got {value!r}", name)
+    _check_transfer(config)
     choices = {"arch": ARCHES, "optimizer": ("adamw", "sgd"), "augment": AUGMENTS}
     for name, allowed in choices.items():
+        if name == "arch" and config.init and is_external(config.arch):
+            continue
         if getattr(config, name) not in allowed:
             raise ConfigError(f"{_flag(name)} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}", name)
     if any(not 1 <= b <= 64 for b in config.layers) or len(config.layers) > 8:
@@ -279,9 +321,24 @@ def _check_ranges(config: TrainConfig) -> None:
                               f"can use (leave it unset: training picks the GPU when there is one)", "device")
 
 
+def _check_transfer(config: TrainConfig) -> None:
+    """The options that only mean something together: transfer options need --init, fractions must leave data."""
+    if not config.init:
+        for name, neutral in (("freeze_stages", 0), ("pretrained_lr_mult", 1.0)):
+            if getattr(config, name) != neutral:
+                raise ConfigError(f"{_flag(name)} applies to a run that starts from --init; there is none", name)
+    if config.val_fraction + config.test_fraction >= 0.9:
+        raise ConfigError(f"val_fraction + test_fraction must leave training data: {config.val_fraction} + "
+                          f"{config.test_fraction} >= 0.9", "val_fraction")
+    if config.evidence_l1 > 0 and config.arch != "bagnet":
+        raise ConfigError(f"{_flag('evidence_l1')} penalises a BagNet's evidence maps; arch {config.arch} has none",
+                          "evidence_l1")
+
+
 # ---------------------------------------------------------------------------------------------------- models
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The network a config describes, freshly initialised (or loaded from ``config.init``)."""
+    """The network a config describes, freshly initialised (a run with ``init`` starts from
+    :func:`bagnet.train.transfer.initial_model` instead)."""
     if config.arch == "bagnet":
         bag_config = BagNetConfig.for_patch_size(config.patch_size, layers=config.layers, width=config.width,
                                                  num_classes=num_classes)
@@ -291,10 +348,6 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         model = build_cnn("vit", num_classes=num_classes, **_vit_kwargs(config), drop_path=config.drop_path)
     else:
         model = build_cnn(config.arch, num_classes=num_classes, width=config.width)
-    if config.init:
-        from ..models.weights import load_into, read_checkpoint
-
-        load_into(model, read_checkpoint(config.init).state_dict, config.init)
     return model
 
 
@@ -303,7 +356,7 @@ def model_metadata(config: TrainConfig, categories: Sequence[str]) -> dict[str, 
     if config.arch == "vit":
         arch_kwargs: dict[str, Any] = _vit_kwargs(config)
     else:
-        arch_kwargs = {"width": config.width} if config.arch != "bagnet" else {}
+        arch_kwargs = {"width": config.width} if config.arch in CNN_BUILDERS else {}
     return {
         "arch": config.arch,
         "arch_kwargs": arch_kwargs,

@@ -14,14 +14,24 @@ from torch import Tensor, nn
 from ..data import SkipLog, collate, pin_for, sample_path
 from ..models import BagNet
 from .config import TrainConfig
-from ..plumbing import Result, eval_mode, model_device
+from ..plumbing import Result, eval_mode, model_device, write_rows_csv
+from .metrics import task_metrics
 
-@torch.no_grad()
 def predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 64, device: Any = None,
             workers: int = 2, progress: bool = False, skips: Optional[SkipLog] = None) -> tuple[Tensor, Tensor, Tensor]:
     """Logits (N, C), labels (N,) and dataset indices (N,) of every readable sample (others go to ``skips``); under
     ``torchrun`` each process predicts its shard and every process gets all of them, in dataset order."""
+    return _predict(model, dataset, batch_size, device, workers, progress, skips)[:3]
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 64, device: Any = None,
+             workers: int = 2, progress: bool = False, skips: Optional[SkipLog] = None, sparsity: bool = False
+             ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """:func:`predict`, and with ``sparsity`` (a BagNet) each image's (top-5 % share, Gini) of its predicted-class
+    evidence (N, 2), from the same pass."""
     from ..parallel import merged_cat, merged_dict, shard, world
+    from ..sparsity import logits_and_sparsity
 
     device = model_device(model, device)
     if world()[1] > 1:
@@ -30,23 +40,32 @@ def predict(model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
                                          generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone
                                          pin_memory=pin_for(device), persistent_workers=False)
-    logits, labels, indices = [], [], []
+    logits, labels, indices, sparse = [], [], [], []
+    sparsity = sparsity and isinstance(model, BagNet)
     with eval_mode(model):
         for batch in _iter_progress(loader, progress, "evaluate"):
             log.add(batch.skipped)
             if len(batch) == 0:
                 continue
-            logits.append(model(batch.images.to(device, non_blocking=True)).float().cpu())
+            images = batch.images.to(device, non_blocking=True)
+            if sparsity:
+                out, measured = logits_and_sparsity(model, images)  # type: ignore[arg-type]
+                sparse.append(torch.stack([measured.top_share, measured.gini], 1).cpu())
+            else:
+                out = model(images)
+            logits.append(out.float().cpu())
             labels.append(batch.labels)
             indices.append(batch.indices)
     log.paths.update(merged_dict(dict(log.paths)))
     empty = torch.zeros(0, dtype=torch.long)
     key = torch.cat(indices) if indices else empty
-    out_logits, out_labels, out_indices = merged_cat(torch.cat(logits) if logits else torch.zeros(0, 0),
-                                                     torch.cat(labels) if labels else empty, key, key=key)
+    extra = [torch.cat(sparse) if sparse else torch.zeros(0, 2, dtype=torch.float64)] if sparsity else []
+    out_logits, out_labels, out_indices, *out_sparse = merged_cat(
+        torch.cat(logits) if logits else torch.zeros(0, 0), torch.cat(labels) if labels else empty, key, *extra,
+        key=key)
     if out_labels.numel() == 0:
         raise ValueError("no readable images to evaluate")
-    return out_logits, out_labels, out_indices
+    return out_logits, out_labels, out_indices, (out_sparse[0] if out_sparse else None)
 
 
 def _iter_progress(loader, enabled: bool, desc: str):
@@ -89,6 +108,8 @@ class EvaluationResult(Result):
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     predictions: list[dict[str, Any]]
     skipped: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # bagnet.train.metrics.task_metrics: with intervals
+    sparsity: Optional[dict[str, float]] = None  # BagNets: mean top-5 % share and Gini (bagnet.sparsity)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,6 +118,21 @@ class EvaluationResult(Result):
 
     def rows(self) -> list[dict[str, Any]]:
         return list(self.predictions)
+
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """metrics.csv: one row per headline metric (value and interval), then per class precision and recall."""
+        rows = [{"metric": name, "class": "", "value": m["value"], "low": m["low"], "high": m["high"]}
+                for name, m in self.metrics.items() if isinstance(m, dict) and "value" in m]
+        for name, m in self.metrics.get("per_class", {}).items():
+            rows += [{"metric": key, "class": name, "value": m[key], "low": None, "high": None}
+                     for key in ("precision", "recall", "support")]
+        rows += [{"metric": key, "class": "", "value": value, "low": None, "high": None}
+                 for key, value in (self.sparsity or {}).items()]
+        return rows
+
+    def write(self, out: Any) -> None:
+        super().write(out)
+        write_rows_csv(out / "metrics.csv", self.metric_rows())
 
     def figures(self) -> dict[str, Any]:
         from ..viz import confusion_matrix_figure
@@ -141,15 +177,18 @@ def _abbrev_list(items: Sequence[Any], n: int = 4) -> str:
 
 def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, categories: Sequence[str],
              model_name: str = "model", dataset_name: str = "dataset", batch_size: int = 64, device: Any = None,
-             workers: int = 2, progress: bool = True) -> EvaluationResult:
-    """Top-1/top-5, per-class accuracy, confusion matrix and per-image predictions; unreadable images are skipped
-    and listed in the result."""
+             workers: int = 2, progress: bool = True, bootstrap: int = 1000) -> EvaluationResult:
+    """Top-1/top-5, the task metrics with ``bootstrap``-resample intervals (:func:`~bagnet.train.metrics.task_metrics`),
+    per-class accuracy, confusion matrix, per-image predictions and, for a BagNet, the sparsity of its evidence
+    (:mod:`bagnet.sparsity`); unreadable images are skipped and listed in the result."""
     check_categories(model, categories, model_name, dataset_name)
     skips = SkipLog()
-    logits, labels, indices = predict(model, dataset, batch_size, device, workers, progress, skips)
+    logits, labels, indices, sparse = _predict(model, dataset, batch_size, device, workers, progress, skips,
+                                               sparsity=True)
     if logits.shape[1] != len(categories):
         raise ValueError(f"the model has {logits.shape[1]} outputs but the dataset {len(categories)} classes")
     top1, top5 = topk_accuracy(logits, labels)
+    metrics = task_metrics(logits, labels, categories, bootstrap=bootstrap)
     probs = logits.softmax(1)
     pred = probs.argmax(1)
     n = len(categories)
@@ -158,8 +197,14 @@ def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, categories: Se
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
     predictions = [
         {"path": sample_path(dataset, int(i)), "label": categories[int(y)], "predicted": categories[int(p)],
-         "confidence": round(float(probs[k, p]), 6), "correct": bool(y == p)}
+         "confidence": round(float(probs[k, p]), 6), "correct": bool(y == p),
+         **({"top5_share": float(sparse[k, 0]), "gini": float(sparse[k, 1])} if sparse is not None else {})}
         for k, (i, y, p) in enumerate(zip(indices, labels, pred))
     ]
+    measured = None
+    if sparse is not None:
+        from ..sparsity import Sparsity
+
+        measured = Sparsity(sparse[:, 0], sparse[:, 1]).mean()
     return EvaluationResult(model_name, dataset_name, top1, top5, list(categories), per_class,
-                            confusion.tolist(), predictions, dict(skips.paths))
+                            confusion.tolist(), predictions, dict(skips.paths), metrics, measured)

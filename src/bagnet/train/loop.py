@@ -26,9 +26,13 @@ from ..plumbing import output_lock, resolve_device, write_csv, write_json, write
 from .checkpoint import never_checkpointed, read_run_checkpoint
 from .config import CHECKPOINT, TrainConfig, build_model, model_metadata
 from .distributed import any_rank, dist_info, use_global_batchnorm
-from .evaluation import evaluate_accuracy
+from .card import model_card
+from .evaluation import evaluate, evaluate_accuracy
+from .metrics import format_metrics
 from .result import EpochMetrics, TrainResult
-from .splits import EpochBatches, SeededSamples, make_splits, mix_batch
+from .transfer import (WithEvidenceL1, classifier, freeze, frozen_prefixes, hold_frozen, initial_model,
+                       parameter_groups, resolve_init)
+from .splits import EpochBatches, check_layout, SeededSamples, make_splits, mix_batch
 
 class _Interrupted(Exception):
     pass
@@ -44,11 +48,10 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.dim() <= 1 else decay).append(p)  # no weight decay on biases and norm parameters
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _optimizer(config: TrainConfig, model: nn.Module, new: frozenset[str] = frozenset()) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters: no weight decay on biases and norm parameters; with --init, the
+    pretrained ones at ``pretrained_lr_mult`` times the rate of the ``new`` ones (their group's ``lr_scale``)."""
+    groups = parameter_groups(model, config, set(new))
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -70,6 +73,8 @@ def train(
     non-finite stops with :class:`bagnet.errors.TrainingDiverged`, keeping its last checkpoint and saving no model.
     """
     rank = dist_info()[0]
+    config = resolve_init(config)  # architecture and resolution of --init's model (a contradiction: ConfigError)
+    check_layout(config)  # data that does not fit its split flags: an error before the run folder exists
     # a resumed run's checkpoint is read and checked once, before the lock would create the folder
     state = None
     if resume and never_checkpointed(Path(config.out)):
@@ -102,6 +107,9 @@ class _Run:
     steps_per_epoch: int
     skips: SkipLog
     loss_fn: nn.Module
+    frozen: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training
+    penalty: Optional[WithEvidenceL1] = None  # the evidence-L1 wrapper (evidence_l1 > 0)
+    init: Optional[str] = None  # what the run kept of --init's model
     history: list[EpochMetrics] = field(default_factory=list)
     start_epoch: int = 0
     start_step: int = 0
@@ -174,23 +182,35 @@ def _setup(config: TrainConfig, resume: bool, log: Optional[Callable[[str], None
     random.seed(config.seed)
     np.random.seed(config.seed)
     splits = make_splits(config)
-    model = build_model(config, len(splits.categories)).to(device)
+    new: frozenset[str] = frozenset()
+    init = None
+    if config.init:
+        model, report = initial_model(config, len(splits.categories))
+        init = report.describe()
+        say(init)
+        if report.new:
+            new = frozenset(f"{report.classifier}.{n}" for n, _ in classifier(model)[1].named_parameters())
+    else:
+        model = build_model(config, len(splits.categories))
+    frozen = freeze(model, frozen_prefixes(model, config.freeze_stages))
+    model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(config, model)
+    optimizer = _optimizer(config, model, new)
     amp_dtype = autocast_dtype(device) if config.amp else None
     steps_per_epoch = len(splits.train) // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{len(splits.train)} training images give no full batch of {config.batch_size}")
-    net: nn.Module = model
+    penalty = WithEvidenceL1(model) if config.evidence_l1 > 0 else None
+    net: nn.Module = penalty or model
     if world > 1:
         if config.sync_bn:
             use_global_batchnorm(model, device)
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                                   broadcast_buffers=not config.sync_bn)
     return _Run(config, rank, world, device, out, say, splits, model, net, optimizer,
                 torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), amp_dtype, steps_per_epoch,
-                SkipLog(say), nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
+                SkipLog(say), nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), frozen, penalty, init)
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -224,21 +244,24 @@ def _epoch(run: _Run, epoch: int, progress: bool, stop_after_steps: Optional[int
         num_workers=config.workers, generator=torch.Generator().manual_seed(config.seed + epoch),
     )
     run.net.train()
-    epoch_start, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+    hold_frozen(run.model, run.frozen, config.freeze_bn)
+    epoch_start, seen, loss_sum, correct, l1_sum = time.time(), 0, 0.0, 0, 0.0
     if skip and run.resume_stats:
-        loss_sum, correct, seen, elapsed = run.resume_stats
+        loss_sum, correct, seen, elapsed, *rest = run.resume_stats
+        l1_sum = rest[0] if rest else 0.0
         epoch_start -= elapsed
     bar = _bar(len(sampler), f"epoch {epoch + 1}/{config.epochs}", progress and run.rank == 0)
     for step, batch in enumerate(loader, start=skip):
         run.skips.add(batch.skipped)
         global_step = epoch * run.steps_per_epoch + step
         for group in run.optimizer.param_groups:
-            group["lr"] = lr_at(config, global_step, run.steps_per_epoch)
+            group["lr"] = lr_at(config, global_step, run.steps_per_epoch) * group.get("lr_scale", 1.0)
         mix_rng = np.random.default_rng([config.seed, global_step, run.rank])
         loss, n_correct, n = train_step(run.net, batch, run.loss_fn, run.optimizer, run.scaler, run.device,
                                          run.amp_dtype, config.channels_last, config, mix_rng)
         _check_finite_loss(run, loss, epoch, step)
         seen, loss_sum, correct = seen + n, loss_sum + loss * n, correct + n_correct
+        l1_sum += run.penalty.last * n if run.penalty is not None else 0.0
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}",
                         img_s=f"{seen * run.world / (time.time() - epoch_start):.0f}")
@@ -246,13 +269,13 @@ def _epoch(run: _Run, epoch: int, progress: bool, stop_after_steps: Optional[int
         if stop_after_steps is not None and run.steps_done >= stop_after_steps:
             run.interrupted = True
         if any_rank(run.interrupted, run.distributed, run.device):
-            _checkpoint(run, epoch, step + 1, (loss_sum, correct, seen, time.time() - epoch_start))
+            _checkpoint(run, epoch, step + 1, (loss_sum, correct, seen, time.time() - epoch_start, l1_sum))
             raise _Interrupted()
     bar.close()
-    _end_epoch(run, epoch, (loss_sum, correct, seen), time.time() - epoch_start)
+    _end_epoch(run, epoch, (loss_sum, correct, seen, l1_sum), time.time() - epoch_start)
 
 
-def _end_epoch(run: _Run, epoch: int, sums: tuple[float, int, int], seconds: float) -> None:
+def _end_epoch(run: _Run, epoch: int, sums: tuple[float, int, int, float], seconds: float) -> None:
     """After an epoch's last step: finite weights on every rank, validation (rank 0), metrics and the checkpoint."""
     config, model = run.config, run.model
     stats = torch.tensor(sums, dtype=torch.float64, device=run.device)
@@ -271,6 +294,7 @@ def _end_epoch(run: _Run, epoch: int, sums: tuple[float, int, int], seconds: flo
         images_per_s=float(stats[2]) / seconds,
         lr=lr_at(config, (epoch + 1) * run.steps_per_epoch - 1, run.steps_per_epoch),
         val_top1=val[0], val_top5=val[1], holdout_top1=held, skipped_total=len(run.skips), seconds=seconds,
+        evidence_l1=float(stats[3] / max(stats[2], 1)) if run.penalty is not None else None,
     ))
     _checkpoint(run, epoch + 1, 0)
     if run.rank == 0:
@@ -278,6 +302,7 @@ def _end_epoch(run: _Run, epoch: int, sums: tuple[float, int, int], seconds: flo
         h = run.history[-1]
         run.say(f"epoch {h.epoch}: loss {h.train_loss:.3f} train {h.train_top1:.3f} val top-1 {h.val_top1:.3f} "
                 f"top-5 {h.val_top5:.3f}" + (f" holdout {h.holdout_top1:.3f}" if h.holdout_top1 is not None else "")
+                + (f" mean |evidence| {h.evidence_l1:.4f}" if h.evidence_l1 is not None else "")
                 + f" ({h.images_per_s:.0f} img/s)")
     if run.distributed:
         dist.barrier()
@@ -316,21 +341,44 @@ def _checkpoint(run: _Run, epoch: int, step_in_epoch: int, epoch_stats: Optional
 
 def _finish(run: _Run, completed: bool, diverged: Optional[TrainingDiverged]) -> TrainResult:
     """The model file (a completed run only), summary.json and the list of skipped images; a divergence re-raised."""
-    weights = None
+    weights, evaluation = None, {}
     if completed and run.rank == 0:
         weights = save_weights(run.model, run.out / "model.safetensors",
                                model_metadata(run.config, run.splits.categories))
+        evaluation = _final_evaluation(run)
     result = TrainResult(run.out, run.config, run.history, weights, len(run.skips),
                          run.wall_before + time.time() - run.started, completed, run.commands,
-                         stopped=None if diverged is None else str(diverged))
+                         stopped=None if diverged is None else str(diverged), evaluation=evaluation, init=run.init)
     if run.rank == 0:
         result.save(run.out)  # summary.json, metrics.csv, curves.png (the run's lock is re-entrant)
+        if completed:
+            write_text(run.out / "model.md", model_card(result, run.splits))
         if run.skips.paths:
             run.say(f"{len(run.skips)} unreadable images were skipped (listed in {run.out / 'summary.json'})")
             write_text(run.out / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in run.skips.paths.items()))
     if diverged is not None:
         raise diverged
     return result
+
+
+def _final_evaluation(run: _Run) -> dict[str, Any]:
+    """The finished model on its validation (and test) split: top-1, the task metrics with bootstrap intervals and the
+    sparsity of its evidence, printed and returned for summary.json and the model card."""
+    out: dict[str, Any] = {"sizes": {name: len(ds) for name, ds in (("train", run.splits.train),
+                                                                     ("val", run.splits.val),
+                                                                     ("test", run.splits.test)) if ds is not None}}
+    for name, dataset in (("val", run.splits.val), ("test", run.splits.test)):
+        if dataset is None or len(dataset) == 0:
+            continue
+        result = evaluate(run.model, dataset, run.splits.categories, "model", name, max(32, run.config.batch_size),
+                          run.device, run.config.workers, progress=False)
+        out[name] = {"top1": result.top1, "metrics": result.metrics, "sparsity": result.sparsity}
+        run.say(f"{name} ({len(result.predictions)} images):\n" + "\n".join(
+            "  " + line for line in format_metrics(result.metrics).splitlines()))
+        if result.sparsity:
+            run.say(f"  evidence sparsity: top-5 % share {result.sparsity['top5_share']:.3f}, Gini "
+                    f"{result.sparsity['gini']:.3f}")
+    return out
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
@@ -370,10 +418,13 @@ def train_step(net: nn.Module, batch: Batch, loss_fn: nn.Module, optimizer: torc
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        logits = net(images)
+        out = net(images)
+        logits, l1 = out if isinstance(out, tuple) else (out, None)  # (logits, mean |evidence|): evidence_l1 > 0
         loss = loss_fn(logits, labels)
         if perm is not None:
             loss = lam * loss + (1 - lam) * loss_fn(logits, labels[perm])
+        if l1 is not None and config is not None:
+            loss = loss + config.evidence_l1 * l1
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

@@ -22,6 +22,7 @@ class EpochMetrics:
     holdout_top1: Optional[float]
     skipped_total: int
     seconds: float
+    evidence_l1: Optional[float] = None  # mean |class evidence| per cell on the training batches (evidence_l1 > 0)
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,15 @@ class TrainResult(Result):
     completed: bool
     commands: list[str] = field(default_factory=list)
     stopped: Optional[str] = None  # why a run stopped early (a divergence), None otherwise
+    # a completed run: per split ("val", "test"): {"top1", "metrics" (with intervals), "sparsity"}, and the split sizes
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    init: Optional[str] = None  # what the run kept of --init's model (InitReport.describe())
 
     def to_dict(self) -> dict[str, Any]:
         data = {"schema_version": SCHEMA_VERSION, "out": str(self.out), "config": self.config.to_dict(),
                 "history": [asdict(h) for h in self.history], "weights": str(self.weights) if self.weights else None,
                 "skipped": self.skipped, "wall_seconds": self.wall_seconds, "completed": self.completed,
-                "commands": self.commands}
+                "commands": self.commands, "evaluation": self.evaluation, "init": self.init}
         return {**data, "stopped": self.stopped} if self.stopped is not None else data
 
     def rows(self) -> list[dict[str, Any]]:

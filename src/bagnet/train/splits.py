@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -15,6 +16,9 @@ from torchvision import transforms
 
 from ..errors import ConfigError
 from ..data import training_data
+from ..data.catalog import unsplit_folder
+from ..data.split import DataSplit, split_folder
+from .distributed import dist_info
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .config import TrainConfig
 
@@ -71,12 +75,19 @@ class Splits:
     holdout: Optional[torch.utils.data.Dataset]
     val: torch.utils.data.Dataset
     categories: list[str]
+    test: Optional[torch.utils.data.Dataset] = None
+
+
+#: The file in a run folder that records how a single folder was split (resume and evaluation read it).
+SPLIT_FILE = "split.json"
 
 
 def make_splits(config: TrainConfig) -> Splits:
-    """Training, held-out and validation datasets; the hold-out is a fixed, seeded choice of training images."""
+    """Training, held-out, validation (and test) datasets; the hold-out is a fixed, seeded choice of training images;
+    one folder of class folders is split by ``val_fraction``/``test_fraction`` (:func:`run_split`)."""
     train_t, eval_t = train_transform(config), eval_transform(config)
-    data = training_data(config.data, train_t, eval_t, subset=config.train_subset)
+    data = training_data(config.data, train_t, eval_t, subset=config.train_subset, classes=config.classes,
+                         split=run_split(config))
     train_full, train_eval, val = data.train, data.train_eval, data.val
     targets = list(train_full.targets)
     rng = random.Random(config.seed)
@@ -103,7 +114,49 @@ def make_splits(config: TrainConfig) -> Splits:
         holdout=torch.utils.data.Subset(train_eval, holdout_idx) if holdout_idx else None,
         val=torch.utils.data.Subset(val, val_idx),
         categories=data.categories,
+        test=data.test,
     )
+
+
+def check_layout(config: TrainConfig) -> bool:
+    """Whether the run's data is one folder of class folders that bagnet splits (True), or data with its own splits
+    (False); a ConfigError naming the flag when the two do not fit (checked before anything is written)."""
+    fractions = config.val_fraction > 0 or config.test_fraction > 0
+    root = Path(config.data)
+    named = config.data in ("imagenette", "fashion-mnist") or not root.is_dir()
+    if named or ((root / "train").is_dir() and (root / "val").is_dir()):
+        if fractions:
+            raise ConfigError(f"--val-fraction/--test-fraction split one folder of class folders; {config.data} "
+                              f"comes with its own splits", "val_fraction")
+        return False
+    if not fractions:
+        raise unsplit_folder(root)
+    if config.val_fraction == 0:
+        raise ConfigError("--test-fraction needs --val-fraction too: choices are made on the validation split, "
+                          "never on the test split", "val_fraction")
+    return True
+
+
+def run_split(config: TrainConfig) -> Optional[DataSplit]:
+    """The split of a run whose data is one folder of class folders: the one saved in the run folder (a resumed run,
+    an evaluation), else a new seeded, stratified split, saved there by the first process. None for other data."""
+    if not check_layout(config):
+        return None
+    root = Path(config.data)
+    saved = Path(config.out) / SPLIT_FILE
+    if saved.is_file():
+        split = DataSplit.load(saved)
+        asked = (root.resolve(), config.val_fraction, config.test_fraction, config.seed)
+        if (Path(split.root).resolve(), split.val_fraction, split.test_fraction, split.seed) != asked or (
+                config.classes is not None and list(config.classes) != split.classes):
+            raise ConfigError(f"{saved} records another split (root {split.root}, val {split.val_fraction}, test "
+                              f"{split.test_fraction}, seed {split.seed}, classes {split.classes}) than this run asks "
+                              f"for; use the run's own settings, or another --out", "val_fraction")
+        return split
+    split = split_folder(root, config.val_fraction, config.test_fraction, config.seed, config.classes)
+    if dist_info()[0] == 0:
+        split.save(saved)
+    return split
 
 
 class SeededSamples(torch.utils.data.Dataset):

@@ -1,0 +1,134 @@
+"""Two pinned experiments of fine-tuning on data that is not Imagenette (Fashion-MNIST, from Debian's
+dataset-fashion-mnist or $BAGNET_DATA), written to docs/results/ and rendered into docs/finetuning.md.
+
+- ``transfer``: at most 100 training images per class, 2 epochs, seeds 0, 1, 2: a BagNet-17 fine-tuned from the
+  shipped ``bagnet17:imagenette`` against the same architecture from random weights, same recipe; validation top-1
+  per epoch (the curves) and test top-1 at the end.
+- ``sparsity``: the shipped BagNet-17 fine-tuned with the evidence L1 penalty at several λ, side by side: validation
+  top-1 (where λ is chosen), then test top-1 and the top-5 %-cell share and Gini of the test images' evidence.
+
+Every run is a normal ``bagnet train`` run folder under --runs (resumed when interrupted, skipped when finished).
+
+Usage:  python scripts/transfer_experiment.py transfer [--runs runs/transfer] [--json docs/results/transfer.json]
+        python scripts/transfer_experiment.py sparsity [--lambdas 0 0.3 1 3] [--json docs/results/sparsity.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from runinfo import run_info  # noqa: E402
+
+import bagnet  # noqa: E402
+from bagnet.data import fashion_mnist  # noqa: E402
+from bagnet.plumbing import write_json  # noqa: E402
+from bagnet.train import TrainConfig, evaluate, train  # noqa: E402
+
+SHIPPED = "bagnet17:imagenette"
+ARCH = dict(arch="bagnet", patch_size=17, width=24, layers=(1, 2, 2, 1))
+
+
+def export(folder: Path, per_class: dict[str, int], seed: int = 0) -> Path:
+    """Fashion-MNIST as PNG class folders: ``train``/``val`` drawn (disjoint, seeded) from its training set,
+    ``test`` from its test set, ``per_class[split]`` images of each class."""
+    if (folder / "done").is_file():
+        return folder
+    rng = np.random.default_rng(seed)
+    sources = {"train": fashion_mnist("train"), "val": fashion_mnist("train"), "test": fashion_mnist("test")}
+    used: set[int] = set()
+    for split, n in per_class.items():
+        ds = sources[split]
+        labels = np.asarray(ds.targets)
+        for c, name in enumerate(ds.categories):
+            pool = [i for i in np.flatnonzero(labels == c) if split == "test" or i not in used]
+            chosen = rng.choice(pool, size=n, replace=False)
+            if split != "test":
+                used.update(int(i) for i in chosen)
+            out = folder / split / name.replace("/", "_").replace(" ", "_")
+            out.mkdir(parents=True, exist_ok=True)
+            for i in chosen:
+                image = ds[int(i)][0]
+                (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).save(out / f"{i}.png")
+    (folder / "done").write_text("ok\n")
+    return folder
+
+
+def run(config: TrainConfig) -> dict:
+    """Train (or resume, or reuse) one run; its per-epoch validation top-1 and its test-split evaluation."""
+    out = Path(config.out)
+    summary = out / "summary.json"
+    if not (summary.is_file() and json.loads(summary.read_text()).get("completed")):
+        train(config, resume=(out / "checkpoint.pt").is_file(), progress=False, log=lambda m: print(m, flush=True))
+    history = json.loads(summary.read_text())["history"]
+    model = bagnet.load(out)
+    data, categories, _ = bagnet.data.evaluation_dataset(str(Path(config.data) / "test"), model.preprocess)
+    result = evaluate(model, data, categories, str(out), "test", batch_size=128, workers=0, progress=False)
+    return {"val_top1": [h["val_top1"] for h in history], "test_top1": result.top1,
+            "test_metrics": {k: result.metrics[k] for k in ("balanced_accuracy", "macro_f1")},
+            "test_sparsity": result.sparsity, "seconds": sum(h["seconds"] for h in history)}
+
+
+def transfer(args: argparse.Namespace) -> dict:
+    data = export(args.runs / "fashion-mnist-100", {"train": 100, "val": 100, "test": 200})
+    recipe = dict(data=str(data), image_size=64, epochs=2, batch_size=32, lr=2e-3, warmup_epochs=0.2, workers=0,
+                  **ARCH)
+    runs: dict[str, list[dict]] = {"fine-tuned": [], "from scratch": []}
+    for seed in args.seeds:
+        runs["fine-tuned"].append(run(TrainConfig(**recipe, init=SHIPPED, seed=seed,
+                                                  out=str(args.runs / f"finetuned-{seed}"))))
+        runs["from scratch"].append(run(TrainConfig(**recipe, seed=seed, out=str(args.runs / f"scratch-{seed}"))))
+    mean = {k: statistics.mean(r["test_top1"] for r in v) for k, v in runs.items()}
+    return {"experiment": "transfer", "data": "Fashion-MNIST, 100 train / 100 val per class (from its training set), "
+            "200 test per class (its test set), 28 px grey images at 64 px", "init": SHIPPED, "seeds": args.seeds,
+            "recipe": {k: v for k, v in recipe.items() if k != "data"}, "runs": runs, "mean_test_top1": mean,
+            "gain_points": 100 * (mean["fine-tuned"] - mean["from scratch"]), "run": run_info()}
+
+
+def sparsity(args: argparse.Namespace) -> dict:
+    data = export(args.runs / "fashion-mnist-300", {"train": 300, "val": 100, "test": 200}, seed=1)
+    recipe = dict(data=str(data), image_size=64, epochs=3, batch_size=32, lr=2e-3, warmup_epochs=0.2, workers=0,
+                  init=SHIPPED, seed=0)
+    rows = []
+    for lam in args.lambdas:
+        r = run(TrainConfig(**recipe, evidence_l1=lam, out=str(args.runs / f"lambda-{lam:g}")))
+        rows.append({"lambda": lam, "val_top1": r["val_top1"][-1], "test_top1": r["test_top1"],
+                     "test_top5_share": r["test_sparsity"]["top5_share"], "test_gini": r["test_sparsity"]["gini"]})
+    base = rows[0]
+    # λ chosen on val: the largest λ whose validation top-1 is within 2 points of λ = 0
+    chosen = max((r for r in rows if r["val_top1"] >= base["val_top1"] - 0.02), key=lambda r: r["lambda"])
+    return {"experiment": "sparsity", "data": "Fashion-MNIST, 300 train / 100 val per class (its training set), "
+            "200 test per class (its test set), at 64 px", "init": SHIPPED, "recipe": {k: v for k, v in recipe.items()
+                                                                                       if k != "data"},
+            "rows": rows, "chosen_lambda": chosen["lambda"],
+            "chosen": {"share_ratio": chosen["test_top5_share"] / base["test_top5_share"],
+                       "test_top1_cost_points": 100 * (base["test_top1"] - chosen["test_top1"])},
+            "run": run_info()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", choices=["transfer", "sparsity"])
+    parser.add_argument("--runs", type=Path, default=None, help="folder of the run folders (default runs/EXPERIMENT)")
+    parser.add_argument("--json", type=Path, default=None, help="results file (default docs/results/EXPERIMENT.json)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0])
+    args = parser.parse_args()
+    args.runs = args.runs or Path("runs") / args.experiment
+    out = args.json or ROOT / "docs" / "results" / f"{args.experiment}.json"
+    result = transfer(args) if args.experiment == "transfer" else sparsity(args)
+    write_json(out, result)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Fine-tuning on your own images: --init any model by name, classifier replaced, frozen stages exactly frozen, one
+folder split (stratified, saved, reused), explicit class order, sparse evidence, task metrics and the run's card."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bagnet
+from bagnet.errors import ConfigError
+from bagnet.train import TrainConfig, train
+
+COLOURS = {"none": (200, 40, 40), "mild": (40, 190, 60), "severe": (50, 60, 210)}
+SHIPPED = "bagnet17:imagenette"  # in the package: offline
+
+
+def one_folder(root: Path, per_class: int = 10, size: int = 40) -> Path:
+    """One folder of class folders (no train/val): noisy images whose class is their dominant colour."""
+    rng = np.random.default_rng(1)
+    for name, colour in COLOURS.items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.integers(-60, 60, size=(size, size, 3))
+            Image.fromarray(np.clip(np.array(colour)[None, None] + noise, 0, 255).astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), init=SHIPPED, val_fraction=0.2, test_fraction=0.2, image_size=40, epochs=1,
+                batch_size=6, lr=1e-2, warmup_epochs=0, workers=0, out=str(out), amp=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------ --init
+def test_a_linear_probe_from_a_registered_name_changes_only_the_new_classifier(tmp_path):
+    data = one_folder(tmp_path / "photos")
+    result = train(config(data, tmp_path / "run", freeze_stages=-1), progress=False, log=lambda m: None)
+    assert result.completed and "kept" in result.init and "3 classes" in result.init
+    saved = yaml_config(tmp_path / "run")
+    assert (saved["arch"], saved["patch_size"], saved["width"], saved["layers"]) == ("bagnet", 17, 24, [1, 2, 2, 1])
+    tuned, source = bagnet.load(tmp_path / "run"), bagnet.load(SHIPPED)
+    before, after = state(source), state(tuned)
+    backbone = [k for k in after if not k.startswith("fc.")]
+    assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BatchNorm statistics
+    assert after["fc.weight"].shape == (3, source.config.feature_dim)
+    assert tuned.categories == ["mild", "none", "severe"]  # sorted folder names by default
+
+
+def test_frozen_stages_stay_exactly_and_the_rest_trains(tmp_path):
+    data = one_folder(tmp_path / "photos")
+    train(config(data, tmp_path / "run", freeze_stages=2, classes=("none", "mild", "severe")), progress=False,
+          log=lambda m: None)
+    before, after = state(bagnet.load(SHIPPED)), state(bagnet.load(tmp_path / "run"))
+    frozen = [k for k in after if k.split(".")[0] in ("conv1", "bn1", "conv2", "bn2", "layer1", "layer2")]
+    free = [k for k in after if k.startswith(("layer3.", "layer4.")) and "num_batches" not in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in free)
+    assert bagnet.load(tmp_path / "run").categories == ["none", "mild", "severe"]  # the order asked for
+
+
+def test_a_zero_learning_rate_multiplier_and_frozen_batchnorm_keep_every_pretrained_tensor(tmp_path):
+    data = one_folder(tmp_path / "photos")
+    train(config(data, tmp_path / "run", pretrained_lr_mult=0.0, freeze_bn=True), progress=False, log=lambda m: None)
+    before, after = state(bagnet.load(SHIPPED)), state(bagnet.load(tmp_path / "run"))
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("fc.") and "num_batches" not in k)
+    # and without the multiplier the same run moves them
+    train(config(data, tmp_path / "moved"), progress=False, log=lambda m: None)
+    moved = state(bagnet.load(tmp_path / "moved"))
+    assert any(not torch.equal(before[k], moved[k]) for k in moved if k.startswith("layer4.") and "weight" in k)
+
+
+def test_init_errors_name_the_problem_and_write_nothing(tmp_path):
+    data = one_folder(tmp_path / "photos")
+    with pytest.raises(ConfigError, match="patch-size 33 contradicts --init bagnet17:imagenette"):
+        train(config(data, tmp_path / "a", patch_size=33), progress=False)
+    with pytest.raises(ConfigError, match="--init no-such-model"):
+        train(config(data, tmp_path / "b", init="no-such-model"), progress=False)
+    with pytest.raises(ConfigError, match="applies to a run that starts from --init"):
+        config(data, tmp_path / "c", init=None, freeze_stages=1)
+    with pytest.raises(ConfigError, match="has 4 residual stages"):
+        train(config(data, tmp_path / "d", freeze_stages=5), progress=False, log=lambda m: None)
+    assert not any((tmp_path / n).exists() for n in "abc")
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_one_folder_is_split_stratified_saved_and_reused(tmp_path):
+    from bagnet.data.split import DataSplit, stratified_split
+
+    labels = [0] * 10 + [1] * 20 + [2] * 5
+    parts = stratified_split(labels, ["a", "b", "c"], 0.2, 0.2, seed=3)
+    assert sorted(parts["train"] + parts["val"] + parts["test"]) == list(range(35))
+    for split in ("val", "test"):
+        counts = np.bincount([labels[i] for i in parts[split]], minlength=3)
+        assert counts.tolist() == [2, 4, 1]  # round(n · 0.2), at least one per class
+    assert parts == stratified_split(labels, ["a", "b", "c"], 0.2, 0.2, seed=3)
+    assert parts != stratified_split(labels, ["a", "b", "c"], 0.2, 0.2, seed=4)
+    with pytest.raises(ConfigError, match="class 'c' has 2 images: too few"):
+        stratified_split([0] * 10 + [2] * 2 + [1] * 10, ["a", "b", "c"], 0.3, 0.3, seed=0)
+
+    data = one_folder(tmp_path / "photos")
+    train(config(data, tmp_path / "run", freeze_stages=-1), progress=False, log=lambda m: None)
+    split = DataSplit.load(tmp_path / "run" / "split.json")
+    assert len(split.train) == 18 and len(split.val) == 6 and len(split.test) == 6
+    assert not set(split.train) & (set(split.val) | set(split.test))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["evaluation"]["sizes"] == {"train": 18, "val": 6, "test": 6}
+    # evaluation of the run folder scores its test split, images it never trained on
+    dataset, categories, name = bagnet.data.evaluation_dataset(str(tmp_path / "run"))
+    assert len(dataset) == 6 and "test split" in name
+    assert {Path(p).relative_to(data.resolve()).as_posix() for p, _ in dataset.samples} == set(split.test)
+    # a resumed run with another split is refused
+    with pytest.raises(ConfigError, match="records another split"):
+        from bagnet.train.splits import run_split
+
+        run_split(config(data, tmp_path / "run", val_fraction=0.3, freeze_stages=-1))
+
+
+def test_a_folder_without_splits_names_the_flag_and_writes_nothing(tmp_path):
+    data = one_folder(tmp_path / "photos")
+    with pytest.raises(ConfigError, match="--val-fraction"):
+        train(config(data, tmp_path / "run", val_fraction=0.0, test_fraction=0.0), progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="does not match the class folders.*no folder for \\['moderate'\\]"):
+        train(config(data, tmp_path / "run2", classes=("none", "moderate", "severe"), freeze_stages=-1),
+              progress=False, log=lambda m: None)
+
+
+# ------------------------------------------------------------------------------------------------ sparsity
+def test_sparsity_measures_match_their_definitions():
+    from bagnet.sparsity import map_sparsity
+
+    rng = np.random.default_rng(0)
+    maps = torch.from_numpy(rng.standard_normal((4, 6, 7)))
+    got = map_sparsity(maps)
+    for n in range(4):
+        a = np.abs(maps[n].numpy().ravel())
+        gini = np.abs(a[:, None] - a[None, :]).sum() / (2 * a.size * a.sum())  # the pairwise definition
+        k = int(np.ceil(0.05 * a.size))
+        share = np.sort(a)[::-1][:k].sum() / a.sum()
+        assert float(got.gini[n]) == pytest.approx(gini, rel=1e-12)
+        assert float(got.top_share[n]) == pytest.approx(share, rel=1e-12)
+    flat, spike = torch.ones(1, 10, 10), torch.zeros(1, 10, 10)
+    spike[0, 3, 4] = -2.0
+    assert float(map_sparsity(flat).gini[0]) == pytest.approx(0.0, abs=1e-12)
+    assert float(map_sparsity(flat).top_share[0]) == pytest.approx(0.05)
+    assert float(map_sparsity(spike).top_share[0]) == 1.0 and float(map_sparsity(spike).gini[0]) == pytest.approx(0.99)
+    assert torch.isnan(map_sparsity(torch.zeros(1, 3, 3)).gini).all()
+
+
+def test_an_l1_penalty_makes_the_evidence_sparser_and_is_logged(tmp_path):
+    data = one_folder(tmp_path / "photos", per_class=12)
+    runs = {}
+    for lam in (0.0, 2.0):
+        # BatchNorm statistics fixed: the evidence the penalty shrinks in training is the one evaluation sees
+        runs[lam] = train(config(data, tmp_path / f"l{lam}", epochs=3, evidence_l1=lam, freeze_stages=2,
+                                 freeze_bn=True), progress=False, log=lambda m: None)
+    assert runs[0.0].history[-1].evidence_l1 is None and runs[2.0].history[-1].evidence_l1 > 0
+    gini = {lam: r.evaluation["val"]["sparsity"]["gini"] for lam, r in runs.items()}
+    l1 = {}
+    for lam in runs:
+        model = bagnet.load(tmp_path / f"l{lam}")
+        x = torch.stack([model.preprocess(Image.open(p)) for p in sorted((data / "mild").glob("*.png"))])
+        with torch.no_grad():
+            l1[lam] = float(torch.nn.functional.conv2d(model.features(x), model.fc.weight[:, :, None, None]).abs().mean())
+    assert l1[2.0] < 0.6 * l1[0.0], l1  # the penalty shrinks the evidence it is put on
+    assert all(0 <= g <= 1 for g in gini.values())
+    with pytest.raises(ConfigError, match="evidence_l1"):
+        TrainConfig(arch="resnet18", evidence_l1=0.1)
+
+
+# ------------------------------------------------------------------------------------------------ metrics and card
+def test_task_metrics_agree_with_their_textbook_definitions():
+    from bagnet.train.metrics import task_metrics
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    logits = rng.standard_normal((300, 3)) + 1.5 * np.eye(3)[y]
+    m = task_metrics(torch.from_numpy(logits), torch.from_numpy(y), ["a", "b", "c"], bootstrap=200, seed=1)
+    pred = logits.argmax(1)
+    recalls = [np.mean(pred[y == c] == c) for c in range(3)]
+    assert m["balanced_accuracy"]["value"] == pytest.approx(np.mean(recalls), abs=1e-6)
+    assert m["accuracy"]["value"] == pytest.approx(np.mean(pred == y), abs=1e-6)
+    # quadratic weighted kappa from its definition: 1 − Σ w·O / Σ w·E
+    observed = np.zeros((3, 3))
+    np.add.at(observed, (y, pred), 1)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    w = (np.subtract.outer(np.arange(3), np.arange(3)) ** 2) / 4
+    assert m["quadratic_kappa"]["value"] == pytest.approx(1 - (w * observed).sum() / (w * expected).sum(), abs=1e-6)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc"):
+        assert m[key]["low"] <= m[key]["value"] <= m[key]["high"]
+    assert m == task_metrics(torch.from_numpy(logits), torch.from_numpy(y), ["a", "b", "c"], bootstrap=200, seed=1)
+    # binary ROC AUC is the probability that a positive outranks a negative (Mann-Whitney)
+    yb = rng.integers(0, 2, 200)
+    lb = rng.standard_normal((200, 2)) + np.eye(2)[yb]
+    score = torch.from_numpy(lb).softmax(1)[:, 1].numpy()
+    pos, neg = score[yb == 1], score[yb == 0]
+    auc = (np.greater.outer(pos, neg).sum() + 0.5 * np.equal.outer(pos, neg).sum()) / (pos.size * neg.size)
+    mb = task_metrics(torch.from_numpy(lb), torch.from_numpy(yb), ["neg", "pos"], bootstrap=50)
+    assert mb["roc_auc"]["value"] == pytest.approx(auc, abs=1e-6)
+
+
+def test_the_run_writes_a_card_and_evaluate_reports_metrics_and_sparsity(tmp_path, capsys):
+    from bagnet.cli import main
+
+    data = one_folder(tmp_path / "photos")
+    train(config(data, tmp_path / "run", freeze_stages=-1, classes=("none", "mild", "severe")), progress=False,
+          log=lambda m: None)
+    card = (tmp_path / "run" / "model.md").read_text()
+    for part in ("Started from `bagnet17:imagenette`", "none, mild, severe", "## val", "## test", "balanced accuracy",
+                 "quadratic kappa", "evidence Gini", "## Learning curve", "split.json"):
+        assert part in card, part
+    code = main(["evaluate", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "run"), "--out",
+                 str(tmp_path / "ev"), "--no-progress", "--workers", "0"])
+    out = capsys.readouterr().out
+    assert code == 0 and "balanced accuracy" in out and "Gini" in out
+    saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert saved["metrics"]["balanced_accuracy"]["low"] <= saved["metrics"]["balanced_accuracy"]["value"]
+    assert 0 <= saved["sparsity"]["top5_share"] <= 1
+    rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("metric,class,value,low,high") and any(r.startswith("recall,severe") for r in rows)
+
+
+def yaml_config(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def test_twelve_bit_images_in_sixteen_bit_files_use_their_range_or_a_window(tmp_path):
+    from bagnet.data import load_image
+
+    values = np.array([[0, 1024], [2048, 4095]], dtype=np.uint16)  # a 12-bit X-ray stored in a 16-bit PNG
+    Image.fromarray(values).save(tmp_path / "xray.png")
+    own = np.asarray(load_image(tmp_path / "xray.png"))[..., 0]
+    np.testing.assert_array_equal(own, np.round(values / 4095 * 255).astype(np.uint8))  # not grey levels 0-16
+    windowed = np.asarray(load_image(tmp_path / "xray.png", window=(1024, 3072)))[..., 0]
+    assert windowed.tolist() == [[0, 0], [128, 255]]
+    floats = np.array([[0.1, 0.2], [0.3, 0.5]], dtype=np.float32)
+    Image.fromarray(floats, mode="F").save(tmp_path / "f.tif")
+    assert np.asarray(load_image(tmp_path / "f.tif"))[..., 0].tolist() == [[0, 64], [128, 255]]
