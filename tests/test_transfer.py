@@ -247,3 +247,82 @@ def test_twelve_bit_images_in_sixteen_bit_files_use_their_range_or_a_window(tmp_
     floats = np.array([[0.1, 0.2], [0.3, 0.5]], dtype=np.float32)
     Image.fromarray(floats, mode="F").save(tmp_path / "f.tif")
     assert np.asarray(load_image(tmp_path / "f.tif"))[..., 0].tolist() == [[0, 64], [128, 255]]
+
+
+# ------------------------------------------------------------------------------------------------ label tables
+def label_table(root: Path, patients: int = 12, per_patient: int = 3, extra: str = "") -> Path:
+    """A CSV of path,label,group: each patient's images share a class (images in one flat folder)."""
+    rng = np.random.default_rng(4)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = ["path,label,group" + extra]
+    names = list(COLOURS)
+    for p in range(patients):
+        label = names[p % 3]
+        for k in range(per_patient):
+            noise = rng.integers(-60, 60, size=(40, 40, 3))
+            pixels = np.clip(np.array(COLOURS[label])[None, None] + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "images" / f"p{p}_{k}.png")
+            lines.append(f"images/p{p}_{k}.png,{label},patient{p}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def test_a_label_table_with_groups_keeps_every_patient_in_one_split(tmp_path):
+    from bagnet.data.split import DataSplit
+
+    table = label_table(tmp_path / "study")
+    train(config(table, tmp_path / "run", val_fraction=0.25, test_fraction=0.25, freeze_stages=-1,
+                 classes=("none", "mild", "severe")), progress=False, log=lambda m: None)
+    split = DataSplit.load(tmp_path / "run" / "split.json")
+    patient = {f: f.split("/")[1].split("_")[0] for f in split.train + split.val + split.test}
+    owners = {s: {patient[f] for f in split.files(s)} for s in ("train", "val", "test")}
+    assert not (owners["train"] & owners["val"]) and not (owners["train"] & owners["test"])
+    assert not (owners["val"] & owners["test"])
+    assert split.source == "csv" and sum(split.groups.values()) == 12
+    assert len(split.train) + len(split.val) + len(split.test) == 36
+    dataset, categories, _ = bagnet.data.evaluation_dataset(str(tmp_path / "run"))
+    assert categories == ["none", "mild", "severe"] and len(dataset) == len(split.test)
+
+
+def test_label_table_errors_name_the_file_line_and_problem(tmp_path):
+    from bagnet.data.folders import CsvDataset, read_label_table
+    from bagnet.data.split import split_table
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,class\na.png,x\n")
+    with pytest.raises(ConfigError, match="lacks path, label .its columns: file, class"):
+        read_label_table(bad)
+    table = label_table(tmp_path / "study")
+    with pytest.raises(ConfigError, match="line 2: label 'none' is not among the classes"):
+        CsvDataset(table, classes=("mild", "severe"))
+    hand = tmp_path / "hand.csv"
+    rows = table.read_text().splitlines()
+    hand.write_text("\n".join([rows[0] + ",split"] + [r + (",test" if i == 1 else ",train") for i, r in
+                                                     enumerate(rows[1:])]) + "\n")
+    with pytest.raises(ConfigError, match="group 'patient0' is in the splits test, train"):
+        split_table(hand, 0, 0, 0)
+    (tmp_path / "study" / "images" / "p1_0.png").unlink()  # a listed file that is missing: skipped, named
+    sample = CsvDataset(table)[3]
+    assert isinstance(sample, bagnet.data.Skipped) and "p1_0.png" in sample.path
+    with pytest.raises(ConfigError, match="--val-fraction"):
+        train(config(table, tmp_path / "r", val_fraction=0.0, test_fraction=0.0), progress=False)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="evidence_l1 .--evidence-l1. must lie in"):
+        config(table, tmp_path / "r", evidence_l1=-1.0)
+
+
+def test_class_weights_and_a_balanced_sampler_follow_the_class_counts(tmp_path):
+    from bagnet.train.splits import EpochBatches, Splits, class_balance
+
+    targets = [0] * 30 + [1] * 10
+    dataset = torch.utils.data.TensorDataset(torch.zeros(40))
+    dataset.targets = targets
+    splits = Splits(torch.utils.data.Subset(dataset, list(range(40))), None, dataset, ["common", "rare"])
+    weights, per_image = class_balance(splits)
+    assert weights.tolist() == pytest.approx([40 / 60, 40 / 20])
+    drawn = [i for b in EpochBatches(40, 8, seed=0, epoch=0, weights=per_image) for i, _ in b]
+    drawn += [i for b in EpochBatches(40, 8, seed=0, epoch=1, weights=per_image) for i, _ in b]
+    rare = sum(targets[i] for i in drawn) / len(drawn)
+    assert 0.35 < rare < 0.65  # about half, not a quarter
+    again = [i for b in EpochBatches(40, 8, seed=0, epoch=1, weights=per_image, skip=2) for i, _ in b]
+    assert again == drawn[40 + 16:]  # a resumed epoch draws the same images

@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision import datasets
 
 from ..errors import ConfigError
-from .folders import ImageFolderDataset
+from .folders import CsvDataset, ImageFolderDataset
 from .split import DataSplit
 from .images import PathLike
 
@@ -244,8 +244,8 @@ def training_data(spec: str, train_transform: Optional[Callable[[Image.Image], A
                             list(train.categories))
     root = Path(spec)
     if split is not None:
-        def part(files: list[str], transform: Optional[Callable[[Image.Image], Any]]) -> ImageFolderDataset:
-            return ImageFolderDataset(root, transform, samples=files, classes=split.classes)
+        def part(files: list[str], transform: Optional[Callable[[Image.Image], Any]]) -> torch.utils.data.Dataset:
+            return split_dataset(split, files, transform)
 
         return TrainingData(part(split.train, train_transform), part(split.train, eval_transform),
                             part(split.val, eval_transform), list(split.classes),
@@ -258,6 +258,14 @@ def training_data(spec: str, train_transform: Optional[Callable[[Image.Image], A
         raise ValueError(f"class folders differ between {root / 'train'} and {root / 'val'}")
     return TrainingData(train, ImageFolderDataset(root / "train", eval_transform, classes=classes), val,
                         list(train.categories))
+
+
+def split_dataset(split: DataSplit, files: Sequence[str],
+                  transform: Optional[Callable[[Image.Image], Any]] = None) -> torch.utils.data.Dataset:
+    """The images ``files`` of a :class:`DataSplit`, from its folder or its label table, labelled in its class order."""
+    if split.source == "csv":
+        return CsvDataset(split.root, transform, classes=split.classes, samples=files)
+    return ImageFolderDataset(split.root, transform, samples=files, classes=split.classes)
 
 
 def unsplit_folder(root: Path) -> ConfigError:
@@ -289,8 +297,11 @@ def evaluation_dataset(
     if (root / "split.json").is_file():  # a training run that split one folder: its test split (else val)
         split = DataSplit.load(root / "split.json")
         part = "test" if split.test else "val"
-        ds = ImageFolderDataset(split.root, transform, samples=split.files(part), classes=split.classes)
-        return ds, ds.categories, f"{split.root} ({part} split of {root})"
+        ds = split_dataset(split, split.files(part), transform)
+        return ds, ds.categories, f"{split.root} ({part} split of {root})"  # type: ignore[attr-defined]
+    if root.suffix.lower() == ".csv" and root.is_file():  # a label table: every image it lists
+        table = CsvDataset(root, transform)
+        return table, table.categories, str(root)
     if (root / "val").is_dir():
         root = root / "val"
     else:

@@ -177,3 +177,85 @@ class SkipLog:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+# ---------------------------------------------------------------------------------------------------- CSV lists
+@dataclass(frozen=True)
+class LabelRow:
+    """One line of a label table: the image's path as written (relative to the table's folder), label, group."""
+
+    path: str
+    label: str
+    group: Optional[str]
+    split: Optional[str]
+    line: int
+
+
+def read_label_table(path: PathLike) -> list[LabelRow]:
+    """The rows of a CSV with the columns ``path`` and ``label`` (and optionally ``group``: a patient, a site; and
+    ``split``: train / val / test chosen by hand), checked: a missing column, an empty table, an empty path or label,
+    a path given twice or an unknown split is a :class:`ConfigError` naming the file and line."""
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            raw = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"cannot read the label table {path}: {err}", "data") from None
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        raise ConfigError(f"{path}: the label table needs the columns path,label[,group][,split]; it lacks "
+                          f"{', '.join(missing)} (its columns: {', '.join(columns) or 'none'})", "data")
+    rows, seen = [], {}
+    for number, item in enumerate(raw, start=2):
+        item = {(k or "").strip(): (v or "").strip() for k, v in item.items()}
+        if not item.get("path") or not item.get("label"):
+            raise ConfigError(f"{path}, line {number}: empty path or label", "data")
+        split = item.get("split") or None
+        if split is not None and split not in ("train", "val", "test"):
+            raise ConfigError(f"{path}, line {number}: split must be train, val or test, got {split!r}", "data")
+        if item["path"] in seen:
+            raise ConfigError(f"{path}, line {number}: {item['path']} is listed twice (first on line "
+                              f"{seen[item['path']]})", "data")
+        seen[item["path"]] = number
+        rows.append(LabelRow(item["path"], item["label"], item.get("group") or None, split, number))
+    if not rows:
+        raise ConfigError(f"{path}: the label table lists no images", "data")
+    return rows
+
+
+class CsvDataset(torch.utils.data.Dataset):
+    """The images a label table lists (:func:`read_label_table`; paths relative to the table's folder), labels in
+    ``classes``' order (default: the labels sorted), optionally only ``samples`` (paths as the table writes them).
+    ``dataset[i]`` is ``(image, label, i)`` or :class:`Skipped` (a missing or unreadable file, named)."""
+
+    def __init__(self, table: PathLike, transform: Optional[Callable[[Image.Image], Any]] = None,
+                 classes: Optional[Sequence[str]] = None, samples: Optional[Sequence[str]] = None) -> None:
+        table = Path(table)
+        rows = read_label_table(table)
+        labels = sorted({r.label for r in rows})
+        order = [str(c) for c in classes] if classes is not None else labels
+        unknown = [r for r in rows if r.label not in order]
+        if unknown:
+            raise ConfigError(f"{table}, line {unknown[0].line}: label {unknown[0].label!r} is not among the classes "
+                              f"{order} ({len(unknown)} rows with unknown labels)", "classes")
+        if samples is not None:
+            keep = set(samples)
+            rows = [r for r in rows if r.path in keep]
+            if len(rows) != len(keep):
+                raise ValueError(f"{len(keep) - len(rows)} images of the saved split are no longer listed in {table}")
+        index = {c: i for i, c in enumerate(order)}
+        self.table, self.transform, self.rows = table, transform, rows
+        self.categories = self.classes = order
+        self.samples = [(str(table.parent / r.path), index[r.label]) for r in rows]
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Union[tuple[Any, int, int], Skipped]:
+        path, label = self.samples[index]
+        return read_sample(path, label, index, self.transform)

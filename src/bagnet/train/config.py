@@ -41,6 +41,8 @@ class TrainConfig:
     val_fraction: float = 0.0  # a folder of class folders only: the share of each class kept for validation
     test_fraction: float = 0.0  # ... and for the test split (reported, never tuned on)
     classes: Optional[tuple[str, ...]] = None  # class order (graded labels: none, mild, severe); default: sorted
+    class_weights: bool = False  # imbalanced data: each class's loss weighted by N / (C · its image count)
+    balanced_sampler: bool = False  # imbalanced data: batches drawn with every class equally likely
     limit_train: Optional[int] = None  # use only the first N training images (after the hold-out)
     limit_val: Optional[int] = None
     image_size: int = 128
@@ -219,12 +221,16 @@ FIELD_HELP: dict[str, str] = {
                      "classifier, a linear probe on the patch features)",
     "freeze_bn": "keep every BatchNorm's statistics fixed during training (small batches)",
     "pretrained_lr_mult": "with --init: the pretrained layers' learning rate as a multiple of the new head's",
-    "data": "imagenette, fashion-mnist, or a folder with train/ and val/ class sub-folders",
+    "data": "imagenette, fashion-mnist, a folder with train/ and val/ class sub-folders, one folder of class folders "
+            "(with --val-fraction), or a CSV of path,label[,group][,split] (paths relative to it)",
     "train_subset": "a list file of the training images to use (e.g. Imagenette's train_subset300.txt)",
     "holdout_per_class": "training images per class held out for choices (never tune on val)",
     "val_fraction": "data that is one folder of class folders: the seeded, stratified share of each class kept for "
                     "validation (the split is saved in the run)",
     "test_fraction": "… and for a test split, evaluated at the end and never used for choices",
+    "class_weights": "imbalanced data: weight each class's loss by N / (C · its training images)",
+    "balanced_sampler": "imbalanced data: draw each epoch's images with every class equally likely (with "
+                        "replacement; seeded per epoch, so --resume stays exact)",
     "classes": "class order, comma-separated (graded labels: none,mild,severe; 2,10 is not sorted as text); "
                "default: the sorted folder names",
     "limit_train": "use only N seeded-random training images (after the hold-out)",

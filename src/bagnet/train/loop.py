@@ -32,7 +32,7 @@ from .metrics import format_metrics
 from .result import EpochMetrics, TrainResult
 from .transfer import (WithEvidenceL1, classifier, freeze, frozen_prefixes, hold_frozen, initial_model,
                        parameter_groups, resolve_init)
-from .splits import EpochBatches, check_layout, SeededSamples, make_splits, mix_batch
+from .splits import EpochBatches, check_layout, class_balance, SeededSamples, make_splits, mix_batch
 
 class _Interrupted(Exception):
     pass
@@ -110,6 +110,7 @@ class _Run:
     frozen: list[nn.Module] = field(default_factory=list)  # kept in eval mode while training
     penalty: Optional[WithEvidenceL1] = None  # the evidence-L1 wrapper (evidence_l1 > 0)
     init: Optional[str] = None  # what the run kept of --init's model
+    sample_weights: Optional[torch.Tensor] = None  # balanced_sampler: each training image's draw weight
     history: list[EpochMetrics] = field(default_factory=list)
     start_epoch: int = 0
     start_step: int = 0
@@ -210,7 +211,14 @@ def _setup(config: TrainConfig, resume: bool, log: Optional[Callable[[str], None
                                                   broadcast_buffers=not config.sync_bn)
     return _Run(config, rank, world, device, out, say, splits, model, net, optimizer,
                 torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), amp_dtype, steps_per_epoch,
-                SkipLog(say), nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), frozen, penalty, init)
+                SkipLog(say), _loss(config, splits, device), frozen, penalty, init,
+                sample_weights=class_balance(splits)[1] if config.balanced_sampler else None)
+
+
+def _loss(config: TrainConfig, splits: Any, device: torch.device) -> nn.Module:
+    """Cross-entropy with label smoothing, weighted per class when ``class_weights`` is set."""
+    weight = class_balance(splits)[0].to(device) if config.class_weights else None
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -238,7 +246,8 @@ def _epoch(run: _Run, epoch: int, progress: bool, stop_after_steps: Optional[int
     and checkpoint. Raises :class:`_Interrupted` after checkpointing when asked to stop."""
     config = run.config
     skip = run.start_step if epoch == run.start_epoch else 0
-    sampler = EpochBatches(len(run.splits.train), config.batch_size, config.seed, epoch, run.rank, run.world, skip)
+    sampler = EpochBatches(len(run.splits.train), config.batch_size, config.seed, epoch, run.rank, run.world, skip,
+                           run.sample_weights)
     loader = torch.utils.data.DataLoader(
         SeededSamples(run.splits.train), batch_sampler=sampler, collate_fn=collate,
         num_workers=config.workers, generator=torch.Generator().manual_seed(config.seed + epoch),

@@ -17,7 +17,8 @@ from torchvision import transforms
 from ..errors import ConfigError
 from ..data import training_data
 from ..data.catalog import unsplit_folder
-from ..data.split import DataSplit, split_folder
+from ..data.folders import read_label_table
+from ..data.split import DataSplit, split_folder, split_table
 from .distributed import dist_info
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .config import TrainConfig
@@ -123,6 +124,14 @@ def check_layout(config: TrainConfig) -> bool:
     (False); a ConfigError naming the flag when the two do not fit (checked before anything is written)."""
     fractions = config.val_fraction > 0 or config.test_fraction > 0
     root = Path(config.data)
+    if root.suffix.lower() == ".csv":
+        if not root.is_file():
+            raise ConfigError(f"the label table {root} does not exist", "data")
+        if not any(r.split for r in read_label_table(root)) and config.val_fraction == 0:
+            raise ConfigError(f"{root} has no split column: let bagnet split it with --val-fraction (e.g. 0.2; and "
+                              f"--test-fraction for a test split; a group column keeps each group in one split)",
+                              "val_fraction")
+        return True
     named = config.data in ("imagenette", "fashion-mnist") or not root.is_dir()
     if named or ((root / "train").is_dir() and (root / "val").is_dir()):
         if fractions:
@@ -135,6 +144,30 @@ def check_layout(config: TrainConfig) -> bool:
         raise ConfigError("--test-fraction needs --val-fraction too: choices are made on the validation split, "
                           "never on the test split", "val_fraction")
     return True
+
+
+def train_targets(splits: Splits) -> list[int]:
+    """The class of every training image of ``splits`` (through Subsets), without reading an image."""
+    dataset, indices = splits.train, None
+    while isinstance(dataset, torch.utils.data.Subset):
+        picked = list(dataset.indices)
+        indices = picked if indices is None else [picked[i] for i in indices]
+        dataset = dataset.dataset
+    targets = list(getattr(dataset, "targets"))
+    return [int(targets[i]) for i in (indices if indices is not None else range(len(targets)))]
+
+
+def class_balance(splits: Splits) -> tuple[Tensor, Tensor]:
+    """``(class weights (C,), sample weights (N,))``: a class's weight N / (C · n_c), each training image's weight
+    1 / n_c of its class (every class equally likely in a balanced epoch). A class without training images is an
+    error naming it."""
+    targets = torch.tensor(train_targets(splits))
+    counts = torch.bincount(targets, minlength=len(splits.categories)).double()
+    if (counts == 0).any():
+        empty = [splits.categories[c] for c in (counts == 0).nonzero()[:, 0].tolist()]
+        raise ConfigError(f"class(es) {empty} have no training images: a classifier cannot learn them", "data")
+    weights = targets.numel() / (len(counts) * counts)
+    return weights.float(), (1.0 / counts)[targets]
 
 
 def run_split(config: TrainConfig) -> Optional[DataSplit]:
@@ -153,7 +186,10 @@ def run_split(config: TrainConfig) -> Optional[DataSplit]:
                               f"{split.test_fraction}, seed {split.seed}, classes {split.classes}) than this run asks "
                               f"for; use the run's own settings, or another --out", "val_fraction")
         return split
-    split = split_folder(root, config.val_fraction, config.test_fraction, config.seed, config.classes)
+    if root.suffix.lower() == ".csv":
+        split = split_table(root, config.val_fraction, config.test_fraction, config.seed, config.classes)
+    else:
+        split = split_folder(root, config.val_fraction, config.test_fraction, config.seed, config.classes)
     if dist_info()[0] == 0:
         split.save(saved)
     return split
@@ -180,21 +216,25 @@ class SeededSamples(torch.utils.data.Dataset):
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Global batches of a seeded per-epoch permutation; rank ``r`` of ``world`` takes ``batch[r::world]``."""
+    """Global batches of a seeded per-epoch permutation (or, with ``weights``, of a seeded draw with replacement in
+    proportion to them: a class-balanced epoch); rank ``r`` of ``world`` takes ``batch[r::world]``."""
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
-                 skip: int = 0) -> None:
+                 skip: int = 0, weights: Optional[Tensor] = None) -> None:
         if batch_size % world:
             raise ValueError(f"the global batch size {batch_size} must be divisible by the {world} processes")
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
-        self.rank, self.world, self.skip = rank, world, skip
+        self.rank, self.world, self.skip, self.weights = rank, world, skip, weights
 
     def __len__(self) -> int:
         return self.n // self.batch_size - self.skip
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = torch.multinomial(self.weights.double(), self.n, replacement=True, generator=g).tolist()
         for b in range(self.skip, self.n // self.batch_size):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield [(i, sample_seed(self.seed, self.epoch, i)) for i in batch[self.rank :: self.world]]
