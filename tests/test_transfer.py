@@ -326,3 +326,37 @@ def test_class_weights_and_a_balanced_sampler_follow_the_class_counts(tmp_path):
     assert 0.35 < rare < 0.65  # about half, not a quarter
     again = [i for b in EpochBatches(40, 8, seed=0, epoch=1, weights=per_image, skip=2) for i, _ in b]
     assert again == drawn[40 + 16:]  # a resumed epoch draws the same images
+
+
+def test_dicom_files_are_read_with_their_rescale_and_window(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from bagnet.data import load_image
+
+    def write(path, stored, **extra):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Rows, ds.Columns = stored.shape
+        ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
+        ds.PhotometricInterpretation = extra.pop("photometric", "MONOCHROME2")
+        for key, value in extra.items():
+            setattr(ds, key, value)
+        ds.PixelData = stored.astype(np.uint16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+
+    stored = np.array([[0, 1000], [2000, 4000]])
+    write(tmp_path / "a.dcm", stored, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=0, WindowWidth=2000)
+    # modality values −1000, 0, 1000, 3000 HU through the file's window [−1000, 1000]
+    assert np.asarray(load_image(tmp_path / "a.dcm"))[..., 0].tolist() == [[0, 128], [255, 255]]
+    assert np.asarray(load_image(tmp_path / "a.dcm", window=(-1000, 3000)))[..., 0].tolist() == [[0, 64], [128, 255]]
+    write(tmp_path / "b.dcm", stored, photometric="MONOCHROME1")  # no window: its range, inverted
+    assert np.asarray(load_image(tmp_path / "b.dcm"))[..., 0].tolist() == [[255, 191], [127, 0]]
+    (tmp_path / "c.dcm").write_bytes(b"not a dicom file")
+    with pytest.raises(bagnet.data.ImageReadError, match="cannot read DICOM file .*c.dcm"):
+        load_image(tmp_path / "c.dcm")

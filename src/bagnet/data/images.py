@@ -18,7 +18,7 @@ from ..errors import ConfigError
 SAMPLE_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "cat")
 #: Image file endings that ImageFolder-style datasets read.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
-                                     ".gif")
+                                     ".gif", ".dcm", ".dicom")
 #: Largest image (width × height from the file's header) that is decoded: about 360 MB as 8-bit RGB. Larger ones
 #: are refused before any pixel is decoded (a few-KB PNG can declare 10⁶ × 10⁶ pixels).
 MAX_IMAGE_PIXELS = 120_000_000
@@ -44,6 +44,8 @@ _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 def image_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """(width, height) of an image file, upright (EXIF orientation applied), read from its header only."""
     path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return to_rgb(read_dicom(path, window, max_pixels), background)
     try:
         with warnings.catch_warnings(), _quiet_bomb_warning(), Image.open(path) as image:
             w, h = image.size
@@ -82,6 +84,8 @@ def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255
     one, are refused (:class:`ImageTooLarge`) before decoding.
     """
     path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return to_rgb(read_dicom(path, window, max_pixels), background)
     try:
         with warnings.catch_warnings(), _quiet_bomb_warning(), Image.open(path) as image:
             _check_pixels(path, *image.size, max_pixels)
@@ -96,6 +100,41 @@ def load_image(path: PathLike, background: tuple[int, int, int] = (255, 255, 255
         raise
     except Exception as err:  # PIL raises many types for a broken or non-image file
         raise ImageReadError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def read_dicom(path: Path, window: Optional[tuple[float, float]] = None,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """A DICOM file's first frame as an 8-bit grey image, through pydicom (``pip install 'bagnet[dicom]'``): stored
+    values turned into modality values (RescaleSlope/Intercept), then the ``window`` given, else the file's own
+    (WindowCenter/WindowWidth), else the image's range (:func:`window_to_8bit`); MONOCHROME1 is inverted."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:
+        raise ImageReadError(f"cannot read {path}: DICOM files need pydicom (pip install 'bagnet[dicom]')") from None
+    try:
+        ds = pydicom.dcmread(str(path))
+        _check_pixels(path, int(ds.Columns), int(ds.Rows), max_pixels)
+        pixels = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64)
+    except ImageReadError:
+        raise
+    except Exception as err:  # pydicom raises many types for a broken file
+        raise ImageReadError(f"cannot read DICOM file {path}: {type(err).__name__}: {err}") from err
+    if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
+        pixels = pixels[0]  # a multi-frame image: its first frame
+    if pixels.ndim != 2:
+        raise ImageReadError(f"cannot read DICOM file {path}: expected one grey frame, got shape {pixels.shape}")
+    if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
+        centre, width = (float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
+                         for v in (ds.WindowCenter, ds.WindowWidth))
+        window = (centre - width / 2, centre + width / 2)
+    grey = window_to_8bit(pixels, window)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        grey = 255 - grey
+    return Image.fromarray(grey, mode="L")
 
 
 #: PIL modes of 16-bit, 32-bit integer and float grayscale images.
