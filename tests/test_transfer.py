@@ -360,3 +360,11 @@ def test_dicom_files_are_read_with_their_rescale_and_window(tmp_path):
     (tmp_path / "c.dcm").write_bytes(b"not a dicom file")
     with pytest.raises(bagnet.data.ImageReadError, match="cannot read DICOM file .*c.dcm"):
         load_image(tmp_path / "c.dcm")
+
+
+def test_a_dicom_file_has_its_size_from_the_header(tmp_path):
+    pytest.importorskip("pydicom")
+    from bagnet.data import image_size
+
+    test_dicom_files_are_read_with_their_rescale_and_window(tmp_path)
+    assert image_size(tmp_path / "a.dcm") == (2, 2)

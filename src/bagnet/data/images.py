@@ -45,7 +45,7 @@ def image_size(path: PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int,
     """(width, height) of an image file, upright (EXIF orientation applied), read from its header only."""
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return to_rgb(read_dicom(path, window, max_pixels), background)
+        return _dicom_size(path)
     try:
         with warnings.catch_warnings(), _quiet_bomb_warning(), Image.open(path) as image:
             w, h = image.size
@@ -135,6 +135,18 @@ def read_dicom(path: Path, window: Optional[tuple[float, float]] = None,
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         grey = 255 - grey
     return Image.fromarray(grey, mode="L")
+
+
+def _dicom_size(path: Path) -> tuple[int, int]:
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return int(ds.Columns), int(ds.Rows)
+    except ImportError:
+        raise ImageReadError(f"cannot read {path}: DICOM files need pydicom (pip install 'bagnet[dicom]')") from None
+    except Exception as err:  # pydicom raises many types for a broken file
+        raise ImageReadError(f"cannot read DICOM file {path}: {type(err).__name__}: {err}") from err
 
 
 #: PIL modes of 16-bit, 32-bit integer and float grayscale images.
