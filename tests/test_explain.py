@@ -93,8 +93,11 @@ def test_rgba_is_composited_on_white_and_sixteen_bit_scaled(odd_folder):
     rgba = np.asarray(load_image(odd_folder / "rgba.png"))
     assert (rgba[:, :70] == 255).all()  # transparent half: white
     sixteen = np.asarray(load_image(odd_folder / "sixteen.png"))
-    grey = np.asarray(load_image(odd_folder / "grey.png"))
-    assert np.abs(sixteen.astype(int) - grey.astype(int)).max() <= 1
+    grey = np.asarray(load_image(odd_folder / "grey.png")).astype(float)
+    # 16-bit grey is scaled by its own range (issue 30: never by the container's maximum alone): the 8-bit photo's
+    # grey levels, stretched from their minimum and maximum to 0 and 255
+    stretched = (grey - grey.min()) * 255 / (grey.max() - grey.min())
+    assert np.abs(sixteen.astype(float) - stretched).max() <= 1
 
 
 def test_tiny_image_upscaled_on_request_and_huge_image_scaled_to_the_limit(tmp_path):

@@ -13,6 +13,9 @@ from torch import Tensor
 
 #: Headline metrics, in the order they are printed.
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "quadratic_kappa", "ece")
+#: Above this many classes (ImageNet) ROC AUC and quadratic kappa are not computed: one-vs-rest AUC over a thousand
+#: mostly absent classes and a kappa of unordered classes mean little, and their bootstrap would take minutes.
+MANY_CLASSES = 100
 
 
 def _functions(num_classes: int) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
@@ -41,7 +44,7 @@ def task_metrics(logits: Tensor, labels: Tensor, categories: Sequence[str], boot
     """The metrics of a classification task with ``level`` bootstrap intervals (``bootstrap`` resamples of the images
     with replacement, seeded; percentile intervals): ``{"accuracy": {"value", "low", "high"}, …, "per_class": {name:
     {"precision", "recall", "support"}}, "images": N}``. Classes absent from the labels get NaN recall; ROC AUC
-    and kappa are NaN when they are undefined (one class only)."""
+    and kappa are NaN when they are undefined (one class only), and left out above :data:`MANY_CLASSES` classes."""
     from torchmetrics.functional import classification as tm
 
     logits, labels = logits.detach().double().cpu(), labels.detach().long().cpu()
@@ -53,6 +56,8 @@ def task_metrics(logits: Tensor, labels: Tensor, categories: Sequence[str], boot
         raise ValueError(f"{len(categories)} class names for {c} outputs")
     probs = logits.softmax(1).float()
     functions = _functions(c)
+    if c > MANY_CLASSES:
+        functions = {k: f for k, f in functions.items() if k not in ("roc_auc", "quadratic_kappa")}
     out: dict[str, Any] = {"images": n, "bootstrap": bootstrap, "level": level}
     generator = torch.Generator().manual_seed(seed)
     draws = [torch.randint(n, (n,), generator=generator) for _ in range(bootstrap)]
