@@ -44,7 +44,7 @@ def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_a_linear_probe_from_a_registered_name_changes_only_the_new_classifier(tmp_path):
     data = one_folder(tmp_path / "photos")
     result = train(config(data, tmp_path / "run", freeze_stages=-1), progress=False, log=lambda m: None)
-    assert result.completed and "kept" in result.init and "3 classes" in result.init
+    assert result.completed and "kept" in result.init and "new fc for your 3 classes" in result.init
     saved = yaml_config(tmp_path / "run")
     assert (saved["arch"], saved["patch_size"], saved["width"], saved["layers"]) == ("bagnet", 17, 24, [1, 2, 2, 1])
     tuned, source = bagnet.load(tmp_path / "run"), bagnet.load(SHIPPED)
@@ -368,3 +368,15 @@ def test_a_dicom_file_has_its_size_from_the_header(tmp_path):
 
     test_dicom_files_are_read_with_their_rescale_and_window(tmp_path)
     assert image_size(tmp_path / "a.dcm") == (2, 2)
+
+
+def test_the_head_is_kept_only_for_the_same_classes_in_the_same_order(tmp_path):
+    from bagnet.train.transfer import initial_model
+
+    shipped = bagnet.load(SHIPPED)
+    same, report = initial_model(TrainConfig(init=SHIPPED), shipped.categories)
+    assert report.new == 0 and torch.equal(same.fc.weight, shipped.fc.weight)
+    other = [f"class{i}" for i in range(10)]  # ten classes too, but other ones: a fresh head
+    fresh, report = initial_model(TrainConfig(init=SHIPPED), other)
+    assert report.new == fresh.fc.weight.numel() + fresh.fc.bias.numel()
+    assert not torch.equal(fresh.fc.weight, shipped.fc.weight) and "10 others" in report.describe()

@@ -186,7 +186,7 @@ def _setup(config: TrainConfig, resume: bool, log: Optional[Callable[[str], None
     new: frozenset[str] = frozenset()
     init = None
     if config.init:
-        model, report = initial_model(config, len(splits.categories))
+        model, report = initial_model(config, splits.categories)
         init = report.describe()
         say(init)
         if report.new:

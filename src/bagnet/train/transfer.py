@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,8 +31,9 @@ class InitReport:
     new_classes: int
 
     def describe(self) -> str:
-        head = (f"a new {self.classifier} ({self.old_classes} → {self.new_classes} classes, {self.new:,} parameters)"
-                if self.new else f"its {self.classifier} ({self.new_classes} classes)")
+        head = (f"a new {self.classifier} for your {self.new_classes} classes ({self.new:,} parameters; the initial "
+                f"model's predicted {self.old_classes} others)" if self.new else
+                f"its {self.classifier} (the same {self.new_classes} classes)")
         return f"--init {self.source}: kept {self.kept:,} pretrained parameters; {head}"
 
 
@@ -82,21 +83,24 @@ def resolve_init(config: TrainConfig, model: Optional[nn.Module] = None) -> Trai
     return config.replace(**changes) if changes else config
 
 
-def initial_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, InitReport]:
-    """The initial model of ``config.init`` with a fresh classifier when its class count is not ``num_classes``."""
+def initial_model(config: TrainConfig, categories: Sequence[str]) -> tuple[nn.Module, InitReport]:
+    """The initial model of ``config.init`` with a fresh classifier for ``categories`` unless it already predicts
+    exactly these classes in this order (a run that continues training on the same classes keeps its head)."""
     model = load_initial(config.init)  # type: ignore[arg-type]
     name, head = classifier(model)
     old = int(head.out_features)
+    own = getattr(model, "categories", None)
+    same = old == len(categories) and own is not None and [str(c) for c in own] == [str(c) for c in categories]
     total = sum(p.numel() for p in model.parameters())
     new = 0
-    if old != num_classes:
-        replace_classifier(model, name, num_classes)
+    if not same:
+        replace_classifier(model, name, len(categories))
         new = sum(p.numel() for p in classifier(model)[1].parameters())
         total = sum(p.numel() for p in model.parameters())
     for attr in ("meta", "name", "categories", "preprocess"):  # the run's own are written when it is saved
         if attr in vars(model):
             delattr(model, attr)
-    return model, InitReport(config.init, total - new, new, name, old, num_classes)  # type: ignore[arg-type]
+    return model, InitReport(config.init, total - new, new, name, old, len(categories))  # type: ignore[arg-type]
 
 
 def classifier(model: nn.Module) -> tuple[str, nn.Linear]:
