@@ -79,6 +79,10 @@ def attach_meta(model: nn.Module, meta: ModelMeta) -> nn.Module:
     model.name = meta.name
     model.categories = None if meta.categories is None else list(meta.categories)
     model.preprocess = meta.preprocess
+    if _is_local(model):  # timm's view of the same facts (timm.data.resolve_model_data_config reads it)
+        cfg = {**meta_cfg(meta, model.config.in_channels), "architecture": f"bagnet{model.patch_size}",
+               "num_classes": model.num_classes}
+        model.pretrained_cfg = model.default_cfg = cfg
     return model
 
 
@@ -137,3 +141,25 @@ def read_sidecar(weights: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
         raise ValueError(f"{path}: expected an object with a 'metrics' mapping")
     return data
+
+
+#: What timm's configs say of the BagNet paper.
+PAPER_ID = "arXiv:1904.00760"
+ORIGIN = "https://github.com/wielandbrendel/bag-of-local-features-models"
+PAPER_NAME = "Approximating CNNs with Bag-of-local-Features models works surprisingly well on ImageNet"
+
+
+def meta_cfg(meta: ModelMeta, in_chans: int = 3) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` of a model with this :class:`ModelMeta`: input size, crop, interpolation, mean/std,
+    classes (what ``timm.data.resolve_model_data_config`` reads)."""
+    prep = meta.preprocess
+    crop = prep.crop or meta.resolution or 224
+    metrics = "; ".join(f"top-1 {100 * m['top1']:.2f} %" + (f", top-5 {100 * m['top5']:.2f} %" if "top5" in m else "")
+                        + f" on {name}" for name, m in meta.metrics.items() if "top1" in m)
+    return {
+        "num_classes": len(meta.categories or ()), "input_size": (in_chans, crop, crop), "pool_size": None,
+        "crop_pct": crop / prep.resize if prep.resize else 1.0, "crop_mode": "center",
+        "interpolation": prep.interpolation, "mean": tuple(prep.mean), "std": tuple(prep.std), "first_conv": "conv1",
+        "classifier": "fc", "license": "mit", "paper_ids": PAPER_ID, "paper_name": PAPER_NAME, "origin_url": ORIGIN,
+        "notes": tuple(filter(None, (meta.title, metrics, f"patch size {meta.patch_size}; built by bagnet"))),
+    }

@@ -64,3 +64,13 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
+
+
+@torch.jit.unused
+def tracing() -> bool:
+    """Whether the model is being traced or exported (torch.fx, torch.export, torch.compile) rather than run: the
+    eager niceties (input checks, batch chunking, precision guards) are skipped, the arithmetic is the same."""
+    import torch.fx._symbolic_trace as fx
+
+    symbolic = getattr(fx, "is_fx_symbolic_tracing", fx.is_fx_tracing)  # torch >= 2.9 tells fx from export
+    return bool(symbolic() or torch.compiler.is_compiling())

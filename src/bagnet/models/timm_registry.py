@@ -12,31 +12,20 @@ by a fresh one (timm's convention for fine-tuning). Each model's ``pretrained_cf
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
+from torch import nn
+
 from .bagnet import BagNet
+from .meta import meta_cfg
 from .pretrained import PATCH_SIZES, WEIGHTS, PretrainedWeights
 
-PAPER_ID = "arXiv:1904.00760"
-ORIGIN = "https://github.com/wielandbrendel/bag-of-local-features-models"
-PAPER_NAME = "Approximating CNNs with Bag-of-local-Features models works surprisingly well on ImageNet"
 
 
 def pretrained_cfg(weights: PretrainedWeights) -> dict[str, Any]:
     """timm's ``pretrained_cfg`` for one named weights file, read from its :class:`ModelMeta`."""
-    meta = weights.meta
-    prep = meta.preprocess
-    crop = prep.crop or meta.resolution or 224
-    metrics = "; ".join(f"top-1 {100 * m['top1']:.2f} %, top-5 {100 * m['top5']:.2f} % on {name}"
-                        for name, m in meta.metrics.items() if "top1" in m and "top5" in m)
-    return {
-        "url": weights.url, "num_classes": len(meta.categories or ()), "input_size": (3, crop, crop),
-        "pool_size": None, "crop_pct": crop / prep.resize if prep.resize else 1.0, "crop_mode": "center",
-        "interpolation": prep.interpolation, "mean": tuple(prep.mean), "std": tuple(prep.std),
-        "first_conv": "conv1", "classifier": "fc", "license": "mit", "paper_ids": PAPER_ID,
-        "paper_name": PAPER_NAME, "origin_url": ORIGIN,
-        "notes": tuple(filter(None, (meta.title, metrics, f"patch size {weights.patch_size}; built by bagnet"))),
-    }
+    return {**meta_cfg(weights.meta), "url": weights.url}
 
 
 def _default_cfgs() -> Any:
@@ -53,14 +42,22 @@ default_cfgs = _default_cfgs()
 
 def _create(patch_size: int, pretrained: bool = False, num_classes: int = 1000,
             pretrained_cfg: Optional[Any] = None, pretrained_cfg_overlay: Optional[dict] = None,
-            **kwargs: Any) -> BagNet:
+            **kwargs: Any) -> nn.Module:
     from .registry import BUILDERS
 
-    ignored = {k for k in kwargs if k not in ("cache_dir", "in_chans", "drop_rate", "drop_path_rate")}
+    features_only = bool(kwargs.pop("features_only", False))
+    out_indices = kwargs.pop("out_indices", None)
+    in_chans = int(kwargs.pop("in_chans", 3))
+    global_pool = kwargs.pop("global_pool", None)
+    for key in ("drop_rate", "drop_path_rate"):  # a BagNet has no dropout: only 0 (timm's default) is accepted
+        if kwargs.pop(key, 0.0):
+            raise TypeError(f"bagnet{patch_size} has no dropout: {key} must be 0")
+    ignored = {k for k in kwargs if k != "cache_dir"}
     if ignored:
         raise TypeError(f"bagnet{patch_size} does not take {sorted(ignored)}")
-    if kwargs.get("in_chans", 3) != 3:
-        raise ValueError(f"bagnet{patch_size} takes RGB images (in_chans=3), not in_chans={kwargs['in_chans']}")
+    if global_pool not in (None, "avg", ""):
+        raise TypeError(f"bagnet{patch_size} does not take global_pool={global_pool!r}: it pools by the mean over "
+                        f"its cells ('avg'), or not at all ('')")
     tag = _tag(pretrained_cfg) or "imagenet"
     named = WEIGHTS.get(f"bagnet{patch_size}:{tag}")
     if named is None:
@@ -68,15 +65,35 @@ def _create(patch_size: int, pretrained: bool = False, num_classes: int = 1000,
                          f"{', '.join(w.tag for w in WEIGHTS.values() if w.patch_size == patch_size)}")
     overlay = dict(pretrained_cfg_overlay or {})
     weights: Any = (overlay.get("file") or named) if pretrained else None
-    model = BUILDERS[patch_size](weights=weights, num_classes=1000 if pretrained else num_classes,
+    model = BUILDERS[patch_size](weights=weights, num_classes=1000 if pretrained else max(num_classes, 1),
                                  variant=named.variant)
-    if pretrained and num_classes != model.num_classes:
-        model.reset_classifier(num_classes)
+    if in_chans != 3:
+        adapt_input_channels(model, in_chans)
+    if num_classes != model.num_classes or global_pool is not None:
+        model.reset_classifier(num_classes, global_pool)
     cfg = {**default_cfgs[f"bagnet{patch_size}"].cfgs[tag].to_dict(), **overlay,
            "architecture": f"bagnet{patch_size}", "tag": tag, "num_classes": model.num_classes}
     model.pretrained_cfg = cfg
     model.default_cfg = cfg
+    if features_only:
+        from timm.models._features import FeatureListNet
+
+        return FeatureListNet(model, out_indices=tuple(out_indices) if out_indices is not None else (0, 1, 2, 3, 4))
     return model
+
+
+def adapt_input_channels(model: BagNet, in_chans: int) -> None:
+    """``model`` taking ``in_chans`` input channels, its stem weights adapted as timm adapts pretrained stems
+    (grayscale: the RGB filters summed; more channels: the RGB filters repeated and rescaled)."""
+    from timm.models._manipulate import adapt_input_conv
+
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    old = model.conv1
+    conv = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+    conv.weight.data = adapt_input_conv(in_chans, old.weight.data)
+    model.conv1 = conv
+    model.config = dataclasses.replace(model.config, in_channels=in_chans)
 
 
 def _tag(pretrained_cfg: Any) -> Optional[str]:
