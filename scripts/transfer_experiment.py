@@ -10,7 +10,8 @@ dataset-fashion-mnist or $BAGNET_DATA), written to docs/results/ and rendered in
 Every run is a normal ``bagnet train`` run folder under --runs (resumed when interrupted, skipped when finished).
 
 Usage:  python scripts/transfer_experiment.py transfer [--runs runs/transfer] [--json docs/results/transfer.json]
-        python scripts/transfer_experiment.py sparsity [--lambdas 0 0.3 1 3] [--json docs/results/sparsity.json]
+        python scripts/transfer_experiment.py sparsity [--lambdas 0 0.1 0.2 0.4] [--epochs 6] [--json …]
+        python scripts/transfer_experiment.py figures      # docs/results/transfer.png and sparsity.png
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def transfer(args: argparse.Namespace) -> dict:
 
 def sparsity(args: argparse.Namespace) -> dict:
     data = export(args.runs / "fashion-mnist-300", {"train": 300, "val": 100, "test": 200}, seed=1)
-    recipe = dict(data=str(data), image_size=64, epochs=3, batch_size=32, lr=2e-3, warmup_epochs=0.2, workers=0,
-                  init=SHIPPED, seed=0)
+    recipe = dict(data=str(data), image_size=64, epochs=args.epochs, batch_size=32, lr=2e-3, warmup_epochs=0.2,
+                  workers=0, init=SHIPPED, seed=0)
     rows = []
     for lam in args.lambdas:
         r = run(TrainConfig(**recipe, evidence_l1=lam, out=str(args.runs / f"lambda-{lam:g}")))
@@ -115,14 +116,43 @@ def sparsity(args: argparse.Namespace) -> dict:
             "run": run_info()}
 
 
+def figures(results: Path) -> list[Path]:
+    """transfer.png (validation top-1 per epoch, every seed, both starts) and sparsity.png (test top-1 and top-5 %
+    share against λ), drawn from the results files."""
+    from bagnet.plumbing import figure_png, write_bytes
+    from bagnet.viz import line_figure
+
+    written = []
+    if (results / "transfer.json").is_file():
+        data = json.loads((results / "transfer.json").read_text())
+        series = {f"{kind}, seed {seed}": (list(range(1, len(r["val_top1"]) + 1)), r["val_top1"])
+                  for kind, runs in data["runs"].items() for seed, r in zip(data["seeds"], runs)}
+        fig = line_figure(series, "epoch", "validation top-1", title="Fashion-MNIST, 100 images per class")
+        written.append(write_bytes(results / "transfer.png", figure_png(fig)))
+    if (results / "sparsity.json").is_file():
+        data = json.loads((results / "sparsity.json").read_text())
+        lams = [r["lambda"] for r in data["rows"]]
+        fig = line_figure({"test top-1": (lams, [r["test_top1"] for r in data["rows"]]),
+                           "test top-5 % share of |evidence|": (lams, [r["test_top5_share"] for r in data["rows"]]),
+                           "test Gini of |evidence|": (lams, [r["test_gini"] for r in data["rows"]])},
+                          "λ (evidence L1 weight)", "", title="Sparse evidence against accuracy (Fashion-MNIST)")
+        written.append(write_bytes(results / "sparsity.png", figure_png(fig)))
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", choices=["transfer", "sparsity"])
+    parser.add_argument("experiment", choices=["transfer", "sparsity", "figures"])
     parser.add_argument("--runs", type=Path, default=None, help="folder of the run folders (default runs/EXPERIMENT)")
     parser.add_argument("--json", type=Path, default=None, help="results file (default docs/results/EXPERIMENT.json)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4])
+    parser.add_argument("--epochs", type=int, default=6, help="sparsity: epochs of every run (default 6)")
     args = parser.parse_args()
+    if args.experiment == "figures":
+        for path in figures(ROOT / "docs" / "results"):
+            print(f"wrote {path}")
+        return
     args.runs = args.runs or Path("runs") / args.experiment
     out = args.json or ROOT / "docs" / "results" / f"{args.experiment}.json"
     result = transfer(args) if args.experiment == "transfer" else sparsity(args)

@@ -380,3 +380,19 @@ def test_the_head_is_kept_only_for_the_same_classes_in_the_same_order(tmp_path):
     fresh, report = initial_model(TrainConfig(init=SHIPPED), other)
     assert report.new == fresh.fc.weight.numel() + fresh.fc.bias.numel()
     assert not torch.equal(fresh.fc.weight, shipped.fc.weight) and "10 others" in report.describe()
+
+
+def test_explain_reports_each_images_evidence_sparsity(tmp_path):
+    from bagnet.sparsity import map_sparsity
+
+    model = bagnet.load(SHIPPED)
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    result = bagnet.explain([tmp_path / "a.png"], model, progress=False)
+    one = result.images[0]
+    x = model.preprocess(Image.open(tmp_path / "a.png")).unsqueeze(0)
+    with torch.no_grad():
+        maps = model.evidence(x)[0, one.classes[0]] - model.fc.bias[one.classes[0]]
+    want = map_sparsity(maps[None])
+    assert one.sparsity["gini"] == pytest.approx(float(want.gini[0]), rel=1e-5)
+    assert one.to_dict()["sparsity"]["top5_share"] == pytest.approx(float(want.top_share[0]), rel=1e-5)

@@ -105,6 +105,7 @@ class ImageExplanation:
     support: list[list[Patch]]  # per class: most supportive patches, highest first
     oppose: list[list[Patch]]  # per class: least supportive patches, lowest first
     notes: list[str] = field(default_factory=list)
+    sparsity: dict[str, float] = field(default_factory=dict)  # of the top class's evidence (bagnet.sparsity)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,7 +117,7 @@ class ImageExplanation:
                                                       self.heatmaps)],
             "support": [[asdict(p) for p in ps] for ps in self.support],
             "oppose": [[asdict(p) for p in ps] for ps in self.oppose],
-            "notes": self.notes,
+            "notes": self.notes, "sparsity": self.sparsity,
         }
 
 
@@ -267,6 +268,9 @@ def explain_image(model: BagNet, image: Image.Image, source: str = "image", conf
             hm = heatmap(model, x, top[None], stride=config.stride,
                          upsample="bilinear" if config.stride > 1 else None, precision=config.precision)[0]
             evidence = model.evidence(x)[0, top]
+    from .sparsity import map_sparsity
+
+    measured = map_sparsity(evidence[:1] - model.fc.bias[top[:1], None, None])  # the top class, bias excluded
     categories = model.categories or [str(i) for i in range(logits.numel())]
     support, oppose = [], []
     for ev in evidence.float().cpu():
@@ -277,6 +281,7 @@ def explain_image(model: BagNet, image: Image.Image, source: str = "image", conf
         classes=top.cpu().tolist(), names=[categories[c] for c in top.tolist()],
         probabilities=probs[top].cpu().tolist(), logits=logits[top].cpu().tolist(),
         heatmaps=hm.float().cpu().numpy(), support=support, oppose=oppose, notes=notes,
+        sparsity={"top5_share": float(measured.top_share[0]), "gini": float(measured.gini[0])},
     )
 
 
