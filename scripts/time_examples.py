@@ -34,9 +34,11 @@ TRACE = re.compile(r"^\+ (?P<t>\d+\.\d+) (?P<cmd>.*)$")
 PROLOGUE = "PS4='+ ${EPOCHREALTIME} '; set -x\n"
 
 
-def command_times(trace: str, end: float) -> list[dict]:
-    """[{command, seconds}] of the top-level commands in a ``bash -x`` trace whose PS4 is '+ $EPOCHREALTIME '."""
-    starts = [(float(m["t"]), m["cmd"]) for m in map(TRACE.match, trace.splitlines()) if m]
+def command_times(trace: str, end: float, data_root: str = "") -> list[dict]:
+    """[{command, seconds}] of the top-level commands in a ``bash -x`` trace whose PS4 is '+ $EPOCHREALTIME ';
+    ``data_root`` (this machine's data folder, which bash expands into the trace) is written as ``$BAGNET_DATA``."""
+    starts = [(float(m["t"]), m["cmd"].replace(data_root, "$BAGNET_DATA") if data_root else m["cmd"])
+              for m in map(TRACE.match, trace.splitlines()) if m]
     out = []
     for i, (t, cmd) in enumerate(starts):
         stop = starts[i + 1][0] if i + 1 < len(starts) else end
@@ -71,7 +73,7 @@ def main() -> int:
         end = time.time()
         if done.returncode != 0:
             raise SystemExit(f"{args.doc.name}:{line}: exit {done.returncode}\n{done.stderr[-3000:]}")
-        commands = command_times(done.stderr, end)
+        commands = command_times(done.stderr, end, os.environ.get("BAGNET_DATA", ""))
         examples.append({"document": args.doc.name, "line": line, "source": example.parsed,
                          "seconds": round(end - start, 2), "commands": commands})
         print("  " + ", ".join(f"{c['command'][:40]} {c['seconds']:.1f} s" for c in commands), file=sys.stderr)
