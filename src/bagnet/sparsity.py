@@ -53,13 +53,18 @@ def map_sparsity(maps: Tensor, top: float = TOP_FRACTION) -> Sparsity:
     return Sparsity(share.masked_fill(empty, float("nan")), gini.masked_fill(empty, float("nan")))
 
 
+def unbiased_evidence(model: BagNet, images: Tensor) -> tuple[Tensor, Tensor]:
+    """A BagNet's logits (N, C) and its class evidence with the classifier's bias excluded, ``W · f`` per cell
+    (N, C, h, w), from one pass through the features: what the sparsity measure and the L1 penalty look at."""
+    maps = F.conv2d(model.features(images), model.fc.weight[:, :, None, None])
+    return maps.mean(dim=(2, 3)) + model.fc.bias, maps
+
+
 @torch.no_grad()
 def logits_and_sparsity(model: BagNet, images: Tensor) -> tuple[Tensor, Sparsity]:
     """A BagNet's logits for ``images`` and the sparsity of each image's predicted-class evidence (bias excluded),
     from one pass through the features."""
-    feats = model.features(images)
-    maps = F.conv2d(feats, model.fc.weight[:, :, None, None])
-    logits = maps.mean(dim=(2, 3)) + model.fc.bias
+    logits, maps = unbiased_evidence(model, images)
     predicted = logits.argmax(1)
     chosen = maps[torch.arange(maps.shape[0], device=maps.device), predicted]
     return logits, map_sparsity(chosen)

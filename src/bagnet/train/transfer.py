@@ -8,12 +8,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.bagnet import BagNet
 from ..models.external import is_external
+from ..sparsity import unbiased_evidence
 from .config import TrainConfig
 
 STEM = ("conv1.", "bn1.", "conv2.", "bn2.")
@@ -191,9 +191,7 @@ def parameter_groups(model: nn.Module, config: TrainConfig, new: set[str]) -> li
 def evidence_l1(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     """A BagNet's logits and the mean |class evidence| of its cells (the classifier's bias excluded): the sparsity
     penalty of Djoumessi et al. (MIDL 2023), from one forward pass."""
-    feats = model.features(images)
-    maps = torch.nn.functional.conv2d(feats, model.fc.weight[:, :, None, None])
-    logits = maps.mean(dim=(2, 3)) + model.fc.bias
+    logits, maps = unbiased_evidence(model, images)
     return logits, maps.abs().mean()
 
 
