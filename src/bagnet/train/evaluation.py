@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -208,3 +208,25 @@ def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, categories: Se
         measured = Sparsity(sparse[:, 0], sparse[:, 1]).mean()
     return EvaluationResult(model_name, dataset_name, top1, top5, list(categories), per_class,
                             confusion.tolist(), predictions, dict(skips.paths), metrics, measured)
+
+
+def final_evaluation(model: nn.Module, splits: Any, config: TrainConfig, device: Any,
+                     say: Callable[[str], None]) -> dict[str, Any]:
+    """A finished run's model on its validation (and test) split: top-1, the task metrics with bootstrap intervals
+    and the sparsity of its evidence, said (``say``) and returned for summary.json and the model card."""
+    from .metrics import format_metrics
+
+    parts = (("train", splits.train), ("val", splits.val), ("test", splits.test))
+    out: dict[str, Any] = {"sizes": {name: len(ds) for name, ds in parts if ds is not None}}
+    for name, dataset in parts[1:]:
+        if dataset is None or len(dataset) == 0:
+            continue
+        result = evaluate(model, dataset, splits.categories, "model", name, max(32, config.batch_size), device,
+                          config.workers, progress=False)
+        out[name] = {"top1": result.top1, "metrics": result.metrics, "sparsity": result.sparsity}
+        say(f"{name} ({len(result.predictions)} images):\n" + "\n".join(
+            "  " + line for line in format_metrics(result.metrics).splitlines()))
+        if result.sparsity:
+            say(f"  evidence sparsity: top-5 % share {result.sparsity['top5_share']:.3f}, Gini "
+                f"{result.sparsity['gini']:.3f}")
+    return out

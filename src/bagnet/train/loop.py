@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,11 +28,10 @@ from .checkpoint import never_checkpointed, read_run_checkpoint
 from .config import CHECKPOINT, TrainConfig, build_model, model_metadata
 from .distributed import any_rank, dist_info, use_global_batchnorm
 from .card import model_card
-from .evaluation import evaluate, evaluate_accuracy
-from .metrics import format_metrics
+from .evaluation import evaluate_accuracy, final_evaluation
 from .result import EpochMetrics, TrainResult
 from .transfer import (WithEvidenceL1, classifier, freeze, frozen_prefixes, hold_frozen, initial_model,
-                       parameter_groups, resolve_init)
+                       load_initial, parameter_groups, resolve_init)
 from .splits import EpochBatches, check_layout, class_balance, SeededSamples, make_splits, mix_batch
 
 class _Interrupted(Exception):
@@ -73,7 +73,8 @@ def train(
     non-finite stops with :class:`bagnet.errors.TrainingDiverged`, keeping its last checkpoint and saving no model.
     """
     rank = dist_info()[0]
-    config = resolve_init(config)  # architecture and resolution of --init's model (a contradiction: ConfigError)
+    initial = load_initial(config.init) if config.init else None  # loaded once: read here, trained from in _setup
+    config = resolve_init(config, initial)  # architecture and resolution of --init's model (contradiction: ConfigError)
     check_layout(config)  # data that does not fit its split flags: an error before the run folder exists
     # a resumed run's checkpoint is read and checked once, before the lock would create the folder
     state = None
@@ -83,9 +84,9 @@ def train(
     elif resume:
         state = read_run_checkpoint(Path(config.out) / CHECKPOINT, config)
     if rank != 0:
-        return _train(config, state, progress, log, stop_after_steps, command)
+        return _train(config, state, progress, log, stop_after_steps, command, initial)
     with output_lock(config.out):
-        return _train(config, state, progress, log, stop_after_steps, command)
+        return _train(config, state, progress, log, stop_after_steps, command, initial)
 
 
 @dataclass
@@ -131,8 +132,9 @@ class _Run:
 
 
 def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
-           log: Optional[Callable[[str], None]], stop_after_steps: Optional[int], command: Optional[str]) -> TrainResult:
-    run = _setup(config, resume=state is not None, log=log)
+           log: Optional[Callable[[str], None]], stop_after_steps: Optional[int], command: Optional[str],
+           initial: Optional[nn.Module] = None) -> TrainResult:
+    run = _setup(config, resume=state is not None, log=log, initial=initial)
     if state is not None:
         _restore(run, state)
     run.net = compiled(run.net, config)
@@ -140,7 +142,7 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
         run.commands.append(command)
     run.started = time.time()
     previous_handler = None
-    if run.rank == 0 and _in_main_thread():
+    if run.rank == 0 and threading.current_thread() is threading.main_thread():
         previous_handler = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, lambda *_: setattr(run, "interrupted", True))
     completed, diverged = False, None
@@ -158,7 +160,8 @@ def _train(config: TrainConfig, state: Optional[dict[str, Any]], progress: bool,
     return _finish(run, completed, diverged)
 
 
-def _setup(config: TrainConfig, resume: bool, log: Optional[Callable[[str], None]]) -> _Run:
+def _setup(config: TrainConfig, resume: bool, log: Optional[Callable[[str], None]],
+           initial: Optional[nn.Module] = None) -> _Run:
     """The device, the run folder (checked before anything in it is written), the seeds, data, model and optimiser."""
     rank, world, local_rank = dist_info()
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -186,7 +189,7 @@ def _setup(config: TrainConfig, resume: bool, log: Optional[Callable[[str], None
     new: frozenset[str] = frozenset()
     init = None
     if config.init:
-        model, report = initial_model(config, splits.categories)
+        model, report = initial_model(config, splits.categories, initial)
         init = report.describe()
         say(init)
         if report.new:
@@ -354,7 +357,7 @@ def _finish(run: _Run, completed: bool, diverged: Optional[TrainingDiverged]) ->
     if completed and run.rank == 0:
         weights = save_weights(run.model, run.out / "model.safetensors",
                                model_metadata(run.config, run.splits.categories))
-        evaluation = _final_evaluation(run)
+        evaluation = final_evaluation(run.model, run.splits, run.config, run.device, run.say)
     result = TrainResult(run.out, run.config, run.history, weights, len(run.skips),
                          run.wall_before + time.time() - run.started, completed, run.commands,
                          stopped=None if diverged is None else str(diverged), evaluation=evaluation, init=run.init)
@@ -368,26 +371,6 @@ def _finish(run: _Run, completed: bool, diverged: Optional[TrainingDiverged]) ->
     if diverged is not None:
         raise diverged
     return result
-
-
-def _final_evaluation(run: _Run) -> dict[str, Any]:
-    """The finished model on its validation (and test) split: top-1, the task metrics with bootstrap intervals and the
-    sparsity of its evidence, printed and returned for summary.json and the model card."""
-    out: dict[str, Any] = {"sizes": {name: len(ds) for name, ds in (("train", run.splits.train),
-                                                                     ("val", run.splits.val),
-                                                                     ("test", run.splits.test)) if ds is not None}}
-    for name, dataset in (("val", run.splits.val), ("test", run.splits.test)):
-        if dataset is None or len(dataset) == 0:
-            continue
-        result = evaluate(run.model, dataset, run.splits.categories, "model", name, max(32, run.config.batch_size),
-                          run.device, run.config.workers, progress=False)
-        out[name] = {"top1": result.top1, "metrics": result.metrics, "sparsity": result.sparsity}
-        run.say(f"{name} ({len(result.predictions)} images):\n" + "\n".join(
-            "  " + line for line in format_metrics(result.metrics).splitlines()))
-        if result.sparsity:
-            run.say(f"  evidence sparsity: top-5 % share {result.sparsity['top5_share']:.3f}, Gini "
-                    f"{result.sparsity['gini']:.3f}")
-    return out
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
@@ -439,12 +422,6 @@ def train_step(net: nn.Module, batch: Batch, loss_fn: nn.Module, optimizer: torc
     scaler.step(optimizer)
     scaler.update()
     return float(loss.detach()), int((logits.argmax(1) == labels).sum()), int(labels.shape[0])
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _write_metrics(out: Path, history: list[EpochMetrics]) -> None:

@@ -83,10 +83,11 @@ def resolve_init(config: TrainConfig, model: Optional[nn.Module] = None) -> Trai
     return config.replace(**changes) if changes else config
 
 
-def initial_model(config: TrainConfig, categories: Sequence[str]) -> tuple[nn.Module, InitReport]:
+def initial_model(config: TrainConfig, categories: Sequence[str], model: Optional[nn.Module] = None
+                  ) -> tuple[nn.Module, InitReport]:
     """The initial model of ``config.init`` with a fresh classifier for ``categories`` unless it already predicts
     exactly these classes in this order (a run that continues training on the same classes keeps its head)."""
-    model = load_initial(config.init)  # type: ignore[arg-type]
+    model = model if model is not None else load_initial(config.init)  # type: ignore[arg-type]
     name, head = classifier(model)
     old = int(head.out_features)
     own = getattr(model, "categories", None)
