@@ -10,6 +10,7 @@ dataset-fashion-mnist or $BAGNET_DATA), written to docs/results/ and rendered in
 Every run is a normal ``bagnet train`` run folder under --runs (resumed when interrupted, skipped when finished).
 
 Usage:  python scripts/transfer_experiment.py transfer [--runs runs/transfer] [--json docs/results/transfer.json]
+        python scripts/transfer_experiment.py transfer --lrs 5e-4 1e-3 2e-3 5e-3   # lr chosen on val per start
         python scripts/transfer_experiment.py sparsity [--lambdas 0 0.1 0.2 0.4] [--epochs 6] [--json …]
         python scripts/transfer_experiment.py figures      # docs/results/transfer.png and sparsity.png
 """
@@ -80,18 +81,30 @@ def run(config: TrainConfig) -> dict:
 
 
 def transfer(args: argparse.Namespace) -> dict:
+    """Every start at every learning rate of ``--lrs`` and every seed; each start's learning rate chosen by its mean
+    final validation top-1 (never by test), its test top-1 reported."""
     data = export(args.runs / "fashion-mnist-100", {"train": 100, "val": 100, "test": 200})
-    recipe = dict(data=str(data), image_size=64, epochs=2, batch_size=32, lr=2e-3, warmup_epochs=0.2, workers=0,
-                  **ARCH)
-    runs: dict[str, list[dict]] = {"fine-tuned": [], "from scratch": []}
-    for seed in args.seeds:
-        runs["fine-tuned"].append(run(TrainConfig(**recipe, init=SHIPPED, seed=seed,
-                                                  out=str(args.runs / f"finetuned-{seed}"))))
-        runs["from scratch"].append(run(TrainConfig(**recipe, seed=seed, out=str(args.runs / f"scratch-{seed}"))))
+    recipe = dict(data=str(data), image_size=64, epochs=2, batch_size=32, warmup_epochs=0.2, workers=0, **ARCH)
+    starts = {"fine-tuned": dict(init=SHIPPED), "from scratch": {}}
+    sweep: dict[str, dict[str, list[dict]]] = {kind: {} for kind in starts}
+    for lr in args.lrs:
+        for kind, extra in starts.items():
+            name = "finetuned" if extra else "scratch"
+            suffix = "" if lr == 2e-3 else f"-lr{lr:g}"  # the first runs (lr 0.002) keep their folders
+            sweep[kind][f"{lr:g}"] = [run(TrainConfig(**recipe, **extra, lr=lr, seed=seed,
+                                                      out=str(args.runs / f"{name}-{seed}{suffix}")))
+                                      for seed in args.seeds]
+    val = {kind: {lr: statistics.mean(r["val_top1"][-1] for r in rs) for lr, rs in by_lr.items()}
+           for kind, by_lr in sweep.items()}
+    chosen = {kind: max(v, key=v.get) for kind, v in val.items()}
+    runs = {kind: sweep[kind][chosen[kind]] for kind in starts}
     mean = {k: statistics.mean(r["test_top1"] for r in v) for k, v in runs.items()}
     return {"experiment": "transfer", "data": "Fashion-MNIST, 100 train / 100 val per class (from its training set), "
             "200 test per class (its test set), 28 px grey images at 64 px", "init": SHIPPED, "seeds": args.seeds,
-            "recipe": {k: v for k, v in recipe.items() if k != "data"}, "runs": runs, "mean_test_top1": mean,
+            "recipe": {k: v for k, v in recipe.items() if k != "data"}, "lrs": [f"{lr:g}" for lr in args.lrs],
+            "mean_val_top1_by_lr": val, "chosen_lr": chosen, "runs": runs, "mean_test_top1": mean,
+            "mean_test_top1_by_lr": {kind: {lr: statistics.mean(r["test_top1"] for r in rs)
+                                            for lr, rs in by_lr.items()} for kind, by_lr in sweep.items()},
             "gain_points": 100 * (mean["fine-tuned"] - mean["from scratch"]), "run": run_info()}
 
 
@@ -146,6 +159,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=None, help="folder of the run folders (default runs/EXPERIMENT)")
     parser.add_argument("--json", type=Path, default=None, help="results file (default docs/results/EXPERIMENT.json)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 5e-3],
+                        help="transfer: learning rates tried for each start, chosen on validation")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4])
     parser.add_argument("--epochs", type=int, default=6, help="sparsity: epochs of every run (default 6)")
     args = parser.parse_args()

@@ -249,6 +249,36 @@ def test_twelve_bit_images_in_sixteen_bit_files_use_their_range_or_a_window(tmp_
     assert np.asarray(load_image(tmp_path / "f.tif"))[..., 0].tolist() == [[0, 64], [128, 255]]
 
 
+def test_a_runs_intensity_window_reaches_every_split_its_card_and_its_evaluation(tmp_path):
+    """16-bit class folders whose classes differ only inside the window: the run reads them through it."""
+    rng = np.random.default_rng(2)
+    for name, level in (("dark", 1200), ("bright", 2800)):  # 12-bit values in 16-bit files
+        (tmp_path / "xrays" / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = np.clip(level + rng.normal(0, 100, (24, 24)), 0, 4095).astype(np.uint16)
+            pixels[0, 0], pixels[-1, -1] = 0, 4095  # every image spans the whole range: its own range hides nothing
+            Image.fromarray(pixels).save(tmp_path / "xrays" / name / f"{i}.png")
+    run = tmp_path / "run"
+    train(config(tmp_path / "xrays", run, image_size=24, freeze_stages=-1, intensity_window=(1000, 3000)),
+          progress=False, log=lambda m: None)
+    from bagnet.data.split import DataSplit
+
+    assert DataSplit.load(run / "split.json").window == [1000.0, 3000.0]
+    assert "intensity window 1000–3000" in (run / "model.md").read_text()
+    dataset, _, _ = bagnet.data.evaluation_dataset(str(run))
+    image = dataset.loader_fn(dataset.samples[0][0])
+    path = Path(dataset.samples[0][0])
+    expected = bagnet.data.load_image(path, window=(1000, 3000))
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+    assert not np.array_equal(np.asarray(image), np.asarray(bagnet.data.load_image(path)))
+    for bad in ((3000, 1000), (0,), (0, float("inf"))):
+        with pytest.raises(ConfigError, match="intensity_window .*LOW HIGH"):
+            config(tmp_path / "xrays", tmp_path / "other", intensity_window=bad)
+    with pytest.raises(ConfigError, match="intensity window applies"):
+        bagnet.data.training_data("imagenette", None, None, window=(0, 1))
+    assert not (tmp_path / "other").exists()
+
+
 # ------------------------------------------------------------------------------------------------ label tables
 def label_table(root: Path, patients: int = 12, per_patient: int = 3, extra: str = "") -> Path:
     """A CSV of path,label,group: each patient's images share a class (images in one flat folder)."""

@@ -229,11 +229,16 @@ class TrainingData:
 
 def training_data(spec: str, train_transform: Optional[Callable[[Image.Image], Any]],
                   eval_transform: Optional[Callable[[Image.Image], Any]], subset: Optional[str] = None, *,
-                  classes: Optional[Sequence[str]] = None, split: Optional[DataSplit] = None) -> TrainingData:
+                  classes: Optional[Sequence[str]] = None, split: Optional[DataSplit] = None,
+                  window: Optional[tuple[float, float]] = None) -> TrainingData:
     """The training and validation datasets a ``--data`` names: ``imagenette`` (train / val; ``subset`` names one of
     its list files), ``fashion-mnist`` (train / test), a folder holding ``train/`` and ``val/`` class folders, or one
     folder of class folders divided by ``split`` (:func:`bagnet.data.split.split_folder`). ``classes`` orders the
-    labels of folder data (default: sorted folder names)."""
+    labels of folder data (default: sorted folder names); ``window`` scales the 16-bit and float images of folder
+    and table data (:func:`bagnet.data.images.window_to_8bit`)."""
+    if window is not None and spec in ("imagenette", "fashion-mnist"):
+        raise ConfigError(f"an intensity window applies to 16-bit or float images of your own folder or label table; "
+                          f"{spec} is 8-bit", "intensity_window")
     if spec == "imagenette":
         train = imagenette("train", train_transform, subset=subset)
         return TrainingData(train, imagenette("train", eval_transform, subset=subset), imagenette("val", eval_transform),
@@ -245,27 +250,28 @@ def training_data(spec: str, train_transform: Optional[Callable[[Image.Image], A
     root = Path(spec)
     if split is not None:
         def part(files: list[str], transform: Optional[Callable[[Image.Image], Any]]) -> torch.utils.data.Dataset:
-            return split_dataset(split, files, transform)
+            return split_dataset(split, files, transform, window)
 
         return TrainingData(part(split.train, train_transform), part(split.train, eval_transform),
                             part(split.val, eval_transform), list(split.classes),
                             part(split.test, eval_transform) if split.test else None)
     if root.is_dir() and not ((root / "train").is_dir() and (root / "val").is_dir()):
         raise unsplit_folder(root)
-    train = ImageFolderDataset(root / "train", train_transform, classes=classes)
-    val = ImageFolderDataset(root / "val", eval_transform, classes=classes)
+    train = ImageFolderDataset(root / "train", train_transform, classes=classes, window=window)
+    val = ImageFolderDataset(root / "val", eval_transform, classes=classes, window=window)
     if train.classes != val.classes:
         raise ValueError(f"class folders differ between {root / 'train'} and {root / 'val'}")
-    return TrainingData(train, ImageFolderDataset(root / "train", eval_transform, classes=classes), val,
+    return TrainingData(train, ImageFolderDataset(root / "train", eval_transform, classes=classes, window=window), val,
                         list(train.categories))
 
 
-def split_dataset(split: DataSplit, files: Sequence[str],
-                  transform: Optional[Callable[[Image.Image], Any]] = None) -> torch.utils.data.Dataset:
-    """The images ``files`` of a :class:`DataSplit`, from its folder or its label table, labelled in its class order."""
+def split_dataset(split: DataSplit, files: Sequence[str], transform: Optional[Callable[[Image.Image], Any]] = None,
+                  window: Optional[tuple[float, float]] = None) -> torch.utils.data.Dataset:
+    """The images ``files`` of a :class:`DataSplit`, from its folder or its label table, labelled in its class order
+    (``window``: the intensity window of 16-bit and float images)."""
     if split.source == "csv":
-        return CsvDataset(split.root, transform, classes=split.classes, samples=files)
-    return ImageFolderDataset(split.root, transform, samples=files, classes=split.classes)
+        return CsvDataset(split.root, transform, classes=split.classes, samples=files, window=window)
+    return ImageFolderDataset(split.root, transform, samples=files, classes=split.classes, window=window)
 
 
 def unsplit_folder(root: Path) -> ConfigError:
@@ -297,7 +303,7 @@ def evaluation_dataset(
     if (root / "split.json").is_file():  # a training run that split one folder: its test split (else val)
         split = DataSplit.load(root / "split.json")
         part = "test" if split.test else "val"
-        ds = split_dataset(split, split.files(part), transform)
+        ds = split_dataset(split, split.files(part), transform, None if split.window is None else tuple(split.window))
         return ds, ds.categories, f"{split.root} ({part} split of {root})"  # type: ignore[attr-defined]
     if root.suffix.lower() == ".csv" and root.is_file():  # a label table: every image it lists
         table = CsvDataset(root, transform)

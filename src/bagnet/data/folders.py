@@ -8,6 +8,8 @@ function drops it from the batch and hands it to the caller, which reports each 
 
 from __future__ import annotations
 
+import functools
+
 import os
 import sys
 from dataclasses import dataclass
@@ -58,7 +60,7 @@ class ImageFolderDataset(datasets.ImageFolder):
 
     ``dataset[i]`` is ``(image, label, i)`` or ``Skipped``; ``categories`` holds readable class names. Labels follow
     ``classes`` when given (graded labels: none, mild, severe), else the sorted folder names; ``samples`` keeps only
-    those files (paths relative to ``root``).
+    those files (paths relative to ``root``); ``window`` scales 16-bit and float images (:func:`window_to_8bit`).
     """
 
     def __init__(
@@ -68,12 +70,14 @@ class ImageFolderDataset(datasets.ImageFolder):
         categories: Optional[Sequence[str]] = None,
         samples: Optional[Sequence[str]] = None,
         classes: Optional[Sequence[str]] = None,
+        window: Optional[tuple[float, float]] = None,
     ) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"dataset folder {root} does not exist")
         self._order = None if classes is None else [str(c) for c in classes]
-        super().__init__(str(root), transform=transform, loader=_dataset_loader, is_valid_file=_is_image_file)
+        self.loader_fn = dataset_loader(window)
+        super().__init__(str(root), transform=transform, loader=self.loader_fn, is_valid_file=_is_image_file)
         if samples is not None:
             keep = {str(root / s) for s in samples}
             self.samples = [s for s in self.samples if s[0] in keep]
@@ -99,14 +103,15 @@ class ImageFolderDataset(datasets.ImageFolder):
 
     def __getitem__(self, index: int) -> Union[tuple[Any, int, int], Skipped]:
         path, label = self.samples[index]
-        return read_sample(path, label, index, self.transform)
+        return read_sample(path, label, index, self.transform, self.loader_fn)
 
 
-def read_sample(path: str, label: int, index: int,
-                transform: Optional[Callable[[Image.Image], Any]]) -> Union[tuple[Any, int, int], Skipped]:
-    """One dataset item: ``(image, label, index)``, or :class:`Skipped` for a file that cannot be read."""
+def read_sample(path: str, label: int, index: int, transform: Optional[Callable[[Image.Image], Any]],
+                loader: Optional[Callable[[str], Image.Image]] = None) -> Union[tuple[Any, int, int], Skipped]:
+    """One dataset item: ``(image, label, index)``, or :class:`Skipped` for a file that cannot be read (``loader``:
+    how to read it, default :func:`dataset_loader`'s)."""
     try:
-        image = _dataset_loader(path)
+        image = (loader or _dataset_loader)(path)
     except (ImageReadError, OSError) as err:  # a bad file must not end a long run: hand it to the caller
         return Skipped(path, str(err))
     if transform is not None:  # transform errors are programming errors: they propagate
@@ -132,6 +137,14 @@ def _non_finite_reason(bad: int, values: int) -> str:
 def _dataset_loader(path: str) -> Image.Image:
     """How datasets read a file: :func:`load_image` with the dataset aspect-ratio bound (picklable for workers)."""
     return load_image(path, max_aspect=MAX_DATASET_ASPECT)
+
+
+def dataset_loader(window: Optional[tuple[float, float]] = None) -> Callable[[str], Image.Image]:
+    """How a dataset reads its files: :func:`load_image` with the dataset aspect-ratio bound and the intensity
+    ``window`` of 16-bit and float images (picklable, for worker processes)."""
+    if window is None:
+        return _dataset_loader
+    return functools.partial(load_image, max_aspect=MAX_DATASET_ASPECT, window=tuple(window))
 
 
 def _is_image_file(path: str) -> bool:
@@ -233,7 +246,8 @@ class CsvDataset(torch.utils.data.Dataset):
     ``dataset[i]`` is ``(image, label, i)`` or :class:`Skipped` (a missing or unreadable file, named)."""
 
     def __init__(self, table: PathLike, transform: Optional[Callable[[Image.Image], Any]] = None,
-                 classes: Optional[Sequence[str]] = None, samples: Optional[Sequence[str]] = None) -> None:
+                 classes: Optional[Sequence[str]] = None, samples: Optional[Sequence[str]] = None,
+                 window: Optional[tuple[float, float]] = None) -> None:
         table = Path(table)
         rows = read_label_table(table)
         labels = sorted({r.label for r in rows})
@@ -249,6 +263,7 @@ class CsvDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{len(keep) - len(rows)} images of the saved split are no longer listed in {table}")
         index = {c: i for i, c in enumerate(order)}
         self.table, self.transform, self.rows = table, transform, rows
+        self.loader_fn = dataset_loader(window)
         self.categories = self.classes = order
         self.samples = [(str(table.parent / r.path), index[r.label]) for r in rows]
         self.targets = [t for _, t in self.samples]
@@ -258,4 +273,4 @@ class CsvDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Union[tuple[Any, int, int], Skipped]:
         path, label = self.samples[index]
-        return read_sample(path, label, index, self.transform)
+        return read_sample(path, label, index, self.transform, self.loader_fn)

@@ -30,6 +30,7 @@ class DataSplit:
     test_fraction: float
     source: str = "folder"  # folder: root/CLASS/IMAGE; csv: root is a label table (path,label[,group][,split])
     groups: Optional[dict[str, int]] = None  # a table with groups: how many groups each split holds
+    window: Optional[list[float]] = None  # the intensity window 16-bit and float images are read with (low, high)
 
     def files(self, split: str) -> list[str]:
         if split not in SPLITS:

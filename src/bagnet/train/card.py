@@ -10,6 +10,25 @@ from .metrics import HEADLINE
 from .result import TrainResult
 
 
+def _split_lines(config: Any) -> list[str]:
+    """The groups of a grouped split and the intensity window, when the run has them."""
+    from pathlib import Path
+
+    from ..data.split import DataSplit
+    from .splits import SPLIT_FILE
+
+    lines = []
+    path = Path(config.out) / SPLIT_FILE
+    split = DataSplit.load(path) if path.is_file() else None
+    if split is not None and split.groups:
+        lines.append("- Groups (the table's `group` column; no group in two splits): "
+                     + ", ".join(f"{name} {n}" for name, n in split.groups.items()) + " groups.")
+    if config.intensity_window is not None:
+        low, high = config.intensity_window
+        lines.append(f"- 16-bit and float images read through the intensity window {low:g}–{high:g} (→ 0–255).")
+    return lines
+
+
 def model_card(result: TrainResult, splits: Any) -> str:
     """The card's Markdown."""
     config = result.config
@@ -31,6 +50,7 @@ def model_card(result: TrainResult, splits: Any) -> str:
              if config.val_fraction or config.test_fraction else "its own train/val split")
     lines.append(f"- Data: `{config.data}`, {split}; images: "
                  + ", ".join(f"{name} {n}" for name, n in sizes.items()) + ".")
+    lines += _split_lines(config)
     lines.append(f"- Classes, in output order: {', '.join(splits.categories)}.")
     lines.append(f"- Recipe: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} "
                  f"(warm-up {config.warmup_epochs:g} epochs, cosine), weight decay {config.weight_decay:g}, label "

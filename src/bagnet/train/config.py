@@ -41,6 +41,7 @@ class TrainConfig:
     val_fraction: float = 0.0  # a folder of class folders only: the share of each class kept for validation
     test_fraction: float = 0.0  # ... and for the test split (reported, never tuned on)
     classes: Optional[tuple[str, ...]] = None  # class order (graded labels: none, mild, severe); default: sorted
+    intensity_window: Optional[tuple[float, ...]] = None  # 16-bit/float images: LOW,HIGH → 0,255 (default: own range)
     class_weights: bool = False  # imbalanced data: each class's loss weighted by N / (C · its image count)
     balanced_sampler: bool = False  # imbalanced data: batches drawn with every class equally likely
     limit_train: Optional[int] = None  # use only the first N training images (after the hold-out)
@@ -80,6 +81,7 @@ class TrainConfig:
         d = asdict(self)
         d["layers"] = list(self.layers)
         d["classes"] = None if self.classes is None else list(self.classes)
+        d["intensity_window"] = None if self.intensity_window is None else list(self.intensity_window)
         return d
 
     def save(self, path: Path) -> None:
@@ -176,6 +178,13 @@ def _check_types(config: TrainConfig) -> None:
                 raise ConfigError(f"{_flag(f.name)} must be a list of distinct, non-empty names (a,b,c), got "
                                   f"{value!r}", f.name)
             object.__setattr__(config, f.name, tuple(items))
+        elif typing.get_origin(base) is tuple and typing.get_args(base)[0] is float:
+            if (not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+                    or not value[0] < value[1]):
+                raise ConfigError(f"{_flag(f.name)} must be two finite numbers LOW HIGH with LOW < HIGH, got "
+                                  f"{value!r}", f.name)
+            object.__setattr__(config, f.name, tuple(float(v) for v in value))
         elif typing.get_origin(base) is tuple:
             if not isinstance(value, (list, tuple)) or not value or not all(_is_int(v) for v in value):
                 raise ConfigError(f"{_flag(f.name)} must be a list of integers, got {value!r}", f.name)
@@ -228,6 +237,8 @@ FIELD_HELP: dict[str, str] = {
     "val_fraction": "data that is one folder of class folders: the seeded, stratified share of each class kept for "
                     "validation (the split is saved in the run)",
     "test_fraction": "… and for a test split, evaluated at the end and never used for choices",
+    "intensity_window": "16-bit and float images (and DICOM, over its own window): the grey values LOW HIGH mapped "
+                        "to 0 and 255, values outside clipped (default: each image's own range)",
     "class_weights": "imbalanced data: weight each class's loss by N / (C · its training images)",
     "balanced_sampler": "imbalanced data: draw each epoch's images with every class equally likely (with "
                         "replacement; seeded per epoch, so --resume stays exact)",

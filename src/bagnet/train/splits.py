@@ -3,6 +3,7 @@ resumed run see exactly the samples and augmentations an uninterrupted one sees.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -87,8 +88,9 @@ def make_splits(config: TrainConfig) -> Splits:
     """Training, held-out, validation (and test) datasets; the hold-out is a fixed, seeded choice of training images;
     one folder of class folders is split by ``val_fraction``/``test_fraction`` (:func:`run_split`)."""
     train_t, eval_t = train_transform(config), eval_transform(config)
+    window = None if config.intensity_window is None else tuple(config.intensity_window)
     data = training_data(config.data, train_t, eval_t, subset=config.train_subset, classes=config.classes,
-                         split=run_split(config))
+                         split=run_split(config), window=window)  # type: ignore[arg-type]
     train_full, train_eval, val = data.train, data.train_eval, data.val
     targets = list(train_full.targets)
     rng = random.Random(config.seed)
@@ -190,6 +192,8 @@ def run_split(config: TrainConfig) -> Optional[DataSplit]:
         split = split_table(root, config.val_fraction, config.test_fraction, config.seed, config.classes)
     else:
         split = split_folder(root, config.val_fraction, config.test_fraction, config.seed, config.classes)
+    if config.intensity_window is not None:
+        split = dataclasses.replace(split, window=[float(v) for v in config.intensity_window])
     if dist_info()[0] == 0:
         split.save(saved)
     return split
