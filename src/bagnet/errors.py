@@ -30,3 +30,8 @@ class RunFolderError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """Training produced a non-finite loss or non-finite weights; the run's last finite checkpoint is kept."""
+
+
+class PatchIndexError(ValueError):
+    """A patch index folder that cannot be used as asked (missing, damaged, incomplete, or built for another model
+    or dataset); the message names the folder or file and what to do. Nothing in it was changed."""

@@ -268,6 +268,8 @@ def explain_locked(args: argparse.Namespace, inputs: list, config) -> int:
 def cmd_patches(args: argparse.Namespace) -> int:
     from ..gallery import class_patches
 
+    if args.like is not None or args.index is not None:
+        return _patches_like(args)
     if args.legacy_data is not None:
         print("bagnet patches: the data as a positional argument is deprecated (removed in 0.3); write --data "
               f"{args.legacy_data}", file=sys.stderr)
@@ -280,6 +282,40 @@ def cmd_patches(args: argparse.Namespace) -> int:
     out = gallery.save(args.out)
     print(f"patches of {data_name} ({gallery.images} images): {out / 'gallery.png'}, report {out / 'report.html'}")
     return exit_code(gallery.skipped)
+
+
+def _patches_like(args: argparse.Namespace) -> int:
+    """``patches --like IMAGE --index DIR (--box | --cell)``: the nearest dataset patches, as a gallery."""
+    from .. import load
+    from ..patchindex import PatchIndex
+
+    if args.like is None or args.index is None or (args.box is None) == (args.cell is None):
+        raise ConfigError("patches like one patch needs --like IMAGE, --index DIR and one of --box or --cell")
+    index = PatchIndex.load(args.index)
+    model = load(index.manifest.model if args.model == "default" else args.model, device=args.device)
+    matches = index.like(model, args.like, box=args.box, cell=args.cell, k=args.k, device=args.device)
+    for rank, m in enumerate(matches.matches, 1):
+        print(f"{rank:>3} {m['score']:.3f} {str(m['label']):<20} {m['source']} cell {tuple(m['cell'])}")
+    out = matches.save(args.out)
+    print(f"patches like cell {matches.query_cell} of {args.like}: {out / 'matches.png'}, {out / 'matches.html'}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ..patchindex import build_index
+
+    model, dataset, _, data_name = model_and_data(args)
+    spec = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    index = build_index(model, dataset, args.out, data=args.data, name=spec,
+                        index_type=args.index_type, shard_images=args.shard_images, evidence_top=args.evidence_top,
+                        batch_size=args.batch_size, device=args.device, workers=args.workers, resume=args.resume,
+                        progress=not args.no_progress, log=print)
+    if index is None:  # a rank other than 0 under torchrun: rank 0 merges and reports
+        return 0
+    m = index.manifest
+    print(f"{m.patches:,} patches of {data_name} ({m.images:,} images) in {args.out}: {m.factory}, "
+          f"{m.build['bytes_per_patch']:.0f} bytes per patch, {m.build['patches_per_second']:,.0f} patches/s")
+    return exit_code(index.skipped)
 
 
 def cmd_certify(args: argparse.Namespace) -> int:

@@ -54,6 +54,18 @@ def device_arg(text: str) -> str:
     return text
 
 
+def int_list(count: int, form: str):
+    """An argparse type: ``count`` comma-separated non-negative integers (``--box 10,20,33,33``)."""
+    def parse(text: str) -> tuple[int, ...]:
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != count or not all(p.isdigit() for p in parts):
+            raise argparse.ArgumentTypeError(f"expected {form}: {count} non-negative integers separated by commas, "
+                                             f"got {text!r}")
+        return tuple(int(p) for p in parts)
+
+    return parse
+
+
 def output_folder(text: str) -> Path:
     """argparse type: a folder for result files, existing or not, but not a file (nor empty)."""
     if not text.strip():

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from . import commands
-from .flags import (add_config_flags, add_run_flags, model_spec, non_negative_int,
+from .flags import (add_config_flags, add_run_flags, device_arg, int_list, model_spec, non_negative_int,
                     output_folder, positive_int, worker_count)
 
 DATA_HELP = ("imagenette | fashion-mnist | imagenet:ROOT (the ImageNet validation split: torchvision, WordNet-id "
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiments(sub)
     _add_explain(sub)
     _add_patches(sub)
+    _add_index(sub)
     _add_certify(sub)
     _add_attribution(sub)
     _add_models(sub)
@@ -181,9 +182,38 @@ def _add_patches(sub: argparse._SubParsersAction) -> None:
     p.add_argument("legacy_data", nargs="?", metavar="DATA", help="the data given positionally (deprecated: use --data; "
                    "removed in 0.3)")
     p.add_argument("--per-class", type=positive_int, default=8, help="patches kept per class (default 8)")
+    like = p.add_argument_group("patches like one patch (with a patch index, `bagnet index`)")
+    like.add_argument("--like", metavar="IMAGE", help="an image file: find the dataset patches most like one of its "
+                      "patches (--box or --cell) in --index")
+    like.add_argument("--index", type=Path, metavar="DIR", help="the patch index to search (the model defaults to the "
+                      "index's own)")
+    like.add_argument("--box", type=int_list(4, "TOP,LEFT,HEIGHT,WIDTH"), metavar="TOP,LEFT,HEIGHT,WIDTH",
+                      help="the region of --like, in pixels of the image as the model sees it (after resize and crop)")
+    like.add_argument("--cell", type=int_list(2, "I,J"), metavar="I,J", help="… or the evidence cell (row, column)")
+    like.add_argument("--k", type=positive_int, default=10, help="nearest patches returned (default 10)")
     add_loader_flags(p, batch_size=32, workers=0)
     add_run_flags(p, "out/patches", limit=True)
     p.set_defaults(func=commands.cmd_patches)
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="a vector index (faiss) of every patch of a dataset: features, cells, evidence",
+                       description="Index every patch of --data with a BagNet, in shards (resumable with --resume; "
+                                   "shards split across processes under torchrun, rank 0 merges).")
+    add_model_flag(p)
+    add_data_flag(p)
+    p.add_argument("--out", type=output_folder, required=True, help="the index folder (never overwritten)")
+    p.add_argument("--index-type", default="auto", metavar="FACTORY",
+                   help="auto (exact Flat up to 200,000 patches, else IVF…,SQ8) or any faiss index factory string, "
+                        "e.g. IVF4096,PQ32 (default auto)")
+    p.add_argument("--shard-images", type=positive_int, default=256, help="images per shard (default 256)")
+    p.add_argument("--evidence-top", type=positive_int, default=16,
+                   help="classes whose evidence each patch keeps, the largest (default 16)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
+    add_loader_flags(p, batch_size=32, workers=2)
+    p.add_argument("--device", default="auto", type=device_arg, help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=commands.cmd_index)
 
 
 def _add_certify(sub: argparse._SubParsersAction) -> None:

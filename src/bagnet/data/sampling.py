@@ -104,6 +104,18 @@ def tracked_batches(dataset: torch.utils.data.Dataset, batch_size: int, limit: O
         raise ValueError(f"no readable images in the dataset ({len(skips.paths)} unreadable)")
 
 
+def ordered_batches(dataset: torch.utils.data.Dataset, indices: Sequence[int], batch_size: int, skips: SkipLog,
+                    workers: int = 0) -> Iterator[Batch]:
+    """Batches of ``dataset[indices]`` in exactly that order (no seed, no sharding: the caller decides who reads
+    what); unreadable items go to ``skips``."""
+    loader = torch.utils.data.DataLoader(_Indexed(dataset, list(indices)), batch_size=batch_size, collate_fn=collate,
+                                         num_workers=workers)
+    for batch in loader:
+        skips.add(batch.skipped)
+        if len(batch):
+            yield batch
+
+
 class _Indexed(torch.utils.data.Dataset):
     """``dataset[order[k]]`` as an ``(image, label, index)`` item: accepts the ``(image, label)`` pairs of torchvision
     and most user datasets as well as bagnet's own triples, and names what is wrong with any other item."""
