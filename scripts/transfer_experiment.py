@@ -10,7 +10,7 @@ dataset-fashion-mnist or $BAGNET_DATA), written to docs/results/ and rendered in
 Every run is a normal ``bagnet train`` run folder under --runs (resumed when interrupted, skipped when finished).
 
 Usage:  python scripts/transfer_experiment.py transfer [--runs runs/transfer] [--json docs/results/transfer.json]
-        python scripts/transfer_experiment.py transfer --lrs 5e-4 1e-3 2e-3 5e-3   # lr chosen on val per start
+        python scripts/transfer_experiment.py transfer   # lr (and fine-tuning option) chosen on val per start
         python scripts/transfer_experiment.py sparsity [--lambdas 0 0.1 0.2 0.4] [--epochs 6] [--json …]
         python scripts/transfer_experiment.py figures      # docs/results/transfer.png and sparsity.png
 """
@@ -80,31 +80,39 @@ def run(config: TrainConfig) -> dict:
             "test_sparsity": result.sparsity, "seconds": sum(h["seconds"] for h in history)}
 
 
+#: The fine-tuning options tried beside the plain recipe (chosen, with the learning rate, on validation).
+VARIANTS = {"plain": {}, "freeze-bn": {"freeze_bn": True}, "lr-mult-0.1": {"pretrained_lr_mult": 0.1}}
+
+
 def transfer(args: argparse.Namespace) -> dict:
-    """Every start at every learning rate of ``--lrs`` and every seed; each start's learning rate chosen by its mean
-    final validation top-1 (never by test), its test top-1 reported."""
+    """Every start at every learning rate of ``--lrs`` (fine-tuning also with each of ``--variants``) and every seed;
+    each start's setting chosen by its mean final validation top-1 (never by test), its test top-1 reported."""
     data = export(args.runs / "fashion-mnist-100", {"train": 100, "val": 100, "test": 200})
     recipe = dict(data=str(data), image_size=64, epochs=2, batch_size=32, warmup_epochs=0.2, workers=0, **ARCH)
-    starts = {"fine-tuned": dict(init=SHIPPED), "from scratch": {}}
-    sweep: dict[str, dict[str, list[dict]]] = {kind: {} for kind in starts}
-    for lr in args.lrs:
-        for kind, extra in starts.items():
-            name = "finetuned" if extra else "scratch"
-            suffix = "" if lr == 2e-3 else f"-lr{lr:g}"  # the first runs (lr 0.002) keep their folders
-            sweep[kind][f"{lr:g}"] = [run(TrainConfig(**recipe, **extra, lr=lr, seed=seed,
-                                                      out=str(args.runs / f"{name}-{seed}{suffix}")))
-                                      for seed in args.seeds]
-    val = {kind: {lr: statistics.mean(r["val_top1"][-1] for r in rs) for lr, rs in by_lr.items()}
-           for kind, by_lr in sweep.items()}
+    settings = {"from scratch": {f"lr {lr:g}": ("scratch", lr, {}) for lr in args.lrs}}
+    settings["fine-tuned"] = {f"lr {lr:g}" + ("" if v == "plain" else f", {v}"): ("finetuned", lr,
+                                                                               {"init": SHIPPED, **VARIANTS[v]})
+                              for v in args.variants for lr in (args.lrs if v == "plain" else args.variant_lrs)}
+    sweep: dict[str, dict[str, list[dict]]] = {kind: {} for kind in settings}
+    for kind, named in settings.items():
+        for label, (name, lr, extra) in named.items():
+            suffix = ("" if lr == 2e-3 else f"-lr{lr:g}") + "".join(f"-{v}" for v in args.variants
+                                                                     if v != "plain" and label.endswith(v))
+            sweep[kind][label] = [run(TrainConfig(**recipe, **extra, lr=lr, seed=seed,
+                                                  out=str(args.runs / f"{name}-{seed}{suffix}")))
+                                  for seed in args.seeds]
+    val = {kind: {label: statistics.mean(r["val_top1"][-1] for r in rs) for label, rs in by.items()}
+           for kind, by in sweep.items()}
     chosen = {kind: max(v, key=v.get) for kind, v in val.items()}
-    runs = {kind: sweep[kind][chosen[kind]] for kind in starts}
+    runs = {kind: sweep[kind][chosen[kind]] for kind in ("fine-tuned", "from scratch")}
     mean = {k: statistics.mean(r["test_top1"] for r in v) for k, v in runs.items()}
     return {"experiment": "transfer", "data": "Fashion-MNIST, 100 train / 100 val per class (from its training set), "
             "200 test per class (its test set), 28 px grey images at 64 px", "init": SHIPPED, "seeds": args.seeds,
-            "recipe": {k: v for k, v in recipe.items() if k != "data"}, "lrs": [f"{lr:g}" for lr in args.lrs],
-            "mean_val_top1_by_lr": val, "chosen_lr": chosen, "runs": runs, "mean_test_top1": mean,
-            "mean_test_top1_by_lr": {kind: {lr: statistics.mean(r["test_top1"] for r in rs)
-                                            for lr, rs in by_lr.items()} for kind, by_lr in sweep.items()},
+            "recipe": {k: v for k, v in recipe.items() if k != "data"}, "settings_tried": {k: list(v) for k, v in
+                                                                                        settings.items()},
+            "mean_val_top1_by_setting": val, "chosen": chosen, "runs": runs, "mean_test_top1": mean,
+            "mean_test_top1_by_setting": {kind: {label: statistics.mean(r["test_top1"] for r in rs)
+                                                 for label, rs in by.items()} for kind, by in sweep.items()},
             "gain_points": 100 * (mean["fine-tuned"] - mean["from scratch"]), "run": run_info()}
 
 
@@ -161,6 +169,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 5e-3],
                         help="transfer: learning rates tried for each start, chosen on validation")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="transfer: fine-tuning options tried (with --variant-lrs), chosen on validation")
+    parser.add_argument("--variant-lrs", type=float, nargs="+", default=[1e-3, 2e-3])
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4])
     parser.add_argument("--epochs", type=int, default=6, help="sparsity: epochs of every run (default 6)")
     args = parser.parse_args()

@@ -23,7 +23,7 @@ __all__ = ["main", "build_parser"]
 
 #: Commands whose whole run holds the lock of their --out folder (explain takes it itself, after checking its flags;
 #: train locks its run folder).
-LOCKED_COMMANDS = ("evaluate", "experiment", "patches", "certify", "attribution")
+LOCKED_COMMANDS = ("evaluate", "experiment", "patches", "certify", "attribution", "audit")
 #: Commands that split their images among the processes of a ``torchrun`` launch (see bagnet.parallel).
 SHARDED_COMMANDS = ("evaluate", "experiment", "certify")
 #: Exit codes: all good; some inputs or the run failed (named on stderr); a usage error (bad flag or config value).

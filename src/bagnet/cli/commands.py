@@ -318,6 +318,29 @@ def cmd_index(args: argparse.Namespace) -> int:
     return exit_code(index.skipped)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ..audit import audit
+    from ..patchindex import PatchIndex
+
+    index = PatchIndex.load(args.index) if args.index is not None else None
+    model, dataset, _, data_name = model_and_data(args)
+    result = audit(model, dataset, strategies=args.strategies, cells_per_image=args.cells_per_image,
+                   threshold=args.threshold, cross_class_rate=args.cross_class_rate, index=index, data=data_name,
+                   batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)
+    print(f"{result.model} on {data_name}: {result.images} images, accuracy {result.accuracy:.1%}")
+    for name in result.categories:
+        try:
+            top = result.top(name)
+        except KeyError:
+            continue
+        print(f"  {name:<24} top strategy #{top.id}: {top.share:.0%} of its evidence, in {top.images}/"
+              f"{top.class_images} images, accuracy without it {top.accuracy_without:.1%}"
+              + ("  ⚑ cross-class" if top.cross_class else ""))
+    out = result.save(args.out)
+    print(f"audit: {out / 'report.html'}, {out / 'strategies.csv'}, {out / 'audit.json'}")
+    return exit_code(result.skipped)
+
+
 def cmd_certify(args: argparse.Namespace) -> int:
     from ..robust import AttackConfig, DefenceConfig, robustness
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from . import commands
-from .flags import (add_config_flags, add_run_flags, device_arg, int_list, model_spec, non_negative_int,
+from .flags import (add_config_flags, add_run_flags, device_arg, fraction, int_list, model_spec, non_negative_int,
                     output_folder, positive_int, worker_count)
 
 DATA_HELP = ("imagenette | fashion-mnist | imagenet:ROOT (the ImageNet validation split: torchvision, WordNet-id "
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_patches(sub)
     _add_index(sub)
+    _add_audit(sub)
     _add_certify(sub)
     _add_attribution(sub)
     _add_models(sub)
@@ -214,6 +215,26 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", type=device_arg, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=commands.cmd_index)
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="a shortcut audit: each class's strategies (clusters of the patches carrying its "
+                       "evidence), their share, positions, cross-class use and worth; JSON, CSV, figures, HTML",
+                       description="Audit a BagNet over a whole dataset (labels in the model's class order).")
+    add_model_flag(p)
+    add_data_flag(p)
+    p.add_argument("--index", type=Path, metavar="DIR", help="a patch index of another split built with the same "
+                   "model: near-duplicate patches and images across the splits (leakage)")
+    p.add_argument("--strategies", type=positive_int, default=5, help="strategies per class and sign (default 5)")
+    p.add_argument("--cells-per-image", type=positive_int, default=4,
+                   help="candidate patches per image and sign, the strongest for its class (default 4)")
+    p.add_argument("--threshold", type=fraction, default=0.25, help="a strategy appears in an image when its cells "
+                   "carry at least this share of the image's evidence for its class (default 0.25)")
+    p.add_argument("--cross-class-rate", type=fraction, default=0.1, help="flag a strategy that appears in at least "
+                   "this share of another class's images (default 0.1)")
+    add_loader_flags(p, batch_size=32, workers=2)
+    add_run_flags(p, "out/audit", seed=False)
+    p.set_defaults(func=commands.cmd_audit)
 
 
 def _add_certify(sub: argparse._SubParsersAction) -> None:

@@ -86,7 +86,7 @@ class Manifest:
 def faiss_module() -> Any:
     """faiss, or an ImportError that says how to install it."""
     try:
-        faiss = faiss_module()
+        import faiss
     except ImportError:
         raise ImportError("the patch index needs faiss: pip install 'bagnet[index]' (faiss-cpu; a GPU build of faiss "
                           "works too)") from None

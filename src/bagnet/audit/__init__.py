@@ -1,0 +1,139 @@
+"""A shortcut audit of a BagNet over a whole dataset: for each class, the *strategies* (clusters of the patches that
+carry its positive, and its negative, evidence), what each is worth, where it sits, and where else it fires.
+
+:func:`audit` runs two passes over the data (:mod:`.collect`), clusters in between (:mod:`.strategies`) and returns a
+:class:`ShortcutAudit` (:mod:`.result`), which saves JSON, CSV, figures and one self-contained HTML report.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from ..data import SkipLog, check_dataset, sample_path
+from ..models.bagnet import BagNet
+from ..models.meta import model_meta
+from ..models.registry import load_bagnet
+from ..plumbing import eval_mode
+from .collect import Tally, collect_candidates, feature_batches, tally
+from .result import AuditRule, ShortcutAudit, Strategy
+from .strategies import cluster, examples
+
+__all__ = ["audit", "ShortcutAudit", "Strategy", "AuditRule"]
+
+
+def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, *, strategies: int = 5,
+          cells_per_image: int = 4, threshold: float = 0.25, cross_class_rate: float = 0.1, decision_share: float = 0.5,
+          n_examples: int = 8, index: Any = None, data: str = "", batch_size: int = 32, workers: int = 0,
+          device: Any = None, progress: bool = True) -> ShortcutAudit:
+    """Audit ``model`` (a BagNet: its evidence is exact) on ``dataset`` (items ``(normalised image, label, index)``,
+    labels in the model's class order). ``strategies``: clusters per class and sign; ``cells_per_image``: candidate
+    patches per image and sign; a strategy *appears* in an image when its cells carry ≥ ``threshold`` of the image's
+    evidence of its class and sign, and is a *cross-class* candidate shortcut when it appears in ≥
+    ``cross_class_rate`` of another class's images. ``index``: a :class:`~bagnet.patchindex.PatchIndex` built with the
+    same model on another split, searched for near-duplicate patches and images (leakage)."""
+    model = load_bagnet(model, device, "a shortcut audit",
+                        "fine-tune a BagNet on the same data (bagnet train --init bagnet33:imagenet) and audit it: its "
+                        "strategies are hypotheses about the dataset")
+    check_dataset(dataset)
+    if not 0 < threshold <= 1 or not 0 < decision_share <= 1 or not 0 <= cross_class_rate <= 1:
+        raise ValueError(f"threshold, decision_share and cross_class_rate must lie in (0, 1], got {threshold}, "
+                         f"{decision_share}, {cross_class_rate}")
+    if index is not None:
+        from ..patchindex.store import check_model
+
+        check_model(index.manifest, model, index.folder)
+    C = model.num_classes
+    skips = SkipLog()
+
+    def passes(desc: str):
+        return feature_batches(model, dataset, batch_size, skips, desc, progress, workers, device)
+
+    with eval_mode(model):
+        keep, info = collect_candidates(passes("audit 1/2"), C, cells_per_image)
+        clusters = {key: cluster(cands, strategies) for key, cands in keep.items()}
+        columns = [(sign, c, k) for (sign, c), cl in clusters.items() if cl is not None
+                   for k in range(len(cl.centroids))]
+        if not columns:
+            raise ValueError("no image of the dataset has any evidence for its own class: nothing to audit (are the "
+                             "labels in the model's class order?)")
+        centroids = torch.from_numpy(np.concatenate([clusters[(s, c)].centroids[k:k + 1] for s, c, k in columns]))
+        radii = torch.from_numpy(np.array([clusters[(s, c)].radii[k] for s, c, k in columns], np.float32))
+        t = tally(passes("audit 2/2"), centroids, radii, Tally(columns, info["grid"], C, threshold),
+                  model.fc.bias.detach().float().cpu(), decision_share)
+        leakage = _leakage(index, model, dataset, skips, batch_size, workers, device) if index is not None else []
+    return _result(model, dataset, data, keep, clusters, columns, t, skips, leakage, n_examples,
+                   AuditRule(threshold, cross_class_rate, decision_share, cells_per_image, strategies))
+
+
+def _result(model: BagNet, dataset: Any, data: str, keep: dict, clusters: dict, columns: list, t: Tally,
+            skips: SkipLog, leakage: list, n_examples: int, rule: AuditRule) -> ShortcutAudit:
+    categories = list(model.categories or [str(c) for c in range(model.num_classes)])
+    meta = model_meta(model)
+    accuracy = t.correct / max(t.images, 1)
+    found = []
+    for s, (sign, c, k) in enumerate(columns):
+        others = {categories[o]: float(t.occurs[s, o] / t.class_images[o])
+                  for o in range(len(categories)) if o != c and t.class_images[o]}
+        chosen = examples(clusters[(sign, c)], k, n_examples)
+        for e in chosen:
+            e["source"] = sample_path(dataset, e["image"])
+            e["box"] = list(model.patch_box(*e["cell"]))
+        total = keep[(sign, c)].total
+        crops = [_crop(dataset, e, meta.preprocess) for e in chosen]
+        found.append(Strategy(
+            id=s, sign=sign, category=categories[c], share=float(t.mass[s] / total) if total else 0.0,
+            images=int(t.occurs[s, c]), class_images=int(t.class_images[c]), other_classes=others,
+            cross_class=any(v >= rule.cross_class_rate for v in others.values()),
+            accuracy_without=float(t.correct_without[s] / max(t.images, 1)), positions=t.positions[s].tolist(),
+            examples=chosen, crops=[c for c in crops if c is not None]))
+    found.sort(key=lambda st: (st.category, st.sign != "positive", -st.share))
+    decisions = [{**d, "source": sample_path(dataset, d["image"]), "label": categories[d["label"]]
+                  if 0 <= d["label"] < len(categories) else d["label"], "predicted": categories[d["predicted"]],
+                  "strategy": d["strategy"]} for d in t.decisions]
+    return ShortcutAudit(model=model.name, data=data, categories=categories, images=t.images, accuracy=accuracy,
+                         patch_size=model.patch_size, grid=list(t.grid), rule=rule, strategies=found,
+                         decisions=decisions, leakage=leakage, skipped=dict(skips.paths),
+                         preprocess=meta.preprocess.to_dict())
+
+
+def _crop(dataset: Any, example: dict, preprocess: Any) -> Optional[np.ndarray]:
+    """The pixels (uint8) of an example patch, read again from the dataset (None when it cannot be read now)."""
+    item = dataset[example["image"]]
+    if not isinstance(item, tuple) or not isinstance(item[0], torch.Tensor):
+        return None
+    top, left, bottom, right = example["box"]
+    pixels = (preprocess.denormalize(item[0].float()).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
+    return pixels[max(top, 0):bottom, max(left, 0):right].numpy()
+
+
+def _leakage(index: Any, model: BagNet, dataset: Any, skips: SkipLog, batch_size: int, workers: int, device: Any,
+             cells: int = 16, patch_similarity: float = 0.95, image_share: float = 0.5) -> list[dict]:
+    """Near-duplicates between ``dataset`` and the split ``index`` holds: for each image, its ``cells`` cells with the
+    most evidence for its predicted class, searched in the index; a pair of images is reported when at least
+    ``image_share`` of those cells find a patch of the same indexed image with cosine similarity ≥
+    ``patch_similarity``."""
+    rows = []
+    bias = model.fc.bias.detach().float().cpu()
+    for indices, labels, feats, evidence in feature_batches(model, dataset, batch_size, skips, "leakage", False,
+                                                            workers, device):
+        B, h, w, D = feats.shape
+        predicted = (evidence.mean((2, 3)) + bias).argmax(1)
+        for b, index_b in enumerate(indices.tolist()):
+            strength = evidence[b, predicted[b]].flatten()
+            top = strength.topk(min(cells, h * w)).indices
+            scores, ids = index.search(feats[b].reshape(-1, D)[top].numpy(), 1)
+            hits: dict[int, int] = {}
+            for score, pid in zip(scores[:, 0], ids[:, 0]):
+                if pid >= 0 and score >= patch_similarity:
+                    image = int(index.image[pid])
+                    hits[image] = hits.get(image, 0) + 1
+            for image, n in hits.items():
+                if n / len(top) >= image_share:
+                    rows.append({"image": index_b, "source": sample_path(dataset, index_b),
+                                 "indexed_source": index.sources.get(image, f"#{image}"),
+                                 "matching_cells": n, "cells": len(top)})
+    return rows
+

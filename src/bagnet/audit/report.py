@@ -1,0 +1,62 @@
+"""The audit's self-contained HTML report: the rule, then per class its strategies (figure and table), the images
+a strategy decides, and the near-duplicates found across splits. Every image embedded; no scripts."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+from ..report import data_uri, page
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .result import ShortcutAudit
+
+
+def audit_report(audit: "ShortcutAudit", figures: dict[str, bytes]) -> str:
+    a = audit
+    flagged = [s for s in a.strategies if s.cross_class]
+    nav = "".join(f"<a href=\"#c{c}\">{html.escape(n)}</a>" for c, n in enumerate(a.categories))
+    parts = [f"<h1>Shortcut audit: {html.escape(a.model)}</h1>",
+             f"<p class=\"muted\">{a.images} images of {html.escape(a.data or 'the dataset')}; accuracy "
+             f"{a.accuracy:.1%}; {a.patch_size}×{a.patch_size} px patches on a {a.grid[0]}×{a.grid[1]} evidence grid."
+             f"</p><p>{html.escape(a.rule.text())}</p>",
+             f"<p><b>{len(flagged)}</b> cross-class strategies (⚑); <b>{len(a.decisions)}</b> images in which one "
+             f"strategy carries most of the decision (<code>decisions.csv</code>); <b>{len(a.leakage)}</b> "
+             f"near-duplicate image pairs across splits (<code>leakage.csv</code>).</p>", f"<nav>{nav}</nav>"]
+    for c, name in enumerate(a.categories):
+        mine = [s for s in a.strategies if s.category == name]
+        if not mine:
+            continue
+        rows = "".join(
+            f"<tr><td>#{s.id}</td><td>{s.sign}</td><td class=\"num\">{s.share:.1%}</td>"
+            f"<td class=\"num\">{s.images}/{s.class_images}</td>"
+            f"<td>{html.escape(_others(s.other_classes))}{' ⚑' if s.cross_class else ''}</td>"
+            f"<td class=\"num\">{s.accuracy_without:.1%} ({s.accuracy_without - a.accuracy:+.1%})</td>"
+            f"<td>{html.escape(', '.join(_short(e['source']) for e in s.examples[:3]))}</td></tr>" for s in mine)
+        figure = (f"<img src=\"{data_uri(figures[name])}\" alt=\"strategies of {html.escape(name)}\">"
+                  if name in figures else "")
+        parts.append(f"<h2 id=\"c{c}\">{html.escape(name)}</h2>{figure}<table><tr><th>strategy</th><th>sign</th>"
+                     "<th>share of evidence</th><th>images</th><th>other classes (rate)</th>"
+                     f"<th>accuracy without it</th><th>example images</th></tr>{rows}</table>")
+    if a.leakage:
+        rows = "".join(f"<tr><td><code>{html.escape(r['source'])}</code></td><td><code>"
+                       f"{html.escape(r['indexed_source'])}</code></td><td class=\"num\">{r['matching_cells']}/"
+                       f"{r['cells']}</td></tr>" for r in a.leakage[:200])
+        parts.append("<h2>Near-duplicates across splits</h2><table><tr><th>image</th><th>indexed image</th>"
+                     f"<th>matching cells</th></tr>{rows}</table>")
+    if a.skipped:
+        items = "".join(f"<li><code>{html.escape(p)}</code>: {html.escape(r)}</li>" for p, r in a.skipped.items())
+        parts.append(f"<h2 class=\"fail\">Skipped (unreadable)</h2><ul>{items}</ul>")
+    return page(f"bagnet audit: {a.model}", "\n".join(parts))
+
+
+def _others(rates: dict[str, float], n: int = 2) -> str:
+    top = sorted(rates.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{k} {v:.0%}" for k, v in top if v > 0) or "none"
+
+
+def _short(source: str, keep: int = 40) -> str:
+    from pathlib import Path
+
+    name = Path(source).name if "/" in source else source
+    return name if len(name) <= keep else "…" + name[-(keep - 1):]
