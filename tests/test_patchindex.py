@@ -70,13 +70,28 @@ def test_a_flat_index_answers_exactly_what_brute_force_over_every_patch_answers(
     rng = np.random.default_rng(1)
     for q in rng.choice(len(vectors), 5, replace=False):
         k, i, j = where[q]
-        matches = flat.like(model, ds[k][0], cell=(i, j), k=8)
+        matches = flat.like(model, ds[k][0], cell=(i, j), k=8, per_image=None)
         expected = np.argsort(-(vectors @ vectors[q]), kind="stable")[:8]
         got = [(m["image"], *m["cell"]) for m in matches.matches]
         assert got[0] == (k, i, j) and matches.matches[0]["score"] == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_allclose([m["score"] for m in matches.matches], (vectors @ vectors[q])[expected], atol=1e-5)
         assert set(got[:5]) == {where[e] for e in expected[:5]} or np.isclose(  # ties aside, the same patches
             (vectors @ vectors[q])[expected[4]], (vectors @ vectors[q])[expected[5]], atol=1e-6)
+
+
+def test_by_default_each_image_gives_its_best_patch_once(flat, folder, model):
+    ds = dataset(folder, model)
+    vectors, where = reference_features(model, ds)
+    q = 100
+    k, i, j = where[q]
+    matches = flat.like(model, ds[k][0], cell=(i, j), k=6).matches
+    scores = vectors @ vectors[q]
+    best = {}
+    for (image, _, _), score in zip(where, scores):
+        best[image] = max(best.get(image, -1.0), score)
+    expected = sorted(best.items(), key=lambda kv: -kv[1])[:6]
+    assert [m["image"] for m in matches] == [image for image, _ in expected]
+    np.testing.assert_allclose([m["score"] for m in matches], [s for _, s in expected], atol=1e-5)
 
 
 def test_each_patch_keeps_its_image_label_box_and_exact_evidence(flat, folder, model):

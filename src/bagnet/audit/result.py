@@ -143,8 +143,10 @@ def strategies_figure(category: str, strategies: list[Strategy], grid: list[int]
             ax.axis("off")
             if c - 1 < len(s.crops):
                 ax.imshow(s.crops[c - 1], interpolation="nearest")
-                ax.set_title(f"{s.examples[c - 1]['evidence']:+.2f}", fontsize=6)
-    fig.suptitle(f"{category}: strategies (share of the class's evidence; where; strongest patches)", fontsize=9)
+                value = s.examples[c - 1]["evidence"] * (1 if s.sign == "positive" else -1)
+                ax.set_title(f"{value:+.2f}", fontsize=6)
+    fig.suptitle(f"{category}: strategies (share of the class's evidence of that sign, ⚑ cross-class; where, "
+                 f"by cell; strongest patches)", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -293,7 +293,8 @@ def _patches_like(args: argparse.Namespace) -> int:
         raise ConfigError("patches like one patch needs --like IMAGE, --index DIR and one of --box or --cell")
     index = PatchIndex.load(args.index)
     model = load(index.manifest.model if args.model == "default" else args.model, device=args.device)
-    matches = index.like(model, args.like, box=args.box, cell=args.cell, k=args.k, device=args.device)
+    matches = index.like(model, args.like, box=args.box, cell=args.cell, k=args.k,
+                         per_image=args.per_image or None, device=args.device)
     for rank, m in enumerate(matches.matches, 1):
         print(f"{rank:>3} {m['score']:.3f} {str(m['label']):<20} {m['source']} cell {tuple(m['cell'])}")
     out = matches.save(args.out)

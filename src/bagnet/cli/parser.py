@@ -192,6 +192,8 @@ def _add_patches(sub: argparse._SubParsersAction) -> None:
                       help="the region of --like, in pixels of the image as the model sees it (after resize and crop)")
     like.add_argument("--cell", type=int_list(2, "I,J"), metavar="I,J", help="… or the evidence cell (row, column)")
     like.add_argument("--k", type=positive_int, default=10, help="nearest patches returned (default 10)")
+    like.add_argument("--per-image", type=non_negative_int, default=1,
+                      help="at most this many from one image (0: no limit; default 1)")
     add_loader_flags(p, batch_size=32, workers=0)
     add_run_flags(p, "out/patches", limit=True)
     p.set_defaults(func=commands.cmd_patches)

@@ -81,10 +81,12 @@ class PatchIndex:
                 "evidence": {m.categories[int(c)]: float(v) for c, v in zip(self.ev_class[pid], self.ev_value[pid])}}
 
     def like(self, model: BagNet, image: Union[str, os.PathLike, Tensor], *, box: Optional[Box] = None,
-             cell: Optional[tuple[int, int]] = None, k: int = 10, device: Any = None) -> "PatchMatches":
+             cell: Optional[tuple[int, int]] = None, k: int = 10, per_image: Optional[int] = 1,
+             device: Any = None) -> "PatchMatches":
         """The ``k`` dataset patches most like one patch of ``image`` (a file, or a normalised (3, H, W) tensor at the
         model's preprocessing): the cell ``(i, j)``, or the cell whose patch best covers ``box`` (top, left, height,
-        width in pixels of the model's input). ``model`` must be the index's own (checked by its weights)."""
+        width in pixels of the model's input); at most ``per_image`` from one image (None: no limit; neighbouring
+        cells of one image overlap and look alike). ``model`` must be the index's own (checked by its weights)."""
         check_model(self.manifest, model, self.folder)
         source = str(image) if not isinstance(image, Tensor) else "tensor"
         x = self._input(image)
@@ -93,14 +95,33 @@ class PatchIndex:
             feats = model.forward_features(x[None].to(dev, model.fc.weight.dtype)).float()[0]  # (D, h, w)
         _, h, w = feats.shape
         i, j = self._cell(box, cell, x.shape[-2:], (h, w))
-        scores, ids = self.search(feats[:, i, j].cpu().numpy()[None], k)
-        matches = [{**self.patch(int(pid)), "score": float(s)} for s, pid in zip(scores[0], ids[0]) if pid >= 0]
+        matches = self._diverse(feats[:, i, j].cpu().numpy()[None], k, per_image)
         q, s = self.manifest.patch_size, self.manifest.stride
         pixels = self._pixels(x)
         crop = pixels[s * i:s * i + q, s * j:s * j + q]
         return PatchMatches(model=self.manifest.model, index=str(self.folder), query_source=source,
                             query_cell=(i, j), query_box=(s * i, s * j, q, q), matches=matches, query_crop=crop,
                             crops=[self.crop(m) for m in matches])
+
+    def _diverse(self, vector: np.ndarray, k: int, per_image: Optional[int]) -> list[dict[str, Any]]:
+        """The best ``k`` matches with at most ``per_image`` per image (searching deeper until there are ``k``)."""
+        depth = k if per_image is None else k * 8
+        while True:
+            scores, ids = self.search(vector, min(depth, len(self)))
+            chosen, seen = [], {}
+            for score, pid in zip(scores[0], ids[0]):
+                if pid < 0:
+                    continue
+                image = int(self.image[pid])
+                if per_image is not None and seen.get(image, 0) >= per_image:
+                    continue
+                seen[image] = seen.get(image, 0) + 1
+                chosen.append({**self.patch(int(pid)), "score": float(score)})
+                if len(chosen) == k:
+                    return chosen
+            if depth >= len(self):
+                return chosen
+            depth *= 4
 
     def crop(self, match: dict[str, Any]) -> np.ndarray:
         """The pixels (q, q, 3) uint8 of an indexed patch, read again from its image file."""
