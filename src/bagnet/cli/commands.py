@@ -303,14 +303,21 @@ def _patches_like(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ..parallel import init_from_env, launched
     from ..patchindex import build_index
 
+    shard_of = (0, 1)
+    if launched():  # under torchrun: each process builds its own shards, rank 0 merges them
+        import torch.distributed as dist
+
+        args.device = init_from_env(args.device)
+        shard_of = (dist.get_rank(), dist.get_world_size())
     model, dataset, _, data_name = model_and_data(args)
     spec = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     index = build_index(model, dataset, args.out, data=args.data, name=spec,
                         index_type=args.index_type, shard_images=args.shard_images, evidence_top=args.evidence_top,
                         batch_size=args.batch_size, device=args.device, workers=args.workers, resume=args.resume,
-                        progress=not args.no_progress, log=print)
+                        shard_of=shard_of, progress=not args.no_progress and shard_of[0] == 0, log=print)
     if index is None:  # a rank other than 0 under torchrun: rank 0 merges and reports
         return 0
     m = index.manifest

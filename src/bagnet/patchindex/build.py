@@ -25,7 +25,7 @@ from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.registry import load_bagnet
 from ..plumbing import eval_mode, model_device, write_json
-from .store import (TRAIN_SAMPLE, Manifest, choose_factory, empty_index, faiss_module, folder_bytes, model_fingerprint,
+from .store import (ARRAYS, TRAIN_SAMPLE, Manifest, choose_factory, empty_index, faiss_module, folder_bytes, model_fingerprint,
                     read_index, read_npz, remove_shards, set_nprobe, shard_paths, write_index, write_npy, write_npz)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -256,21 +256,22 @@ def _dataset_classes(dataset: Any) -> list[str]:
 
 
 def merge_shards(out: Path, seconds: float = 0.0, log: Callable[[str], None] = print) -> Manifest:
-    """Merge a build's shards into ``patches.faiss``, ``patches.npz`` and ``images.json``; measure recall@10 of the
-    index against the brute-force top-10 recorded per shard; mark the manifest completed; remove the shards."""
+    """Merge a build's shards into ``patches.faiss``, the per-patch arrays (:data:`~.store.ARRAYS`, streamed into
+    memory-mapped ``.npy`` files) and ``images.json``; measure recall@10 of the index against the brute-force
+    top-10 recorded per shard; mark the manifest completed; remove the shards."""
     faiss = faiss_module()
-
     manifest = Manifest.load(out)
     count = -(-manifest.images // manifest.shard_images)
     missing = [s for s in range(count) if not shard_paths(out, s)["index"].is_file()]
     if missing:
         raise PatchIndexError(f"{out}: shards {missing[:5]} are not built yet; resume the build (--resume) to finish")
-    merged, parts, images = None, [], {"sources": {}, "labels": {}, "skipped": {}}
+    merged, images = None, {"sources": {}, "labels": {}, "skipped": {}}
     exact_s, exact_i, offset = None, None, 0
     for s in range(count):
         paths = shard_paths(out, s)
         index = read_index(paths["index"])
-        arrays = read_npz(paths["arrays"], ("image", "cell", "ev_class", "ev_value", "exact_score", "exact_local"))
+        added = int(index.ntotal)  # merge_from empties the index it merges
+        exact = read_npz(paths["arrays"], ("exact_score", "exact_local"))
         try:
             info = json.loads(paths["images"].read_text())
         except (OSError, ValueError) as err:
@@ -283,14 +284,12 @@ def merge_shards(out: Path, seconds: float = 0.0, log: Callable[[str], None] = p
             merged.merge_from(index, offset)
         else:
             merged.merge_from(index, 0)
-        if len(arrays["exact_score"]):
-            s_, i_ = arrays["exact_score"], np.where(arrays["exact_local"] >= 0, arrays["exact_local"] + offset, -1)
-            exact_s, exact_i = _merge_top(exact_s, exact_i, s_, i_)
-        parts.append(arrays)
-        offset += len(arrays["image"])
+        if len(exact["exact_score"]):
+            local = exact["exact_local"]
+            exact_s, exact_i = _merge_top(exact_s, exact_i, exact["exact_score"], np.where(local >= 0, local + offset, -1))
+        offset += added
     recall = _recall(merged, out, exact_i, exact_s) if exact_i is not None else None
-    write_npz(out / "patches.npz", **{k: np.concatenate([p[k] for p in parts]) for k in
-                                      ("image", "cell", "ev_class", "ev_value")})
+    _merge_arrays(out, count, offset)
     write_json(out / "images.json", {"sources": {int(k): v for k, v in images["sources"].items()},
                                      "labels": {int(k): v for k, v in images["labels"].items()},
                                      "skipped": images["skipped"]})
@@ -308,6 +307,25 @@ def merge_shards(out: Path, seconds: float = 0.0, log: Callable[[str], None] = p
     log(f"indexed {offset:,} patches of {len(images['sources']):,} images into {out} ({manifest.factory}"
         + (f", recall@10 {recall:.3f} against brute force" if recall is not None else "") + ")")
     return done
+
+
+def _merge_arrays(out: Path, count: int, total: int) -> None:
+    """Each per-patch array of the shards, in shard order, into one ``.npy`` file written through a memory map (never
+    all in memory), under a temporary name and then renamed."""
+    import os
+
+    for name in ARRAYS:
+        first = read_npz(shard_paths(out, 0)["arrays"], (name,))[name]
+        tmp = out / f"{name}.npy.tmp"
+        target = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(total, *first.shape[1:]))
+        row = 0
+        for s in range(count):
+            part = read_npz(shard_paths(out, s)["arrays"], (name,))[name]
+            target[row:row + len(part)] = part
+            row += len(part)
+        target.flush()
+        del target
+        os.replace(tmp, out / f"patch_{name}.npy")
 
 
 def _merge_top(s0: Optional[np.ndarray], i0: Optional[np.ndarray], s1: np.ndarray, i1: np.ndarray,

@@ -18,7 +18,7 @@ from ..errors import PatchIndexError
 from ..models.bagnet import BagNet
 from ..models.preprocess import make_preprocess
 from ..plumbing import SCHEMA_VERSION, Result, eval_mode, model_device, write_bytes, write_json, write_text
-from .store import Manifest, check_model, read_index, read_npz, set_nprobe
+from .store import Manifest, check_model, read_arrays, read_index, set_nprobe
 
 Box = tuple[int, int, int, int]  # top, left, height, width (pixels of the model's input)
 
@@ -46,7 +46,7 @@ class PatchIndex:
         if not manifest.completed:
             raise PatchIndexError(f"the patch index {folder} is unfinished (its build was interrupted); run the same "
                                   f"`bagnet index` again with --resume")
-        arrays = read_npz(folder / "patches.npz", ("image", "cell", "ev_class", "ev_value"))
+        arrays = read_arrays(folder)
         try:
             images = json.loads((folder / "images.json").read_text(encoding="utf-8"))
             images["sources"], images["labels"]
@@ -55,7 +55,7 @@ class PatchIndex:
         index = read_index(folder / "patches.faiss")
         if index.ntotal != len(arrays["image"]) or index.ntotal != manifest.patches or index.d != manifest.dim:
             raise PatchIndexError(f"{folder} is damaged: patches.faiss holds {index.ntotal} vectors of {index.d} "
-                                  f"dimensions, patches.npz {len(arrays['image'])} patches, the manifest "
+                                  f"dimensions, the per-patch arrays {len(arrays['image'])} patches, the manifest "
                                   f"{manifest.patches} of {manifest.dim}")
         return cls(folder, manifest, index, arrays, images)
 

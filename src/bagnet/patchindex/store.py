@@ -5,7 +5,8 @@ Layout of ``DIR``::
 
     manifest.json        what was indexed, with which model (its fingerprint), how, and how far (``completed``)
     patches.faiss        the vectors (L2-normalised patch features, inner product = cosine similarity)
-    patches.npz          per patch: image id, evidence cell (i, j), the top-k classes' evidence (fp16)
+    patch_*.npy          per patch: image id, evidence cell (i, j), the top-k classes and their evidence (fp16),
+                         memory-mapped when read
     images.json          per image id: its file and label; the files that could not be read
     shards/NNNNN.*       the shards of an unfinished build (removed once merged)
 """
@@ -27,6 +28,8 @@ from ..errors import PatchIndexError
 from ..plumbing import write_bytes, write_json
 
 MANIFEST = "manifest.json"
+#: The per-patch arrays beside the vectors: ``patch_NAME.npy`` for each NAME.
+ARRAYS = ("image", "cell", "ev_class", "ev_value")
 KIND = "bagnet patch index"
 #: Datasets up to this many patches get an exact (flat) index: brute force answers a query within milliseconds there.
 FLAT_LIMIT = 200_000
@@ -169,6 +172,23 @@ def write_npy(path: Path, array: np.ndarray) -> Path:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return write_bytes(path, buffer.getvalue())
+
+
+def read_arrays(folder: Path) -> dict[str, np.ndarray]:
+    """The per-patch arrays of a finished index, memory-mapped (read on demand, whatever the index's size)."""
+    arrays = {}
+    for name in ARRAYS:
+        path = folder / f"patch_{name}.npy"
+        try:
+            arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise PatchIndexError(f"{path} is missing: the patch index is incomplete or damaged") from None
+        except (OSError, ValueError) as err:
+            raise PatchIndexError(f"{path} is damaged ({err})") from None
+    lengths = {len(a) for a in arrays.values()}
+    if len(lengths) != 1:
+        raise PatchIndexError(f"{folder} is damaged: its per-patch arrays differ in length ({sorted(lengths)})")
+    return arrays
 
 
 def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
