@@ -111,7 +111,7 @@ def main() -> None:
     figures = ROOT / "docs" / "results"
     for kind, model in models.items():
         data, _, _ = bagnet.data.evaluation_dataset(str(marked / "train"), model.preprocess)
-        result = audit(model, data, data="marked training images", progress=True)
+        result = audit(model, data, data="marked training images", progress=False)
         result.save(args.runs / f"audit-{kind}")
         c = result.categories.index(CLASS)
         shutil.copy(next((args.runs / f"audit-{kind}").glob(f"strategies_{c:03d}_*.png")),
@@ -121,7 +121,13 @@ def main() -> None:
         rows[kind] = {"accuracy": result.accuracy, "top_strategy": {
             "id": top.id, "share": top.share, "images": top.images, "class_images": top.class_images,
             "mark_overlap": overlap(top, marks), "accuracy_without": top.accuracy_without,
+            "class_accuracy": top.class_accuracy, "class_accuracy_without": top.class_accuracy_without,
             "cross_class": top.cross_class},
+            "class_strategies": [{"id": s.id, "share": s.share, "mark_overlap": overlap(s, marks),
+                                  "class_accuracy_without": s.class_accuracy_without,
+                                  "class_accuracy_without_union": s.class_accuracy_without_union, "union": s.union}
+                                 for s in sorted((s for s in result.strategies if s.category == CLASS
+                                                  and s.sign == "positive"), key=lambda s: -s.share)],
             "max_mark_overlap_any_positive_strategy": max(overlap(s, marks) for s in positives),
             "strategies_overlapping_mark_80": [s.id for s in positives if overlap(s, marks) >= 0.8],
             "shirt_test_accuracy": {"marked": shirt_accuracy(model, marked / "test"),

@@ -49,9 +49,23 @@ def test_tally_sums_what_each_strategy_carries_exactly():
     # without strategy 1 (cell (1,1) of image 0, cell (0,0) of image 1): image 0 → (2, 0.77): right; image 1 → (1, 0.77):
     # wrong
     assert t.correct_without.tolist() == [1, 1]
+    # on each strategy's own class: image 0 (class 0) is wrong anyway, image 1 (class 1) turns wrong without strategy 1
+    assert t.class_correct.tolist() == [0, 1] and t.class_correct_without.tolist() == [0, 0]
     # both images predict class 1, whose strategy carries half (image 0) and three quarters (image 1) of its evidence
     assert t.decisions == [{"image": 0, "label": 0, "predicted": 1, "strategy": 1, "share": 0.5},
                            {"image": 1, "label": 1, "predicted": 1, "strategy": 1, "share": 0.75}]
+
+
+def test_removing_a_union_of_strategies_removes_every_cell_of_each():
+    """One image of class 0 whose two cells belong to two strategies of class 0; only removing both flips it."""
+    centroids = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    feats = torch.tensor([[[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]]])  # (1, 1, 3, 3): cells 0, 1 members, cell 2 none
+    evidence = torch.tensor([[[[3.0, 3.0, 0.0]], [[0.0, 0.0, 1.0]]]])  # class 0 from cells 0 and 1, class 1 from 2
+    columns = [("positive", 0, 0), ("positive", 0, 1)]
+    t = tally(iter([(torch.tensor([0]), torch.tensor([0]), feats, evidence)]), centroids, torch.tensor([0.5, 0.5]),
+              Tally(columns, (1, 3), 2, threshold=0.5, unions=[[0], [0, 1]]), torch.zeros(2))
+    # without cell 0: class 0 (0 + 3 + 0) / 2 = 1.5 > class 1 0.5; without cells 0 and 1: 0 < 1
+    assert t.class_correct_without.tolist() == [1, 1] and t.class_correct_without_union.tolist() == [1, 0]
 
 
 def test_tally_counts_a_strategy_in_another_classs_images():

@@ -61,11 +61,29 @@ def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, *, strat
                              "labels in the model's class order?)")
         centroids = torch.from_numpy(np.concatenate([clusters[(s, c)].centroids[k:k + 1] for s, c, k in columns]))
         radii = torch.from_numpy(np.array([clusters[(s, c)].radii[k] for s, c, k in columns], np.float32))
-        t = tally(passes("audit 2/2"), centroids, radii, Tally(columns, info["grid"], C, threshold),
+        t = tally(passes("audit 2/2"), centroids, radii, Tally(columns, info["grid"], C, threshold,
+                                                               unions=_unions(columns, clusters)),
                   model.fc.bias.detach().float().cpu(), decision_share)
         leakage = _leakage(index, model, dataset, skips, batch_size, workers, device) if index is not None else []
     return _result(model, dataset, data, keep, clusters, columns, t, skips, leakage, n_examples,
                    AuditRule(threshold, cross_class_rate, decision_share, cells_per_image, strategies))
+
+
+def _unions(columns: list[tuple[str, int, int]], clusters: dict) -> list[list[int]]:
+    """For each column: itself and, for a positive strategy, the same class's positive strategies with more candidate
+    evidence (pass 1's ranking), so that removing a union measures what the top strategies are worth together."""
+    def mass(column: tuple[str, int, int]) -> float:
+        sign, c, k = column
+        cl = clusters[(sign, c)]
+        return float(cl.candidates["values"][cl.assignment == k].sum())
+
+    unions = []
+    for s, col in enumerate(columns):
+        if col[0] != "positive":
+            unions.append([s])
+            continue
+        unions.append([o for o, other in enumerate(columns) if other[:2] == col[:2] and mass(other) >= mass(col)])
+    return unions
 
 
 def _result(model: BagNet, dataset: Any, data: str, keep: dict, clusters: dict, columns: list, t: Tally,
@@ -87,7 +105,11 @@ def _result(model: BagNet, dataset: Any, data: str, keep: dict, clusters: dict, 
             id=s, sign=sign, category=categories[c], share=float(t.mass[s] / total) if total else 0.0,
             images=int(t.occurs[s, c]), class_images=int(t.class_images[c]), other_classes=others,
             cross_class=any(v >= rule.cross_class_rate for v in others.values()),
-            accuracy_without=float(t.correct_without[s] / max(t.images, 1)), positions=t.positions[s].tolist(),
+            accuracy_without=float(t.correct_without[s] / max(t.images, 1)),
+            class_accuracy=float(t.class_correct[c] / max(t.class_images[c], 1)),
+            class_accuracy_without=float(t.class_correct_without[s] / max(t.class_images[c], 1)),
+            class_accuracy_without_union=float(t.class_correct_without_union[s] / max(t.class_images[c], 1)),
+            union=list((t.unions or [[s]])[s]), positions=t.positions[s].tolist(),
             examples=chosen, crops=[c for c in crops if c is not None]))
     found.sort(key=lambda st: (st.category, st.sign != "positive", -st.share))
     decisions = [{**d, "source": sample_path(dataset, d["image"]), "label": categories[d["label"]]

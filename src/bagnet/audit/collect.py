@@ -100,6 +100,10 @@ class Tally:
     class_images: np.ndarray = field(init=False)  # (C,) images per class
     positions: np.ndarray = field(init=False)  # (S, h, w) its evidence in the class's images, by cell
     correct_without: np.ndarray = field(init=False)  # (S,) images still right with the strategy's cells removed
+    class_correct: np.ndarray = field(init=False)  # (C,) images of each class classified right
+    class_correct_without: np.ndarray = field(init=False)  # (S,) … of the strategy's class, its cells removed
+    class_correct_without_union: np.ndarray = field(init=False)  # (S,) … its union's cells removed (see unions)
+    unions: Optional[list[list[int]]] = None  # per column: it and the same class's positive strategies ranked above
     correct: int = 0
     images: int = 0
     decisions: list[dict[str, Any]] = field(default_factory=list)
@@ -109,6 +113,11 @@ class Tally:
         self.mass, self.occurs = np.zeros(S), np.zeros((S, C), np.int64)
         self.class_images, self.positions = np.zeros(C, np.int64), np.zeros((S, h, w))
         self.correct_without = np.zeros(S, np.int64)
+        self.class_correct = np.zeros(C, np.int64)
+        self.class_correct_without = np.zeros(S, np.int64)
+        self.class_correct_without_union = np.zeros(S, np.int64)
+        if self.unions is None:
+            self.unions = [[s] for s in range(S)]
         self.column_class = np.array([c for _, c, _ in self.strategies], np.int64)
         self.column_sign = np.array([SIGNS[s] for s, _, _ in self.strategies])
 
@@ -136,17 +145,24 @@ def tally(batches: Iterator[tuple[Tensor, Tensor, Tensor, Tensor]], centroids: T
         total = signed.clamp(min=0).sum(1).clamp(min=1e-12)  # (B, S): the image's evidence of that class and sign
         share = carried / total
         logits = ev.mean(2) + bias  # (B, C)
-        removed = (ev.sum(2)[:, None, :] - torch.einsum("bcn,bns->bsc", ev, member.float()))
-        count = (h * w - member.sum(1)).clamp(min=1)  # (B, S)
-        logits_without = removed / count[..., None] + bias  # (B, S, C)
+        union = torch.stack([member[..., cols].any(-1) for cols in t.unions], -1)  # type: ignore[union-attr]
+        without, without_union = _logits_without(ev, member, bias), _logits_without(ev, union, bias)
         for b, (index, label) in enumerate(zip(indices.tolist(), labels.tolist())):
             _tally_image(t, index, label, share[b], carried[b], member[b], signed[b], logits[b],
-                         logits_without[b], decision_share)
+                         without[b], without_union[b], decision_share)
     return t
 
 
+def _logits_without(ev: Tensor, cells: Tensor, bias: Tensor) -> Tensor:
+    """(B, S, C): each image's logits with the cells of each column of ``cells`` (B, hw, S) removed, the mean over the
+    remaining cells (bias-free evidence ``ev`` (B, C, hw) plus ``bias``)."""
+    removed = ev.sum(2)[:, None, :] - torch.einsum("bcn,bns->bsc", ev, cells.float())
+    count = (ev.shape[2] - cells.sum(1)).clamp(min=1)  # (B, S)
+    return removed / count[..., None] + bias
+
+
 def _tally_image(t: Tally, index: int, label: int, share: Tensor, carried: Tensor, member: Tensor, signed: Tensor,
-                 logits: Tensor, logits_without: Tensor, decision_share: float) -> None:
+                 logits: Tensor, logits_without: Tensor, logits_without_union: Tensor, decision_share: float) -> None:
     h, w = t.grid
     t.images += 1
     if 0 <= label < t.num_classes:
@@ -157,6 +173,9 @@ def _tally_image(t: Tally, index: int, label: int, share: Tensor, carried: Tenso
         t.mass[own] += carried[own].numpy()
         cells = (signed[:, own].clamp(min=0) * member[:, own]).T.reshape(len(own), h, w)
         t.positions[own] += cells.numpy()
+        t.class_correct[label] += int(int(logits.argmax()) == label)
+        t.class_correct_without[own] += (logits_without[own].argmax(1) == label).numpy()
+        t.class_correct_without_union[own] += (logits_without_union[own].argmax(1) == label).numpy()
     predicted = int(logits.argmax())
     t.correct += int(predicted == label)
     t.correct_without += (logits_without.argmax(1) == label).numpy()

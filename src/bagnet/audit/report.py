@@ -32,12 +32,16 @@ def audit_report(audit: "ShortcutAudit", figures: dict[str, bytes]) -> str:
             f"<td class=\"num\">{s.images}/{s.class_images}</td>"
             f"<td>{html.escape(_others(s.other_classes))}{' ⚑' if s.cross_class else ''}</td>"
             f"<td class=\"num\">{s.accuracy_without:.1%} ({s.accuracy_without - a.accuracy:+.1%})</td>"
+            f"<td class=\"num\">{s.class_accuracy:.1%} → {s.class_accuracy_without:.1%}"
+            + (f"; with {len(s.union) - 1} above: {s.class_accuracy_without_union:.1%}" if len(s.union) > 1 else "")
+            + "</td>"
             f"<td>{html.escape(', '.join(_short(e['source']) for e in s.examples[:3]))}</td></tr>" for s in mine)
         figure = (f"<img src=\"{data_uri(figures[name])}\" alt=\"strategies of {html.escape(name)}\">"
                   if name in figures else "")
         parts.append(f"<h2 id=\"c{c}\">{html.escape(name)}</h2>{figure}<table><tr><th>strategy</th><th>sign</th>"
                      "<th>share of evidence</th><th>images</th><th>other classes (rate)</th>"
-                     f"<th>accuracy without it</th><th>example images</th></tr>{rows}</table>")
+                     f"<th>accuracy without it</th><th>its class's accuracy without it</th><th>example images</th></tr>{rows}"
+                     "</table>")
     if a.leakage:
         rows = "".join(f"<tr><td><code>{html.escape(r['source'])}</code></td><td><code>"
                        f"{html.escape(r['indexed_source'])}</code></td><td class=\"num\">{r['matching_cells']}/"

@@ -42,8 +42,11 @@ class Strategy:
     its cells carry; ``images`` of the class's ``class_images`` in which it appears; ``other_classes``: the share
     of each other class's images in which it appears; ``accuracy_without``: the model's accuracy on the whole
     dataset with the strategy's cells removed from every image's evidence (the logits the mean over the remaining
-    cells; exact, no retraining); ``positions``: its evidence by cell over the class's images; ``examples``: its
-    strongest patches (image, source, cell, box, evidence)."""
+    cells; exact, no retraining); ``class_accuracy`` and ``class_accuracy_without``: the same on the class's own
+    images; ``class_accuracy_without_union``: … with this strategy and every positive strategy of the class ranked
+    above it removed together (``union``: their ids within the class; a concept k-means split in several clusters
+    is worth what the union is worth); ``positions``: its evidence by cell over the class's images; ``examples``:
+    its strongest patches (image, source, cell, box, evidence)."""
 
     id: int
     sign: str
@@ -54,6 +57,10 @@ class Strategy:
     other_classes: dict[str, float]
     cross_class: bool
     accuracy_without: float
+    class_accuracy: float
+    class_accuracy_without: float
+    class_accuracy_without_union: float
+    union: list[int]
     positions: list[list[float]]
     examples: list[dict[str, Any]]
     crops: list[np.ndarray] = field(default_factory=list, repr=False)
@@ -65,7 +72,11 @@ class Strategy:
                 "image_rate": round(self.images / max(self.class_images, 1), 4),
                 "top_other_class": worst[0], "top_other_rate": round(worst[1], 4), "cross_class": self.cross_class,
                 "accuracy_without": round(self.accuracy_without, 4),
-                "accuracy_change": round(self.accuracy_without - accuracy, 4)}
+                "accuracy_change": round(self.accuracy_without - accuracy, 4),
+                "class_accuracy": round(self.class_accuracy, 4),
+                "class_accuracy_without": round(self.class_accuracy_without, 4),
+                "class_accuracy_without_union": round(self.class_accuracy_without_union, 4),
+                "union_size": len(self.union)}
 
 
 @dataclass(frozen=True)
