@@ -61,7 +61,7 @@ def part_forward(args) -> dict:
 
 def part_build(args) -> dict:
     import bagnet
-    from bagnet.patchindex import build_index
+    from bagnet.patches import build_index
 
     model = bagnet.load(args.model).eval()
     data = dataset(args.data, model, args.limit)
@@ -78,7 +78,7 @@ def part_build(args) -> dict:
 def part_query(args) -> dict:
     import numpy as np
 
-    from bagnet.patchindex import PatchIndex
+    from bagnet.patches import PatchIndex
 
     start = time.perf_counter()
     index = PatchIndex.load(args.out)

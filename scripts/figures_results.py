@@ -339,3 +339,15 @@ def imagenet_estimate(path: Path) -> str:
         f"decodes at {EVALUATE_LOADERS * decode:.0f} img/s and the experiments, which decode in the main process, at "
         f"{decode:.0f} img/s. Inputs measured by `python scripts/imagenet_estimate.py` ({data['run']['date']}).")
     return intro + "\n\n" + table(["step", "forward passes per model", "estimate"], rows)
+
+
+def shortcut_strategies(path: Path) -> str:
+    """docs/audit.md: the marked model's positive Shirt strategies, what each is worth alone and with the stronger
+    ones, from docs/results/shortcut.json."""
+    data = json.loads(path.read_text())
+    rows = [f"| #{s['id']} | {100 * s['share']:.1f} % | {100 * s['mark_overlap']:.0f} % | "
+            f"{100 * s['class_accuracy_without']:.1f} % | {100 * s['class_accuracy_without_union']:.1f} % |"
+            for s in data["results"]["marked"]["class_strategies"]]
+    header = ["| Shirt strategy (by share) | share | examples on the mark | Shirt accuracy without it | "
+              "… without it and the stronger ones |", "| --- | --- | --- | --- | --- |"]
+    return "\n".join(header + rows)

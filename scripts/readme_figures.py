@@ -62,6 +62,7 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("benchmarks/results/memory.json", "notes"): fb.memory_notes,
     ("benchmarks/results/interactions.json", "table"): fb.interactions_table,
     ("benchmarks/results/interactions-224.json", "table"): fb.interactions_table,
+    ("docs/results/shortcut.json", "table"): fr.shortcut_strategies,
     ("benchmarks/results/index.json", "table"): fb.index_table,
     ("benchmarks/results/index.json", "notes"): fb.index_notes,
 }

@@ -164,7 +164,7 @@ def test_the_audit_saves_its_report_and_the_cli_runs_it(planted, tmp_path, capsy
 
 
 def test_the_audit_finds_images_shared_with_an_indexed_split(planted, tmp_path):
-    from bagnet.patchindex import build_index
+    from bagnet.patches import build_index
 
     root, _, models = planted
     model = models["marked"]

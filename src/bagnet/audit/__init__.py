@@ -32,7 +32,7 @@ def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, *, strat
     labels in the model's class order). ``strategies``: clusters per class and sign; ``cells_per_image``: candidate
     patches per image and sign; a strategy *appears* in an image when its cells carry ≥ ``threshold`` of the image's
     evidence of its class and sign, and is a *cross-class* candidate shortcut when it appears in ≥
-    ``cross_class_rate`` of another class's images. ``index``: a :class:`~bagnet.patchindex.PatchIndex` built with the
+    ``cross_class_rate`` of another class's images. ``index``: a :class:`~bagnet.patches.PatchIndex` built with the
     same model on another split, searched for near-duplicate patches and images (leakage)."""
     model = load_bagnet(model, device, "a shortcut audit",
                         "fine-tune a BagNet on the same data (bagnet train --init bagnet33:imagenet) and audit it: its "
@@ -42,7 +42,7 @@ def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, *, strat
         raise ValueError(f"threshold, decision_share and cross_class_rate must lie in (0, 1], got {threshold}, "
                          f"{decision_share}, {cross_class_rate}")
     if index is not None:
-        from ..patchindex.store import check_model
+        from ..patches.store import check_model
 
         check_model(index.manifest, model, index.folder)
     C = model.num_classes

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..patchindex.store import faiss_module
+from ..patches.store import faiss_module
 from .collect import Candidates
 
 #: The share of a strategy's own candidate patches inside its radius (its members' similarity quantile).

@@ -287,7 +287,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
 def _patches_like(args: argparse.Namespace) -> int:
     """``patches --like IMAGE --index DIR (--box | --cell)``: the nearest dataset patches, as a gallery."""
     from .. import load
-    from ..patchindex import PatchIndex
+    from ..patches import PatchIndex
 
     if args.like is None or args.index is None or (args.box is None) == (args.cell is None):
         raise ConfigError("patches like one patch needs --like IMAGE, --index DIR and one of --box or --cell")
@@ -304,7 +304,7 @@ def _patches_like(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from ..parallel import init_from_env, launched
-    from ..patchindex import build_index
+    from ..patches import build_index
 
     shard_of = (0, 1)
     if launched():  # under torchrun: each process builds its own shards, rank 0 merges them
@@ -328,7 +328,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from ..audit import audit
-    from ..patchindex import PatchIndex
+    from ..patches import PatchIndex
 
     index = PatchIndex.load(args.index) if args.index is not None else None
     model, dataset, _, data_name = model_and_data(args)

@@ -12,7 +12,7 @@ from PIL import Image
 
 import bagnet
 from bagnet.errors import PatchIndexError
-from bagnet.patchindex import PatchIndex, build_index, merge_shards
+from bagnet.patches import PatchIndex, build_index, merge_shards
 
 SHIPPED = "bagnet17:imagenette"
 
