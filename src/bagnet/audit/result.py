@@ -158,7 +158,7 @@ def strategies_figure(category: str, strategies: list[Strategy], grid: list[int]
                 ax.set_title(f"{value:+.2f}", fontsize=6)
     fig.suptitle(f"{category}: strategies (share of the class's evidence of that sign, ⚑ cross-class; where, "
                  f"by cell; strongest patches)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title above the first captions
     return fig
 
 
