@@ -438,3 +438,37 @@ def index_notes(path: Path) -> str:
             f"{imagenet:,} BagNet-33 patches at 224 px (24 × 24 cells per image) would take "
             f"{imagenet * per_patch / 1e12:.2f} TB with this index type and a width-reduced model: see the arithmetic "
             f"below for the compressed layout such a size calls for.\n")
+
+
+IMAGENET_TRAIN, IMAGENET_CELLS = 1_281_167, 24 * 24  # BagNet-33 at 224 px: (224 − 33) // 8 + 1 = 24 cells a side
+
+
+def index_imagenet(folder: Path) -> str:
+    """The arithmetic of an ImageNet-scale patch index, from the measured CPU build (index.json) and the measured GPU
+    forward rate (gpu-h200-before.json); the storage sizes follow from the index layouts' byte counts."""
+    idx, gpu = load(folder / "index.json"), load(folder / "gpu-h200-before.json")
+    patches = IMAGENET_TRAIN * IMAGENET_CELLS
+    b, f = idx["build"], idx["forward"]
+    store_rate = b["patches"] / max(b["seconds"] - f["seconds"], 1e-9)
+    img_s = gpu["inference"]["bagnet33_unchunked_img_s"]["bf16"]
+    meta16, meta4 = 4 + 4 + 16 * 4, 4 + 4 + 4 * 4  # image, cell, and --evidence-top k classes (int16 + fp16 each)
+    layouts = [("`Flat` (float32, exact)", 2048 * 4 + meta16), ("`IVF65536,SQ8` (8-bit codes)", 2048 + 8 + meta16),
+               ("`OPQ64_256,IVF65536,PQ64`, `--evidence-top 16`", 64 + 8 + meta16),
+               ("`OPQ64_256,IVF65536,PQ64`, `--evidence-top 4`", 64 + 8 + meta4)]
+    rows = [[name, f"{per:,} B", f"{patches * per / 1e9:,.0f} GB"] for name, per in layouts]
+    return (f"ImageNet's training split is {IMAGENET_TRAIN:,} images × {IMAGENET_CELLS} cells = {patches:,} patches "
+            f"for BagNet-33 at 224 px, each a 2048-dimensional feature vector at the paper's width. On disk, per "
+            f"layout (vector code + its id + the per-patch arrays):\n\n"
+            + table(["index (`--index-type`)", "per patch", "ImageNet"], rows)
+            + f"\n\nBuild time per GPU: the forward passes at the {img_s:,} images/s measured for BagNet-33 in bf16 on "
+            f"an H200 ({gpu['run']['date']}) take {IMAGENET_TRAIN / img_s / 60:.1f} min per GPU for the whole split. "
+            f"The vector store runs on the CPU (faiss-cpu); here it added {store_rate:,.0f} patches/s per process "
+            f"beyond the forward passes ({b['factory']}, {idx['forward']['patches'] // max(f['images'], 1)} cells per "
+            f"image, 768 dimensions), which would be {patches / store_rate / 3600:,.0f} process-hours for "
+            f"ImageNet: the store, not the GPU, sets the pace, so a GPU build of faiss or many CPU processes are "
+            f"needed at that scale (not measured here). Under `torchrun --nproc-per-node N bagnet index …` rank r "
+            f"builds shards r, r + N, …, each written atomically with its own faiss index; rank 0 trains the "
+            f"quantizer once on the first shards' vectors (at most 100,000) and the other ranks wait for it, so all "
+            f"shards share one set of lists; after a barrier rank 0 merges the shards (faiss `merge_from` with id "
+            f"offsets) and streams the per-patch arrays into memory-mapped files. The merge holds the compressed "
+            f"index in memory (its size in the table above, without the per-patch arrays).\n")

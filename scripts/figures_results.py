@@ -351,3 +351,16 @@ def shortcut_strategies(path: Path) -> str:
     header = ["| Shirt strategy (by share) | share | examples on the mark | Shirt accuracy without it | "
               "… without it and the stronger ones |", "| --- | --- | --- | --- | --- |"]
     return "\n".join(header + rows)
+
+
+def transfer_sweep(path: Path) -> str:
+    """docs/finetuning.md: every setting the transfer experiment tried, mean validation (where it chose) and test
+    top-1 over its seeds, from docs/results/transfer.json."""
+    data = json.loads(path.read_text())
+    rows = []
+    for kind, by in data["mean_val_top1_by_setting"].items():
+        for label, val in by.items():
+            test = data["mean_test_top1_by_setting"][kind][label]
+            mark = " (chosen)" if data["chosen"][kind] == label else ""
+            rows.append(f"| {kind} | {label}{mark} | {100 * val:.1f} % | {100 * test:.1f} % |")
+    return "\n".join(["| start | setting | mean val top-1 | mean test top-1 |", "| --- | --- | --- | --- |"] + rows)

@@ -63,8 +63,10 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("benchmarks/results/interactions.json", "table"): fb.interactions_table,
     ("benchmarks/results/interactions-224.json", "table"): fb.interactions_table,
     ("docs/results/shortcut.json", "table"): fr.shortcut_strategies,
+    ("docs/results/transfer.json", "table"): fr.transfer_sweep,
     ("benchmarks/results/index.json", "table"): fb.index_table,
     ("benchmarks/results/index.json", "notes"): fb.index_notes,
+    ("benchmarks/results", "index-imagenet"): fb.index_imagenet,
 }
 
 # README sections whose measured figures must all be rendered (each must exist); docs/*.md pages are guarded whole.

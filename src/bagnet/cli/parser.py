@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import commands
+from . import commands, dataset_commands
 from .flags import (add_config_flags, add_run_flags, device_arg, fraction, int_list, model_spec, non_negative_int,
                     output_folder, positive_int, worker_count)
 
@@ -216,7 +216,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     add_loader_flags(p, batch_size=32, workers=2)
     p.add_argument("--device", default="auto", type=device_arg, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=commands.cmd_index)
+    p.set_defaults(func=dataset_commands.cmd_index)
 
 
 def _add_audit(sub: argparse._SubParsersAction) -> None:
@@ -236,7 +236,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                    "this share of another class's images (default 0.1)")
     add_loader_flags(p, batch_size=32, workers=2)
     add_run_flags(p, "out/audit", seed=False)
-    p.set_defaults(func=commands.cmd_audit)
+    p.set_defaults(func=dataset_commands.cmd_audit)
 
 
 def _add_certify(sub: argparse._SubParsersAction) -> None:
