@@ -85,6 +85,11 @@ def part_query(args) -> dict:
     load = time.perf_counter() - start
     rng = np.random.default_rng(0)
     ids = rng.choice(len(index), args.queries, replace=False)
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index.index)
+    if ivf is not None:
+        ivf.make_direct_map()  # reconstruct() of an inverted file needs its id → list map
     queries = np.stack([index.index.reconstruct(int(i)) for i in ids])  # stored (quantized) vectors as queries
     times = []
     for q in queries:
@@ -104,7 +109,10 @@ def child(part: str, args, out: Path) -> dict:
     command = [sys.executable, __file__, "--part", part, "--model", args.model, "--data", args.data,
                "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--out", str(out),
                "--queries", str(args.queries)] + (["--limit", str(args.limit)] if args.limit else [])
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark part {part} failed:\n{result.stderr[-3000:]}")
+    print(f"{part}: {result.stdout.strip().splitlines()[-1]}", file=sys.stderr, flush=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -207,7 +207,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     add_data_flag(p)
     p.add_argument("--out", type=output_folder, required=True, help="the index folder (never overwritten)")
     p.add_argument("--index-type", default="auto", metavar="FACTORY",
-                   help="auto (exact Flat up to 200,000 patches, else IVF…,SQ8) or any faiss index factory string, "
+                   help="auto (exact Flat up to 200,000 patches, else IVF…_HNSW32,SQ8) or any faiss index factory string, "
                         "e.g. IVF4096,PQ32 (default auto)")
     p.add_argument("--shard-images", type=positive_int, default=256, help="images per shard (default 256)")
     p.add_argument("--evidence-top", type=positive_int, default=16,

@@ -25,14 +25,14 @@ from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.registry import load_bagnet
 from ..plumbing import eval_mode, model_device, write_json
-from .store import (ARRAYS, TRAIN_SAMPLE, Manifest, choose_factory, empty_index, faiss_module, folder_bytes, model_fingerprint,
-                    read_index, read_npz, remove_shards, set_nprobe, shard_paths, write_index, write_npy, write_npz)
+from .store import (ARRAYS, TRAIN_PER_LIST, TRAIN_SAMPLE, Manifest, choose_factory, empty_index, faiss_module,
+                    folder_bytes, model_fingerprint, read_index, read_npz, remove_shards, set_nprobe, shard_paths, write_index, write_npy, write_npz)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .query import PatchIndex
 
 #: Sampled query vectors the build measures recall@10 on, and the lists a query visits by default.
-RECALL_QUERIES, NPROBE = 200, 32
+RECALL_QUERIES, NPROBE = 100, 32
 
 
 def build_index(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, out: Union[str, Path], *,
@@ -141,9 +141,11 @@ class _BuildState:
 
     def _train(self) -> None:
         vectors = np.concatenate([a["features"] for _, a in self.pending])
-        if len(vectors) > TRAIN_SAMPLE:
-            vectors = vectors[np.random.default_rng(0).choice(len(vectors), TRAIN_SAMPLE, replace=False)]
         index = empty_index(self.manifest.factory, self.manifest.dim)
+        ivf = faiss_module().try_extract_index_ivf(index)
+        wanted = min(TRAIN_SAMPLE, TRAIN_PER_LIST * ivf.nlist) if ivf is not None else TRAIN_SAMPLE
+        if len(vectors) > wanted:
+            vectors = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), wanted, replace=False))]
         try:
             index.train(vectors)
         except RuntimeError as err:
@@ -169,7 +171,11 @@ def _exact_top(queries: np.ndarray, vectors: np.ndarray, k: int = 10) -> tuple[n
     """Brute-force top-k (inner product) of ``queries`` among ``vectors``: scores and row numbers (−1 beyond)."""
     scores = queries @ vectors.T
     k_here = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k_here]
+    if k_here < scores.shape[1]:  # the k best of each row without sorting the whole row
+        part = np.argpartition(-scores, k_here - 1, axis=1)[:, :k_here]
+    else:
+        part = np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    top = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable"), 1)
     out_s = np.full((len(queries), k), -np.inf, np.float32)
     out_i = np.full((len(queries), k), -1, np.int64)
     out_s[:, :k_here] = np.take_along_axis(scores, top, 1)

@@ -33,8 +33,8 @@ ARRAYS = ("image", "cell", "ev_class", "ev_value")
 KIND = "bagnet patch index"
 #: Datasets up to this many patches get an exact (flat) index: brute force answers a query within milliseconds there.
 FLAT_LIMIT = 200_000
-#: Vectors a compressed index's quantizer is trained on at most (faiss wants ≥ 39 per IVF list).
-TRAIN_SAMPLE = 100_000
+#: Vectors a compressed index's quantizer is trained on at most, and per list (faiss wants ≥ 39 per IVF list).
+TRAIN_SAMPLE, TRAIN_PER_LIST = 100_000, 64
 
 
 @dataclass(frozen=True)
@@ -107,14 +107,16 @@ def model_fingerprint(model: nn.Module) -> str:
 
 def choose_factory(patches: int, dim: int, requested: str = "auto") -> str:
     """The faiss index for ``patches`` vectors of ``dim``: exact ``Flat`` up to :data:`FLAT_LIMIT`, else an inverted
-    file of 8-bit scalar-quantized vectors (4× smaller than float32, recall@10 measured by the build) with about
-    4·√N lists, at most what the training sample supports. Any faiss factory string may be requested instead."""
+    file of 8-bit scalar-quantized vectors (4× smaller than float32, recall@10 measured by the build) with about √N
+    lists (a power of two; at most what the training sample supports) found through an HNSW graph of the list
+    centroids, so that adding a patch costs a few distance computations, not one per list. Any faiss factory string
+    may be requested instead."""
     if requested != "auto":
         return requested
     if patches <= FLAT_LIMIT:
         return "Flat"
-    lists = 2 ** int(math.log2(min(4 * math.sqrt(patches), TRAIN_SAMPLE / 39)))
-    return f"IVF{lists},SQ8"
+    lists = 2 ** int(math.log2(min(math.sqrt(patches), TRAIN_SAMPLE / TRAIN_PER_LIST)))
+    return f"IVF{lists}_HNSW32,SQ8"
 
 
 def empty_index(factory: str, dim: int) -> Any:
@@ -140,17 +142,23 @@ def set_nprobe(index: Any, nprobe: Optional[int]) -> None:
 
 
 def write_index(index: Any, path: Path) -> Path:
-    """A faiss index written atomically."""
-    faiss = faiss_module()
+    """A faiss index written atomically (faiss writes the file itself: no copy of a large index in memory)."""
+    import os
 
-    return write_bytes(path, faiss.serialize_index(index).tobytes())
+    faiss = faiss_module()
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+    return path
 
 
 def read_index(path: Path) -> Any:
     faiss = faiss_module()
 
+    if not path.is_file():
+        raise PatchIndexError(f"{path} is missing: the patch index is incomplete (rebuild, or --resume the build)")
     try:
-        return faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        return faiss.read_index(str(path))
     except FileNotFoundError:
         raise PatchIndexError(f"{path} is missing: the patch index is incomplete (rebuild, or --resume the build)") from None
     except (RuntimeError, OSError, ValueError) as err:
