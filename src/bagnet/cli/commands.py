@@ -268,10 +268,6 @@ def explain_locked(args: argparse.Namespace, inputs: list, config) -> int:
 def cmd_patches(args: argparse.Namespace) -> int:
     from ..gallery import class_patches
 
-    if args.like is not None or args.index is not None:
-        from .dataset_commands import patches_like
-
-        return patches_like(args)
     if args.legacy_data is not None:
         print("bagnet patches: the data as a positional argument is deprecated (removed in 0.3); write --data "
               f"{args.legacy_data}", file=sys.stderr)

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from .commands import cmd_patches as gallery_patches
 from .commands import exit_code, model_and_data
+
+
+def cmd_patches(args: argparse.Namespace) -> int:
+    """``patches``: the class gallery, or with ``--like``/``--index`` the patches most like one patch."""
+    if args.like is not None or args.index is not None:
+        return patches_like(args)
+    return gallery_patches(args)
 
 
 def patches_like(args: argparse.Namespace) -> int:

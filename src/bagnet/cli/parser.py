@@ -196,7 +196,7 @@ def _add_patches(sub: argparse._SubParsersAction) -> None:
                       help="at most this many from one image (0: no limit; default 1)")
     add_loader_flags(p, batch_size=32, workers=0)
     add_run_flags(p, "out/patches", limit=True)
-    p.set_defaults(func=commands.cmd_patches)
+    p.set_defaults(func=dataset_commands.cmd_patches)
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
