@@ -32,6 +32,15 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return done
 
 
+def run_many(cases: list[list[str]], cwd: Path | None = None) -> list[subprocess.CompletedProcess]:
+    """:func:`run` of each argument list, three processes at a time (each mostly waits on its own start-up), in
+    order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return list(pool.map(lambda args: run(*args, cwd=cwd), cases))
+
+
 def strict_json(path: Path):
     """json.loads that rejects NaN/Infinity, as strict parsers in other languages do."""
     def refuse(token):
@@ -230,9 +239,10 @@ def test_config_mistakes_name_file_line_and_field(tmp_path):
              "types.yaml": ("arch: bagnet\nepochs: three\n", ["types.yaml", "line 2", "epochs", "integer"]),
              "range.toml": ('arch = "bagnet"\nlabel_smoothing = 5\n', ["range.toml", "line 2", "label_smoothing"]),
              "syntax.toml": ("arch = bagnet\n", ["syntax.toml", "TOML syntax", "line 1"])}
-    for name, (text, expected) in cases.items():
+    for name, (text, _) in cases.items():
         (tmp_path / name).write_text(text)
-        done = run("train", "--config", str(tmp_path / name), "--out", str(tmp_path / "never"))
+    runs = run_many([["train", "--config", str(tmp_path / name), "--out", str(tmp_path / "never")] for name in cases])
+    for (name, (_, expected)), done in zip(cases.items(), runs):
         assert done.returncode == 2, (name, done.stderr)
         for word in expected:
             assert word in done.stderr, (name, word, done.stderr)
@@ -248,12 +258,14 @@ def test_config_mistakes_name_file_line_and_field(tmp_path):
 # ------------------------------------------------------------------------------------------ 7. exit codes
 def test_usage_errors_exit_2_and_failures_exit_1(tmp_path):
     image = str(photo(tmp_path / "a.png"))
-    for args in (["explain", image, "--top", "0"], ["explain", image, "--stride", "3"], ["explain"],
-                 ["explain", image, "--model", "no-such-model"], ["evaluate"], ["explain", image, "--top", "x"],
-                 ["selfcheck", "--image", "moon-landing"], ["evaluate", "--model", "default", "--limit", "0"],
-                 ["evaluate", "--model", "default", "--batch-size", "many"], ["certify", "--stickers", "0"],
-                 *([["evaluate", "--model", "default", "--device", "cuda"]] if not torch.cuda.is_available() else [])):
-        done = run(*args, "--out", str(tmp_path / "o")) if args[0] == "explain" else run(*args)
+    cases = [["explain", image, "--top", "0"], ["explain", image, "--stride", "3"], ["explain"],
+             ["explain", image, "--model", "no-such-model"], ["evaluate"], ["explain", image, "--top", "x"],
+             ["selfcheck", "--image", "moon-landing"], ["evaluate", "--model", "default", "--limit", "0"],
+             ["evaluate", "--model", "default", "--batch-size", "many"], ["certify", "--stickers", "0"],
+             *([["evaluate", "--model", "default", "--device", "cuda"]] if not torch.cuda.is_available() else [])]
+    cases = [args + ["--out", str(tmp_path / f"o{i}")] if args[0] == "explain" else args
+             for i, args in enumerate(cases)]
+    for args, done in zip(cases, run_many(cases)):
         assert done.returncode == 2, (args, done.stderr)
         assert "error" in done.stderr
     done = run("explain", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o"))
@@ -572,15 +584,15 @@ def test_out_naming_a_file_and_an_empty_model_are_usage_errors(tmp_path):
     existing = tmp_path / "results.txt"
     existing.write_text("keep me")
     image = str(photo(tmp_path / "a.png", (64, 48)))
-    for args in (["explain", image, "--out", str(existing)], ["evaluate", "--out", str(existing)],
-                 ["train", "--out", str(existing)], ["experiment", "scrambling", "--models", "default", "--out",
-                                                     str(existing)]):
-        done = run(*args)
+    cases = [["explain", image, "--out", str(existing)], ["evaluate", "--out", str(existing)],
+             ["train", "--out", str(existing)], ["experiment", "scrambling", "--models", "default", "--out",
+                                                 str(existing)]]
+    for args, done in zip(cases, run_many(cases)):
         assert done.returncode == 2 and "is a file, not a folder" in done.stderr, (args, done.stderr)
     assert existing.read_text() == "keep me"
-    for args in (["explain", image, "--model", "", "--out", str(tmp_path / "o")], ["evaluate", "--model", " "],
-                 ["experiment", "similarity", "--models", "default", ""]):
-        done = run(*args, cwd=tmp_path)
+    cases = [["explain", image, "--model", "", "--out", str(tmp_path / "o")], ["evaluate", "--model", " "],
+             ["experiment", "similarity", "--models", "default", ""]]
+    for args, done in zip(cases, run_many(cases, cwd=tmp_path)):
         assert done.returncode == 2 and "is empty" in done.stderr, (args, done.stderr)
     with pytest.raises(ValueError, match="model name is empty"):
         bagnet.load("")
