@@ -68,6 +68,16 @@ def test_removing_a_union_of_strategies_removes_every_cell_of_each():
     assert t.class_correct_without.tolist() == [1, 1] and t.class_correct_without_union.tolist() == [1, 0]
 
 
+def test_audit_settings_are_validated_with_the_flag_named():
+    from bagnet.audit import AuditConfig
+    from bagnet.errors import ConfigError
+
+    for bad, flag in (({"threshold": 0}, "--threshold"), ({"cross_class_rate": 1.5}, "--cross-class-rate"),
+                      ({"strategies": 0}, "--strategies"), ({"examples": 2.5}, "--examples")):
+        with pytest.raises(ConfigError, match=flag):
+            AuditConfig(**bad)
+
+
 def test_tally_counts_a_strategy_in_another_classs_images():
     centroids = torch.tensor([[1.0, 0], [0, 1.0]])
     feats = torch.tensor([[[[1.0, 0], [0, 1.0]]]])  # one image, 1×2 cells: cell 0 strategy 0's, cell 1 strategy 1's
@@ -147,11 +157,12 @@ def test_the_audit_saves_its_report_and_the_cli_runs_it(planted, tmp_path, capsy
     root, marks, models = planted
     data = root / "marked" / "train"
     assert main(["audit", "--model", str(root / "run-marked"), "--data", str(data), "--out", str(tmp_path / "a"),
-                 "--workers", "0", "--no-progress", "--strategies", "3"]) == 0
+                 "--workers", "0", "--no-progress", "--strategies", "3", "--examples", "4"]) == 0
     assert "top strategy" in capsys.readouterr().out
     saved = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert "at least 25%" in saved["rule"]["text"] and saved["images"] == 80
     assert {s["category"] for s in saved["strategies"]} == {"a", "b"}
+    assert max(len(s["examples"]) for s in saved["strategies"]) == 4  # --examples 4
     assert all(len(s["positions"]) == saved["grid"][0] for s in saved["strategies"])
     rows = (tmp_path / "a" / "strategies.csv").read_text().splitlines()
     assert rows[0].startswith("id,class,sign,share") and len(rows) == 1 + len(saved["strategies"])

@@ -118,9 +118,13 @@ def test_every_flag_default_is_its_configs_default():
     from bagnet.cli.flags import config_from_args
     from bagnet.experiments import InteractionConfig, MaskingConfig, ScramblingConfig
     from bagnet.explanation import ExplainConfig
+    from bagnet.audit import AuditConfig
+    from bagnet.patches import IndexConfig
     from bagnet.robust import AttackConfig
 
     commands = {
+        ("index", "--out", "x"): [(IndexConfig, "", set())],
+        ("audit",): [(AuditConfig, "", set())],
         ("certify",): [(AttackConfig, "attack-", {"seed"})],
         ("experiment", "scrambling", "--models", "m"): [(ScramblingConfig, "", set())],
         ("experiment", "interactions", "--models", "m"): [(InteractionConfig, "", set())],

@@ -12,7 +12,7 @@ from PIL import Image
 
 import bagnet
 from bagnet.errors import PatchIndexError
-from bagnet.patches import PatchIndex, build_index, merge_shards
+from bagnet.patches import IndexConfig, PatchIndex, build_index, merge_shards
 
 SHIPPED = "bagnet17:imagenette"
 
@@ -60,7 +60,8 @@ def reference_features(model, ds) -> tuple[np.ndarray, list[tuple[int, int, int]
 @pytest.fixture(scope="module")
 def flat(tmp_path_factory, folder, model):
     out = tmp_path_factory.mktemp("index") / "flat"
-    return build_index(model, dataset(folder, model), out, shard_images=4, progress=False, log=lambda m: None)
+    return build_index(model, dataset(folder, model), out, IndexConfig(shard_images=4), progress=False,
+                       log=lambda m: None)
 
 
 def test_a_flat_index_answers_exactly_what_brute_force_over_every_patch_answers(flat, folder, model):
@@ -134,15 +135,16 @@ def test_an_interrupted_build_resumes_to_the_same_index(tmp_path, folder, model,
     Failing.samples, Failing.categories = ds.samples, ds.categories
     out = tmp_path / "index"
     with pytest.raises(KeyboardInterrupt):
-        build_index(model, Failing(), out, shard_images=4, progress=False)
+        build_index(model, Failing(), out, IndexConfig(shard_images=4), progress=False)
     assert sorted(p.name for p in (out / "shards").iterdir() if p.suffix == ".faiss") == ["00000.faiss", "00001.faiss"]
     with pytest.raises(PatchIndexError, match="unfinished"):
         PatchIndex.load(out)
     with pytest.raises(PatchIndexError, match="already holds"):
-        build_index(model, ds, out, shard_images=4, progress=False)
+        build_index(model, ds, out, IndexConfig(shard_images=4), progress=False)
     with pytest.raises(PatchIndexError, match="other shard_images"):
-        build_index(model, ds, out, shard_images=5, resume=True, progress=False)
-    resumed = build_index(model, ds, out, shard_images=4, resume=True, progress=False, log=lambda m: None)
+        build_index(model, ds, out, IndexConfig(shard_images=5), resume=True, progress=False)
+    resumed = build_index(model, ds, out, IndexConfig(shard_images=4), resume=True, progress=False,
+                          log=lambda m: None)
     assert not (out / "shards").exists()
     for name in ("image", "cell", "ev_class", "ev_value"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(flat, name))
@@ -153,8 +155,8 @@ def test_an_interrupted_build_resumes_to_the_same_index(tmp_path, folder, model,
 def test_shards_built_by_two_processes_merge_into_the_single_process_index(tmp_path, folder, model, flat):
     ds = dataset(folder, model)
     out = tmp_path / "index"
-    assert build_index(model, ds, out, shard_images=4, shard_of=(1, 2), progress=False) is None
-    merged = build_index(model, ds, out, shard_images=4, shard_of=(0, 2), resume=True, progress=False,
+    assert build_index(model, ds, out, IndexConfig(shard_images=4), shard_of=(1, 2), progress=False) is None
+    merged = build_index(model, ds, out, IndexConfig(shard_images=4), shard_of=(0, 2), resume=True, progress=False,
                          log=lambda m: None)
     np.testing.assert_array_equal(merged.image, flat.image)
     query = np.random.default_rng(2).normal(size=(4, flat.manifest.dim)).astype(np.float32)
@@ -163,7 +165,7 @@ def test_shards_built_by_two_processes_merge_into_the_single_process_index(tmp_p
 
 def test_a_compressed_index_keeps_its_measured_recall_against_brute_force(tmp_path, folder, model):
     ds = dataset(folder, model)
-    ivf = build_index(model, ds, tmp_path / "ivf", index_type="IVF8,SQ8", shard_images=5, progress=False,
+    ivf = build_index(model, ds, tmp_path / "ivf", IndexConfig(index_type="IVF8,SQ8", shard_images=5), progress=False,
                       log=lambda m: None)
     assert ivf.manifest.factory == "IVF8,SQ8" and ivf.manifest.nprobe
     vectors, _ = reference_features(model, ds)
@@ -185,6 +187,12 @@ def test_bad_input_is_named_and_nothing_is_overwritten(tmp_path, folder, model, 
         flat.like(model, ds[0][0], cell=(14, 0))
     with pytest.raises(ValueError, match="empty"):
         build_index(model, torch.utils.data.Subset(ds, []), tmp_path / "empty", progress=False)
+    for bad in ({"shard_images": 0}, {"evidence_top": True}, {"index_type": " "}):
+        with pytest.raises(bagnet.errors.ConfigError, match=next(iter(bad))):
+            IndexConfig(**bad)
+    with pytest.raises(ValueError, match="faiss cannot build the index 'NoSuchIndex'"):
+        build_index(model, ds, tmp_path / "bad-factory", IndexConfig(index_type="NoSuchIndex"), progress=False)
+    assert not (tmp_path / "bad-factory").exists()
     assert not (tmp_path / "empty").exists()
     with pytest.raises(bagnet.errors.NotABagNetError):
         build_index(bagnet.load("resnet18:imagenette"), ds, tmp_path / "cnn", progress=False)

@@ -7,40 +7,69 @@ carry its positive, and its negative, evidence), what each is worth, where it si
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
 from ..data import SkipLog, check_dataset, sample_path
+from ..errors import ConfigError
 from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.registry import load_bagnet
-from ..plumbing import eval_mode
+from ..plumbing import eval_mode, option
 from .collect import Tally, collect_candidates, feature_batches, tally
 from .result import AuditRule, ShortcutAudit, Strategy
 from .strategies import cluster, examples
 
-__all__ = ["audit", "ShortcutAudit", "Strategy", "AuditRule"]
+__all__ = ["audit", "AuditConfig", "ShortcutAudit", "Strategy", "AuditRule"]
 
 
-def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, *, strategies: int = 5,
-          cells_per_image: int = 4, threshold: float = 0.25, cross_class_rate: float = 0.1, decision_share: float = 0.5,
-          n_examples: int = 8, index: Any = None, data: str = "", batch_size: int = 32, workers: int = 0,
-          device: Any = None, progress: bool = True) -> ShortcutAudit:
+@dataclass(frozen=True)
+class AuditConfig:
+    """Settings of :func:`audit` (``bagnet audit`` flags)."""
+
+    strategies: int = option(5, "strategies (clusters) per class and sign", min=1)
+    cells_per_image: int = option(4, "candidate patches per image and sign: its cells with the most evidence for its "
+                                     "own class", min=1)
+    threshold: float = option(0.25, "a strategy appears in an image when its cells carry at least this share of the "
+                                    "image's evidence for its class")
+    cross_class_rate: float = option(0.1, "flag a strategy that appears in at least this share of another class's "
+                                          "images")
+    decision_share: float = option(0.5, "decisions.csv lists images in which one strategy carries at least this "
+                                        "share of the predicted class's positive evidence")
+    examples: int = option(8, "example patches shown per strategy", min=1)
+
+    def __post_init__(self) -> None:
+        for name in ("strategies", "cells_per_image", "examples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} (--{name.replace('_', '-')}) must be an integer ≥ 1, got {value!r}", name)
+        for name, low_open in (("threshold", True), ("cross_class_rate", False), ("decision_share", True)):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 1 and (
+                value > 0 if low_open else value >= 0)
+            if not ok:
+                raise ConfigError(f"{name} (--{name.replace('_', '-')}) must lie in {'(0' if low_open else '[0'}, 1], "
+                                  f"got {value!r}", name)
+
+
+def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, config: Optional[AuditConfig] = None, *,
+          index: Any = None, data: str = "", batch_size: int = 32, workers: int = 0, device: Any = None,
+          progress: bool = True) -> ShortcutAudit:
     """Audit ``model`` (a BagNet: its evidence is exact) on ``dataset`` (items ``(normalised image, label, index)``,
-    labels in the model's class order). ``strategies``: clusters per class and sign; ``cells_per_image``: candidate
-    patches per image and sign; a strategy *appears* in an image when its cells carry ≥ ``threshold`` of the image's
-    evidence of its class and sign, and is a *cross-class* candidate shortcut when it appears in ≥
-    ``cross_class_rate`` of another class's images. ``index``: a :class:`~bagnet.patches.PatchIndex` built with the
-    same model on another split, searched for near-duplicate patches and images (leakage)."""
+    labels in the model's class order) as ``config`` (:class:`AuditConfig`) says: per class and sign, up to
+    ``strategies`` clusters of the ``cells_per_image`` strongest cells of each image; a strategy *appears* in an image
+    when its cells carry ≥ ``threshold`` of the image's evidence of its class and sign, and is a *cross-class*
+    candidate shortcut when it appears in ≥ ``cross_class_rate`` of another class's images. ``index``: a
+    :class:`~bagnet.patches.PatchIndex` built with the same model on another split, searched for near-duplicate
+    patches and images (leakage)."""
+    c = config if config is not None else AuditConfig()
     model = load_bagnet(model, device, "a shortcut audit",
                         "fine-tune a BagNet on the same data (bagnet train --init bagnet33:imagenet) and audit it: its "
                         "strategies are hypotheses about the dataset")
     check_dataset(dataset)
-    if not 0 < threshold <= 1 or not 0 < decision_share <= 1 or not 0 <= cross_class_rate <= 1:
-        raise ValueError(f"threshold, decision_share and cross_class_rate must lie in (0, 1], got {threshold}, "
-                         f"{decision_share}, {cross_class_rate}")
     if index is not None:
         from ..patches.store import check_model
 
@@ -52,8 +81,8 @@ def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, *, strat
         return feature_batches(model, dataset, batch_size, skips, desc, progress, workers, device)
 
     with eval_mode(model):
-        keep, info = collect_candidates(passes("audit 1/2"), C, cells_per_image)
-        clusters = {key: cluster(cands, strategies) for key, cands in keep.items()}
+        keep, info = collect_candidates(passes("audit 1/2"), C, c.cells_per_image)
+        clusters = {key: cluster(cands, c.strategies) for key, cands in keep.items()}
         columns = [(sign, c, k) for (sign, c), cl in clusters.items() if cl is not None
                    for k in range(len(cl.centroids))]
         if not columns:
@@ -61,12 +90,12 @@ def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, *, strat
                              "labels in the model's class order?)")
         centroids = torch.from_numpy(np.concatenate([clusters[(s, c)].centroids[k:k + 1] for s, c, k in columns]))
         radii = torch.from_numpy(np.array([clusters[(s, c)].radii[k] for s, c, k in columns], np.float32))
-        t = tally(passes("audit 2/2"), centroids, radii, Tally(columns, info["grid"], C, threshold,
+        t = tally(passes("audit 2/2"), centroids, radii, Tally(columns, info["grid"], C, c.threshold,
                                                                unions=_unions(columns, clusters)),
-                  model.fc.bias.detach().float().cpu(), decision_share)
+                  model.fc.bias.detach().float().cpu(), c.decision_share)
         leakage = _leakage(index, model, dataset, skips, batch_size, workers, device) if index is not None else []
-    return _result(model, dataset, data, keep, clusters, columns, t, skips, leakage, n_examples,
-                   AuditRule(threshold, cross_class_rate, decision_share, cells_per_image, strategies))
+    return _result(model, dataset, data, keep, clusters, columns, t, skips, leakage, c.examples,
+                   AuditRule(c.threshold, c.cross_class_rate, c.decision_share, c.cells_per_image, c.strategies))
 
 
 def _unions(columns: list[tuple[str, int, int]], clusters: dict) -> list[list[int]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .commands import cmd_patches as gallery_patches
 from .commands import exit_code, model_and_data
+from .flags import config_from_args
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def patches_like(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from ..parallel import init_from_env, launched
-    from ..patches import build_index
+    from ..patches import IndexConfig, build_index
 
     shard_of = (0, 1)
     if launched():  # under torchrun: each process builds its own shards, rank 0 merges them
@@ -47,8 +48,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         shard_of = (dist.get_rank(), dist.get_world_size())
     model, dataset, _, data_name = model_and_data(args)
     spec = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
-    index = build_index(model, dataset, args.out, data=args.data, name=spec,
-                        index_type=args.index_type, shard_images=args.shard_images, evidence_top=args.evidence_top,
+    index = build_index(model, dataset, args.out, config_from_args(args, IndexConfig), data=args.data, name=spec,
                         batch_size=args.batch_size, device=args.device, workers=args.workers, resume=args.resume,
                         shard_of=shard_of, progress=not args.no_progress and shard_of[0] == 0, log=print)
     if index is None:  # a rank other than 0 under torchrun: rank 0 merges and reports
@@ -60,13 +60,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ..audit import audit
+    from ..audit import AuditConfig, audit
     from ..patches import PatchIndex
 
     index = PatchIndex.load(args.index) if args.index is not None else None
     model, dataset, _, data_name = model_and_data(args)
-    result = audit(model, dataset, strategies=args.strategies, cells_per_image=args.cells_per_image,
-                   threshold=args.threshold, cross_class_rate=args.cross_class_rate, index=index, data=data_name,
+    result = audit(model, dataset, config_from_args(args, AuditConfig), index=index, data=data_name,
                    batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.no_progress)
     print(f"{result.model} on {data_name}: {result.images} images, accuracy {result.accuracy:.1%}")
     for name in result.categories:

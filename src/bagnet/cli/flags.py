@@ -54,17 +54,6 @@ def device_arg(text: str) -> str:
     return text
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
 def int_list(count: int, form: str):
     """An argparse type: ``count`` comma-separated non-negative integers (``--box 10,20,33,33``)."""
     def parse(text: str) -> tuple[int, ...]:

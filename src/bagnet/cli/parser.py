@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from . import commands, dataset_commands
-from .flags import (add_config_flags, add_run_flags, device_arg, fraction, int_list, model_spec, non_negative_int,
+from .flags import (add_config_flags, add_run_flags, device_arg, int_list, model_spec, non_negative_int,
                     output_folder, positive_int, worker_count)
 
 DATA_HELP = ("imagenette | fashion-mnist | imagenet:ROOT (the ImageNet validation split: torchvision, WordNet-id "
@@ -206,12 +206,9 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     add_model_flag(p)
     add_data_flag(p)
     p.add_argument("--out", type=output_folder, required=True, help="the index folder (never overwritten)")
-    p.add_argument("--index-type", default="auto", metavar="FACTORY",
-                   help="auto (exact Flat up to 200,000 patches, else IVF…_HNSW32,SQ8) or any faiss index factory string, "
-                        "e.g. IVF4096,PQ32 (default auto)")
-    p.add_argument("--shard-images", type=positive_int, default=256, help="images per shard (default 256)")
-    p.add_argument("--evidence-top", type=positive_int, default=16,
-                   help="classes whose evidence each patch keeps, the largest (default 16)")
+    from ..patches.store import IndexConfig
+
+    add_config_flags(p, IndexConfig)
     p.add_argument("--resume", action="store_true", help="continue an interrupted build in --out")
     add_loader_flags(p, batch_size=32, workers=2)
     p.add_argument("--device", default="auto", type=device_arg, help="auto (default), cpu, cuda, cuda:N or mps")
@@ -227,13 +224,9 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     add_data_flag(p)
     p.add_argument("--index", type=Path, metavar="DIR", help="a patch index of another split built with the same "
                    "model: near-duplicate patches and images across the splits (leakage)")
-    p.add_argument("--strategies", type=positive_int, default=5, help="strategies per class and sign (default 5)")
-    p.add_argument("--cells-per-image", type=positive_int, default=4,
-                   help="candidate patches per image and sign, the strongest for its class (default 4)")
-    p.add_argument("--threshold", type=fraction, default=0.25, help="a strategy appears in an image when its cells "
-                   "carry at least this share of the image's evidence for its class (default 0.25)")
-    p.add_argument("--cross-class-rate", type=fraction, default=0.1, help="flag a strategy that appears in at least "
-                   "this share of another class's images (default 0.1)")
+    from ..audit import AuditConfig
+
+    add_config_flags(p, AuditConfig)
     add_loader_flags(p, batch_size=32, workers=2)
     add_run_flags(p, "out/audit", seed=False)
     p.set_defaults(func=dataset_commands.cmd_audit)

@@ -25,7 +25,7 @@ from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.registry import load_bagnet
 from ..plumbing import eval_mode, model_device, write_json
-from .store import (ARRAYS, TRAIN_PER_LIST, TRAIN_SAMPLE, Manifest, choose_factory, empty_index, faiss_module,
+from .store import (ARRAYS, TRAIN_PER_LIST, TRAIN_SAMPLE, IndexConfig, Manifest, choose_factory, empty_index, faiss_module,
                     folder_bytes, model_fingerprint, read_index, read_npz, remove_shards, set_nprobe, shard_paths, write_index, write_npy, write_npz)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,23 +35,25 @@ if TYPE_CHECKING:  # pragma: no cover
 RECALL_QUERIES, NPROBE = 100, 32
 
 
-def build_index(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, out: Union[str, Path], *,
-                data: str = "", index_type: str = "auto", shard_images: int = 256, evidence_top: int = 16,
-                batch_size: int = 32, device: Any = None, workers: int = 0, resume: bool = False,
+def build_index(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, out: Union[str, Path],
+                config: Optional[IndexConfig] = None, *, data: str = "", batch_size: int = 32, device: Any = None,
+                workers: int = 0, resume: bool = False,
                 shard_of: tuple[int, int] = (0, 1), name: Optional[str] = None, progress: bool = True,
                 log: Callable[[str], None] = print) -> "PatchIndex":
     """Index every patch of ``dataset`` (items ``(normalised image, label, index)`` at the model's preprocessing) into
-    the folder ``out``; returns the loaded :class:`~.query.PatchIndex`. ``resume`` continues a build with the same
+    the folder ``out``, as ``config`` (:class:`~.store.IndexConfig`) says; returns the loaded
+    :class:`~.query.PatchIndex`. ``resume`` continues a build with the same
     model and data; an existing index is never overwritten otherwise. ``shard_of = (rank, world)``: build only
     this process's shards (rank 0 merges once every shard exists). ``name``: how the manifest names the model (a
     spec :func:`bagnet.load` takes, so that queries can load it; default the spec given, else the model's name)."""
     from .query import PatchIndex
 
+    config = config if config is not None else IndexConfig()
     spec = name or (model if isinstance(model, str) else None)
     model = load_bagnet(model, device, "a patch index", "fine-tune a BagNet on the same data and index that")
     n = check_dataset(dataset)
     out = Path(out)
-    manifest = _start(model, spec, dataset, out, n, data, index_type, shard_images, evidence_top, resume)
+    manifest = _start(model, spec, dataset, out, n, data, config, resume)
     rank, world = shard_of
     started = time.perf_counter()
     state = _BuildState(manifest, out, rank)
@@ -59,6 +61,7 @@ def build_index(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, ou
     def forward(indices: list[int]) -> dict[str, Any]:
         return _forward_shard(model, dataset, indices, batch_size, device, workers, manifest.evidence_top)
 
+    shard_images = manifest.shard_images
     shards = range(rank, -(-n // shard_images), world)
     from tqdm.auto import tqdm
 
@@ -217,8 +220,8 @@ def _forward_shard(model: BagNet, dataset: torch.utils.data.Dataset, indices: li
             "sources": sources, "labels": labels, "skipped": dict(skips.paths)}
 
 
-def _start(model: BagNet, spec: Optional[str], dataset: torch.utils.data.Dataset, out: Path, n: int, data: str, index_type: str,
-           shard_images: int, evidence_top: int, resume: bool) -> Manifest:
+def _start(model: BagNet, spec: Optional[str], dataset: torch.utils.data.Dataset, out: Path, n: int, data: str,
+           config: IndexConfig, resume: bool) -> Manifest:
     """The manifest of a new build (written), or that of the build being resumed (checked against this one)."""
     meta = model_meta(model)
     categories = list(model.categories or [str(c) for c in range(model.num_classes)])
@@ -228,13 +231,11 @@ def _start(model: BagNet, spec: Optional[str], dataset: torch.utils.data.Dataset
     else:
         side = meta.resolution or 224
         h, w = model.evidence_size(side, side)
-    if shard_images < 1 or not 1 <= evidence_top:
-        raise PatchIndexError(f"shard_images and evidence_top must be ≥ 1, got {shard_images} and {evidence_top}")
     manifest = Manifest(model=spec or model.name, fingerprint=model_fingerprint(model), patch_size=model.patch_size,
                         stride=model.stride, categories=categories, preprocess=meta.preprocess.to_dict(),
-                        dim=model.num_features, factory=choose_factory(n * h * w, model.num_features, index_type),
-                        data=data, shard_images=shard_images, images=n,
-                        evidence_top=min(evidence_top, len(categories)), nprobe=None,
+                        dim=model.num_features, factory=choose_factory(n * h * w, model.num_features, config.index_type),
+                        data=data, shard_images=config.shard_images, images=n,
+                        evidence_top=min(config.evidence_top, len(categories)), nprobe=None,
                         labels=_dataset_classes(dataset) or categories)
     if (out / "manifest.json").is_file():
         old = Manifest.load(out)

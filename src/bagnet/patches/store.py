@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import PatchIndexError
-from ..plumbing import write_bytes, write_json
+from ..errors import ConfigError, PatchIndexError
+from ..plumbing import option, write_bytes, write_json
 
 MANIFEST = "manifest.json"
 #: The per-patch arrays beside the vectors: ``patch_NAME.npy`` for each NAME.
@@ -35,6 +35,26 @@ KIND = "bagnet patch index"
 FLAT_LIMIT = 200_000
 #: Vectors a compressed index's quantizer is trained on at most, and per list (faiss wants ≥ 39 per IVF list).
 TRAIN_SAMPLE, TRAIN_PER_LIST = 100_000, 64
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Settings of :func:`~bagnet.patches.build_index` (``bagnet index`` flags)."""
+
+    index_type: str = option("auto", "auto (exact Flat up to 200,000 patches, else IVF…_HNSW32,SQ8) or any faiss "
+                                     "index factory string, e.g. IVF4096,PQ32", metavar="FACTORY")
+    shard_images: int = option(256, "images per shard (each written atomically; --resume continues at the first "
+                                    "missing one)", min=1)
+    evidence_top: int = option(16, "classes whose evidence each patch keeps, the largest", min=1)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.index_type, str) or not self.index_type.strip():
+            raise ConfigError(f"index_type (--index-type) must be auto or a faiss factory string, got "
+                              f"{self.index_type!r}", "index_type")
+        for name in ("shard_images", "evidence_top"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} (--{name.replace('_', '-')}) must be an integer ≥ 1, got {value!r}", name)
 
 
 @dataclass(frozen=True)
