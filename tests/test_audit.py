@@ -40,6 +40,7 @@ def test_tally_sums_what_each_strategy_carries_exactly():
     np.testing.assert_allclose(t.mass, [4.0, 6.0])
     # strategy 0 appears in image 0 (4/6); strategy 1 in image 1 (6/8) and in image 0 too (2 of class 1's 4 there)
     assert t.occurs.tolist() == [[1, 0], [1, 1]]
+    assert t.others == {1: [(0.5, 0, 0)]}  # strategy 1 fires on image 0, of class 0, with half of its evidence
     assert t.class_images.tolist() == [1, 1]
     np.testing.assert_allclose(t.positions[0], [[4, 0], [0, 0]])
     np.testing.assert_allclose(t.positions[1], [[6, 0], [0, 0]])
@@ -163,6 +164,8 @@ def test_the_audit_saves_its_report_and_the_cli_runs_it(planted, tmp_path, capsy
     assert "at least 25%" in saved["rule"]["text"] and saved["images"] == 80
     assert {s["category"] for s in saved["strategies"]} == {"a", "b"}
     assert max(len(s["examples"]) for s in saved["strategies"]) == 4  # --examples 4
+    for s in saved["strategies"]:  # images of other classes it fires on: named, never its own class
+        assert all(o["class"] != s["category"] and o["share"] >= 0.25 for o in s["other_images"])
     assert all(len(s["positions"]) == saved["grid"][0] for s in saved["strategies"])
     rows = (tmp_path / "a" / "strategies.csv").read_text().splitlines()
     assert rows[0].startswith("id,class,sign,share") and len(rows) == 1 + len(saved["strategies"])

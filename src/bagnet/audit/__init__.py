@@ -125,6 +125,8 @@ def _result(model: BagNet, dataset: Any, data: str, keep: dict, clusters: dict, 
         others = {categories[o]: float(t.occurs[s, o] / t.class_images[o])
                   for o in range(len(categories)) if o != c and t.class_images[o]}
         chosen = examples(clusters[(sign, c)], k, n_examples)
+        elsewhere = [{"image": i, "source": sample_path(dataset, i), "class": categories[label], "share": share}
+                     for share, i, label in t.others.get(s, [])]
         for e in chosen:
             e["source"] = sample_path(dataset, e["image"])
             e["box"] = list(model.patch_box(*e["cell"]))
@@ -133,7 +135,7 @@ def _result(model: BagNet, dataset: Any, data: str, keep: dict, clusters: dict, 
         found.append(Strategy(
             id=s, sign=sign, category=categories[c], share=float(t.mass[s] / total) if total else 0.0,
             images=int(t.occurs[s, c]), class_images=int(t.class_images[c]), other_classes=others,
-            cross_class=any(v >= rule.cross_class_rate for v in others.values()),
+            cross_class=any(v >= rule.cross_class_rate for v in others.values()), other_images=elsewhere,
             accuracy_without=float(t.correct_without[s] / max(t.images, 1)),
             class_accuracy=float(t.class_correct[c] / max(t.class_images[c], 1)),
             class_accuracy_without=float(t.class_correct_without[s] / max(t.class_images[c], 1)),

@@ -107,6 +107,8 @@ class Tally:
     correct: int = 0
     images: int = 0
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    others_kept: int = 8  # per strategy, the images of other classes where it carries the largest share
+    others: dict[int, list[tuple[float, int, int]]] = field(default_factory=dict)  # column → [(share, image, label)]
 
     def __post_init__(self) -> None:
         S, C, (h, w) = len(self.strategies), self.num_classes, self.grid
@@ -169,6 +171,11 @@ def _tally_image(t: Tally, index: int, label: int, share: Tensor, carried: Tenso
         t.class_images[label] += 1
         appears = (share >= t.threshold).numpy()
         t.occurs[appears, label] += 1
+        for column in np.flatnonzero(appears & (t.column_class != label)):  # it fires on another class's image
+            kept = t.others.setdefault(int(column), [])
+            kept.append((float(share[column]), index, label))
+            kept.sort(key=lambda item: -item[0])
+            del kept[t.others_kept:]
         own = np.flatnonzero(t.column_class == label)
         t.mass[own] += carried[own].numpy()
         cells = (signed[:, own].clamp(min=0) * member[:, own]).T.reshape(len(own), h, w)

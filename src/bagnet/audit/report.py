@@ -35,12 +35,14 @@ def audit_report(audit: "ShortcutAudit", figures: dict[str, bytes]) -> str:
             f"<td class=\"num\">{s.class_accuracy:.1%} → {s.class_accuracy_without:.1%}"
             + (f"; with {len(s.union) - 1} above: {s.class_accuracy_without_union:.1%}" if len(s.union) > 1 else "")
             + "</td>"
-            f"<td>{html.escape(', '.join(_short(e['source']) for e in s.examples[:3]))}</td></tr>" for s in mine)
+            f"<td>{html.escape(', '.join(_short(e['source']) for e in s.examples[:3]))}</td>"
+            f"<td>{html.escape(_elsewhere(s.other_images))}</td></tr>" for s in mine)
         figure = (f"<img src=\"{data_uri(figures[name])}\" alt=\"strategies of {html.escape(name)}\">"
                   if name in figures else "")
         parts.append(f"<h2 id=\"c{c}\">{html.escape(name)}</h2>{figure}<table><tr><th>strategy</th><th>sign</th>"
                      "<th>share of evidence</th><th>images</th><th>other classes (rate)</th>"
-                     f"<th>accuracy without it</th><th>its class's accuracy without it</th><th>example images</th></tr>{rows}"
+                     f"<th>accuracy without it</th><th>its class's accuracy without it</th><th>example images</th>"
+                     f"<th>where it fires on other classes</th></tr>{rows}"
                      "</table>")
     if a.leakage:
         rows = "".join(f"<tr><td><code>{html.escape(r['source'])}</code></td><td><code>"
@@ -52,6 +54,10 @@ def audit_report(audit: "ShortcutAudit", figures: dict[str, bytes]) -> str:
         items = "".join(f"<li><code>{html.escape(p)}</code>: {html.escape(r)}</li>" for p, r in a.skipped.items())
         parts.append(f"<h2 class=\"fail\">Skipped (unreadable)</h2><ul>{items}</ul>")
     return page(f"bagnet audit: {a.model}", "\n".join(parts))
+
+
+def _elsewhere(images: list, n: int = 3) -> str:
+    return ", ".join(f"{_short(o['source'])} ({o['class']}, {o['share']:.0%})" for o in images[:n]) or "—"
 
 
 def _others(rates: dict[str, float], n: int = 2) -> str:

@@ -40,7 +40,8 @@ class AuditRule:
 class Strategy:
     """One strategy of one class: ``share`` of the class's total evidence of its sign (over the class's images) that
     its cells carry; ``images`` of the class's ``class_images`` in which it appears; ``other_classes``: the share
-    of each other class's images in which it appears; ``accuracy_without``: the model's accuracy on the whole
+    of each other class's images in which it appears, and ``other_images`` the images of other classes where it
+    carries the largest share (image, source, class, share); ``accuracy_without``: the model's accuracy on the whole
     dataset with the strategy's cells removed from every image's evidence (the logits the mean over the remaining
     cells; exact, no retraining); ``class_accuracy`` and ``class_accuracy_without``: the same on the class's own
     images; ``class_accuracy_without_union``: … with this strategy and every positive strategy of the class ranked
@@ -56,6 +57,7 @@ class Strategy:
     class_images: int
     other_classes: dict[str, float]
     cross_class: bool
+    other_images: list[dict[str, Any]]
     accuracy_without: float
     class_accuracy: float
     class_accuracy_without: float
