@@ -109,7 +109,8 @@ class ShortcutAudit(Result):
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "model": self.model, "data": self.data,
                 "categories": self.categories, "images": self.images, "accuracy": self.accuracy,
-                "patch_size": self.patch_size, "grid": self.grid, "rule": {**asdict(self.rule), "text": self.rule.text()},
+                "patch_size": self.patch_size, "grid": self.grid,
+                "rule": {**asdict(self.rule), "text": self.rule.text()},
                 "strategies": [{k: v for k, v in asdict(s).items() if k != "crops"} for s in self.strategies],
                 "decisions": self.decisions, "leakage": self.leakage, "skipped": self.skipped}
 

@@ -9,7 +9,6 @@ function drops it from the batch and hands it to the caller, which reports each 
 from __future__ import annotations
 
 import functools
-
 import os
 import sys
 from dataclasses import dataclass

@@ -5,5 +5,5 @@ from .build import build_index, merge_shards
 from .query import PatchIndex, PatchMatches
 from .store import FLAT_LIMIT, IndexConfig, Manifest, choose_factory, model_fingerprint
 
-__all__ = ["build_index", "merge_shards", "PatchIndex", "PatchMatches", "FLAT_LIMIT", "IndexConfig", "Manifest", "choose_factory",
-           "model_fingerprint"]
+__all__ = ["build_index", "merge_shards", "PatchIndex", "PatchMatches", "FLAT_LIMIT", "IndexConfig", "Manifest",
+           "choose_factory", "model_fingerprint"]

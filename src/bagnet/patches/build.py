@@ -25,8 +25,9 @@ from ..models.bagnet import BagNet
 from ..models.meta import model_meta
 from ..models.registry import load_bagnet
 from ..plumbing import eval_mode, model_device, write_json
-from .store import (ARRAYS, TRAIN_PER_LIST, TRAIN_SAMPLE, IndexConfig, Manifest, choose_factory, empty_index, faiss_module,
-                    folder_bytes, model_fingerprint, read_index, read_npz, remove_shards, set_nprobe, shard_paths, write_index, write_npy, write_npz)
+from .store import (ARRAYS, TRAIN_PER_LIST, TRAIN_SAMPLE, IndexConfig, Manifest, choose_factory, empty_index,
+                    faiss_module, folder_bytes, model_fingerprint, read_index, read_npz, remove_shards, set_nprobe,
+                    shard_paths, write_index, write_npy, write_npz)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .query import PatchIndex
@@ -80,7 +81,7 @@ def build_index(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, ou
         torch.distributed.barrier()  # every rank's shards are written before rank 0 merges them
     if rank != 0:
         return None  # type: ignore[return-value]
-    manifest = merge_shards(out, seconds=seconds, log=log)
+    merge_shards(out, seconds=seconds, log=log)
     return PatchIndex.load(out)
 
 
@@ -123,7 +124,6 @@ class _BuildState:
         if self.pending and self.template is None:
             self._train() if self.rank == 0 else self._wait_for_quantizer()
         faiss = faiss_module()
-
         for shard, arrays in self.pending:
             index = faiss.clone_index(self.template)
             index.add(arrays["features"])
@@ -160,7 +160,7 @@ class _BuildState:
 
 
 def _wait_for(path: Path, timeout: float = 3600.0) -> Path:
-    """Wait for rank 0 to write ``path`` (its quantizer, its sampled queries)."""
+    """Wait for rank 0 to write ``path`` (its trained quantizer)."""
     waited = 0.0
     while not path.is_file():
         if waited > timeout:
@@ -233,7 +233,8 @@ def _start(model: BagNet, spec: Optional[str], dataset: torch.utils.data.Dataset
         h, w = model.evidence_size(side, side)
     manifest = Manifest(model=spec or model.name, fingerprint=model_fingerprint(model), patch_size=model.patch_size,
                         stride=model.stride, categories=categories, preprocess=meta.preprocess.to_dict(),
-                        dim=model.num_features, factory=choose_factory(n * h * w, model.num_features, config.index_type),
+                        dim=model.num_features,
+                        factory=choose_factory(n * h * w, model.num_features, config.index_type),
                         data=data, shard_images=config.shard_images, images=n,
                         evidence_top=min(config.evidence_top, len(categories)), nprobe=None,
                         labels=_dataset_classes(dataset) or categories)
@@ -293,7 +294,8 @@ def merge_shards(out: Path, seconds: float = 0.0, log: Callable[[str], None] = p
             merged.merge_from(index, 0)
         if len(exact["exact_score"]):
             local = exact["exact_local"]
-            exact_s, exact_i = _merge_top(exact_s, exact_i, exact["exact_score"], np.where(local >= 0, local + offset, -1))
+            global_ids = np.where(local >= 0, local + offset, -1)
+            exact_s, exact_i = _merge_top(exact_s, exact_i, exact["exact_score"], global_ids)
         offset += added
     recall = _recall(merged, out, exact_i, exact_s) if exact_i is not None else None
     _merge_arrays(out, count, offset)
@@ -305,9 +307,9 @@ def merge_shards(out: Path, seconds: float = 0.0, log: Callable[[str], None] = p
     for name in ("trained.faiss", "queries.npy"):
         (out / name).unlink(missing_ok=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    size = folder_bytes(out)
     build = {"seconds": round(seconds, 2), "patches_per_second": round(offset / seconds, 1) if seconds else None,
-             "bytes": folder_bytes(out), "bytes_per_patch": round(folder_bytes(out) / max(offset, 1), 1),
-             "peak_rss_bytes": peak}
+             "bytes": size, "bytes_per_patch": round(size / max(offset, 1), 1), "peak_rss_bytes": peak}
     done = Manifest(**{**manifest.__dict__, "patches": offset, "completed": True, "recall_at_10": recall,
                        "nprobe": NPROBE if faiss.try_extract_index_ivf(merged) is not None else None, "build": build})
     done.save(out)

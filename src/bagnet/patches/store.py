@@ -173,14 +173,12 @@ def write_index(index: Any, path: Path) -> Path:
 
 
 def read_index(path: Path) -> Any:
+    """A faiss index file; a missing or damaged one is a :class:`PatchIndexError` naming it."""
     faiss = faiss_module()
-
     if not path.is_file():
         raise PatchIndexError(f"{path} is missing: the patch index is incomplete (rebuild, or --resume the build)")
     try:
         return faiss.read_index(str(path))
-    except FileNotFoundError:
-        raise PatchIndexError(f"{path} is missing: the patch index is incomplete (rebuild, or --resume the build)") from None
     except (RuntimeError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[-1][:160] if str(err).strip() else type(err).__name__
         raise PatchIndexError(f"{path} is damaged and cannot be read by faiss ({first})") from None
@@ -237,16 +235,18 @@ def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 def check_model(manifest: Manifest, model: nn.Module, folder: Path) -> None:
     """Refuse a model other than the one the index was built with: its patches live in another feature space."""
     got = model_fingerprint(model)
+    name = getattr(model, "name", type(model).__name__)
     if got != manifest.fingerprint:
-        raise PatchIndexError(f"the patch index {folder} was built with {manifest.model} (weights {manifest.fingerprint});"
-                           f" the model given ({getattr(model, 'name', type(model).__name__)}, weights {got}) is "
-                           f"another: its patch features are not comparable. Query with the index's own model or "
-                           f"build an index for this one")
+        raise PatchIndexError(f"the patch index {folder} was built with {manifest.model} (weights "
+                              f"{manifest.fingerprint}); the model given ({name}, weights {got}) is another: its "
+                              f"patch features are not comparable. Query with the index's own model or build an "
+                              f"index for this one")
 
 
 def shard_paths(folder: Path, shard: int) -> dict[str, Path]:
     base = folder / "shards" / f"{shard:05d}"
-    return {"index": base.with_suffix(".faiss"), "arrays": base.with_suffix(".npz"), "images": base.with_suffix(".json")}
+    return {"index": base.with_suffix(".faiss"), "arrays": base.with_suffix(".npz"),
+            "images": base.with_suffix(".json")}
 
 
 def remove_shards(folder: Path) -> None:
