@@ -65,7 +65,7 @@ def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, config: 
     candidate shortcut when it appears in ≥ ``cross_class_rate`` of another class's images. ``index``: a
     :class:`~bagnet.patches.PatchIndex` built with the same model on another split, searched for near-duplicate
     patches and images (leakage)."""
-    c = config if config is not None else AuditConfig()
+    cfg = config if config is not None else AuditConfig()
     model = load_bagnet(model, device, "a shortcut audit",
                         "fine-tune a BagNet on the same data (bagnet train --init bagnet33:imagenet) and audit it: its "
                         "strategies are hypotheses about the dataset")
@@ -81,8 +81,8 @@ def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, config: 
         return feature_batches(model, dataset, batch_size, skips, desc, progress, workers, device)
 
     with eval_mode(model):
-        keep, info = collect_candidates(passes("audit 1/2"), C, c.cells_per_image)
-        clusters = {key: cluster(cands, c.strategies) for key, cands in keep.items()}
+        keep, info = collect_candidates(passes("audit 1/2"), C, cfg.cells_per_image)
+        clusters = {key: cluster(cands, cfg.strategies) for key, cands in keep.items()}
         columns = [(sign, c, k) for (sign, c), cl in clusters.items() if cl is not None
                    for k in range(len(cl.centroids))]
         if not columns:
@@ -90,29 +90,23 @@ def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, config: 
                              "labels in the model's class order?)")
         centroids = torch.from_numpy(np.concatenate([clusters[(s, c)].centroids[k:k + 1] for s, c, k in columns]))
         radii = torch.from_numpy(np.array([clusters[(s, c)].radii[k] for s, c, k in columns], np.float32))
-        t = tally(passes("audit 2/2"), centroids, radii, Tally(columns, info["grid"], C, c.threshold,
-                                                               unions=_unions(columns, clusters)),
-                  model.fc.bias.detach().float().cpu(), c.decision_share)
-        leakage = _leakage(index, model, dataset, skips, batch_size, workers, device) if index is not None else []
-    return _result(model, dataset, data, keep, clusters, columns, t, skips, leakage, c.examples,
-                   AuditRule(c.threshold, c.cross_class_rate, c.decision_share, c.cells_per_image, c.strategies))
+        leakage = _Leakage(index, dataset, model.fc.bias.detach().float().cpu()) if index is not None else None
+        second = passes("audit 2/2")
+        t = tally(second if leakage is None else leakage.watch(second), centroids, radii,
+                  Tally(columns, info["grid"], C, cfg.threshold, unions=_unions(columns, clusters)),
+                  model.fc.bias.detach().float().cpu(), cfg.decision_share)
+    return _result(model, dataset, data, keep, clusters, columns, t, skips, leakage.rows if leakage else [],
+                   cfg.examples,
+                   AuditRule(cfg.threshold, cfg.cross_class_rate, cfg.decision_share, cfg.cells_per_image, cfg.strategies))
 
 
 def _unions(columns: list[tuple[str, int, int]], clusters: dict) -> list[list[int]]:
     """For each column: itself and, for a positive strategy, the same class's positive strategies with more candidate
     evidence (pass 1's ranking), so that removing a union measures what the top strategies are worth together."""
-    def mass(column: tuple[str, int, int]) -> float:
-        sign, c, k = column
-        cl = clusters[(sign, c)]
-        return float(cl.candidates["values"][cl.assignment == k].sum())
-
-    unions = []
-    for s, col in enumerate(columns):
-        if col[0] != "positive":
-            unions.append([s])
-            continue
-        unions.append([o for o, other in enumerate(columns) if other[:2] == col[:2] and mass(other) >= mass(col)])
-    return unions
+    mass = [float(clusters[(sign, c)].candidates["values"][clusters[(sign, c)].assignment == k].sum())
+            for sign, c, k in columns]
+    return [[o for o, other in enumerate(columns) if other[:2] == col[:2] and mass[o] >= mass[s]]
+            if col[0] == "positive" else [s] for s, col in enumerate(columns)]
 
 
 def _result(model: BagNet, dataset: Any, data: str, keep: dict, clusters: dict, columns: list, t: Tally,
@@ -162,31 +156,37 @@ def _crop(dataset: Any, example: dict, preprocess: Any) -> Optional[np.ndarray]:
     return pixels[max(top, 0):bottom, max(left, 0):right].numpy()
 
 
-def _leakage(index: Any, model: BagNet, dataset: Any, skips: SkipLog, batch_size: int, workers: int, device: Any,
-             cells: int = 16, patch_similarity: float = 0.95, image_share: float = 0.5) -> list[dict]:
-    """Near-duplicates between ``dataset`` and the split ``index`` holds: for each image, its ``cells`` cells with the
-    most evidence for its predicted class, searched in the index; a pair of images is reported when at least
-    ``image_share`` of those cells find a patch of the same indexed image with cosine similarity ≥
-    ``patch_similarity``."""
-    rows = []
-    bias = model.fc.bias.detach().float().cpu()
-    for indices, labels, feats, evidence in feature_batches(model, dataset, batch_size, skips, "leakage", False,
-                                                            workers, device):
+class _Leakage:
+    """Near-duplicates between the audited images and the split ``index`` holds, found during the audit's second pass
+    (no pass of its own): for each image, its ``cells`` cells with the most evidence for its predicted class, searched
+    in the index; a pair of images is reported when at least ``image_share`` of those cells find a patch of the same
+    indexed image with cosine similarity ≥ ``patch_similarity``."""
+
+    def __init__(self, index: Any, dataset: Any, bias: torch.Tensor, cells: int = 16, patch_similarity: float = 0.95,
+                 image_share: float = 0.5) -> None:
+        self.index, self.dataset, self.bias = index, dataset, bias
+        self.cells, self.patch_similarity, self.image_share = cells, patch_similarity, image_share
+        self.rows: list[dict] = []
+
+    def watch(self, batches: Any) -> Any:
+        """``batches`` unchanged, each one searched on its way through."""
+        for batch in batches:
+            self.add(*batch)
+            yield batch
+
+    def add(self, indices: torch.Tensor, labels: torch.Tensor, feats: torch.Tensor, evidence: torch.Tensor) -> None:
         B, h, w, D = feats.shape
-        predicted = (evidence.mean((2, 3)) + bias).argmax(1)
+        predicted = (evidence.mean((2, 3)) + self.bias).argmax(1)
         for b, index_b in enumerate(indices.tolist()):
-            strength = evidence[b, predicted[b]].flatten()
-            top = strength.topk(min(cells, h * w)).indices
-            scores, ids = index.search(feats[b].reshape(-1, D)[top].numpy(), 1)
+            top = evidence[b, predicted[b]].flatten().topk(min(self.cells, h * w)).indices
+            scores, ids = self.index.search(feats[b].reshape(-1, D)[top].numpy(), 1)
             hits: dict[int, int] = {}
             for score, pid in zip(scores[:, 0], ids[:, 0]):
-                if pid >= 0 and score >= patch_similarity:
-                    image = int(index.image[pid])
+                if pid >= 0 and score >= self.patch_similarity:
+                    image = int(self.index.image[pid])
                     hits[image] = hits.get(image, 0) + 1
             for image, n in hits.items():
-                if n / len(top) >= image_share:
-                    rows.append({"image": index_b, "source": sample_path(dataset, index_b),
-                                 "indexed_source": index.sources.get(image, f"#{image}"),
-                                 "matching_cells": n, "cells": len(top)})
-    return rows
-
+                if n / len(top) >= self.image_share:
+                    self.rows.append({"image": index_b, "source": sample_path(self.dataset, index_b),
+                                      "indexed_source": self.index.sources.get(image, f"#{image}"),
+                                      "matching_cells": n, "cells": len(top)})
