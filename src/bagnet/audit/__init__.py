@@ -95,9 +95,9 @@ def audit(model: Union[BagNet, str], dataset: torch.utils.data.Dataset, config: 
         t = tally(second if leakage is None else leakage.watch(second), centroids, radii,
                   Tally(columns, info["grid"], C, cfg.threshold, unions=_unions(columns, clusters)),
                   model.fc.bias.detach().float().cpu(), cfg.decision_share)
+    rule = AuditRule(cfg.threshold, cfg.cross_class_rate, cfg.decision_share, cfg.cells_per_image, cfg.strategies)
     return _result(model, dataset, data, keep, clusters, columns, t, skips, leakage.rows if leakage else [],
-                   cfg.examples,
-                   AuditRule(cfg.threshold, cfg.cross_class_rate, cfg.decision_share, cfg.cells_per_image, cfg.strategies))
+                   cfg.examples, rule)
 
 
 def _unions(columns: list[tuple[str, int, int]], clusters: dict) -> list[list[int]]:
