@@ -88,7 +88,7 @@ def transfer(args: argparse.Namespace) -> dict:
     """Every start at every learning rate of ``--lrs`` (fine-tuning also with each of ``--variants``) and every seed;
     each start's setting chosen by its mean final validation top-1 (never by test), its test top-1 reported."""
     data = export(args.runs / "fashion-mnist-100", {"train": 100, "val": 100, "test": 200})
-    recipe = dict(data=str(data), image_size=64, epochs=2, batch_size=32, warmup_epochs=0.2, workers=0, **ARCH)
+    recipe = dict(data=str(data), image_size=args.image_size, epochs=2, batch_size=32, warmup_epochs=0.2, workers=0, **ARCH)
     settings = {"from scratch": {f"lr {lr:g}": ("scratch", lr, {}) for lr in args.lrs}}
     settings["fine-tuned"] = {f"lr {lr:g}" + ("" if v == "plain" else f", {v}"): ("finetuned", lr,
                                                                                {"init": SHIPPED, **VARIANTS[v]})
@@ -107,7 +107,7 @@ def transfer(args: argparse.Namespace) -> dict:
     runs = {kind: sweep[kind][chosen[kind]] for kind in ("fine-tuned", "from scratch")}
     mean = {k: statistics.mean(r["test_top1"] for r in v) for k, v in runs.items()}
     return {"experiment": "transfer", "data": "Fashion-MNIST, 100 train / 100 val per class (from its training set), "
-            "200 test per class (its test set), 28 px grey images at 64 px", "init": SHIPPED, "seeds": args.seeds,
+            f"200 test per class (its test set), 28 px grey images at {args.image_size} px", "init": SHIPPED, "seeds": args.seeds,
             "recipe": {k: v for k, v in recipe.items() if k != "data"}, "settings_tried": {k: list(v) for k, v in
                                                                                         settings.items()},
             "mean_val_top1_by_setting": val, "chosen": chosen, "runs": runs, "mean_test_top1": mean,
@@ -118,7 +118,7 @@ def transfer(args: argparse.Namespace) -> dict:
 
 def sparsity(args: argparse.Namespace) -> dict:
     data = export(args.runs / "fashion-mnist-300", {"train": 300, "val": 100, "test": 200}, seed=1)
-    recipe = dict(data=str(data), image_size=64, epochs=args.epochs, batch_size=32, lr=2e-3, warmup_epochs=0.2,
+    recipe = dict(data=str(data), image_size=args.image_size, epochs=args.epochs, batch_size=32, lr=2e-3, warmup_epochs=0.2,
                   workers=0, init=SHIPPED, seed=0)
     rows = []
     for lam in args.lambdas:
@@ -129,7 +129,7 @@ def sparsity(args: argparse.Namespace) -> dict:
     # λ chosen on val: the largest λ whose validation top-1 is within 2 points of λ = 0
     chosen = max((r for r in rows if r["val_top1"] >= base["val_top1"] - 0.02), key=lambda r: r["lambda"])
     return {"experiment": "sparsity", "data": "Fashion-MNIST, 300 train / 100 val per class (its training set), "
-            "200 test per class (its test set), at 64 px", "init": SHIPPED, "recipe": {k: v for k, v in recipe.items()
+            f"200 test per class (its test set), at {args.image_size} px", "init": SHIPPED, "recipe": {k: v for k, v in recipe.items()
                                                                                        if k != "data"},
             "rows": rows, "chosen_lambda": chosen["lambda"],
             "chosen": {"share_ratio": chosen["test_top5_share"] / base["test_top5_share"],
@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("experiment", choices=["transfer", "sparsity", "figures"])
     parser.add_argument("--runs", type=Path, default=None, help="folder of the run folders (default runs/EXPERIMENT)")
     parser.add_argument("--json", type=Path, default=None, help="results file (default docs/results/EXPERIMENT.json)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="training and evaluation size (default: the shipped model's own, its preprocess crop)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 5e-3],
                         help="transfer: learning rates tried for each start, chosen on validation")
@@ -180,6 +182,7 @@ def main() -> None:
             print(f"wrote {path}")
         return
     args.runs = args.runs or Path("runs") / args.experiment
+    args.image_size = args.image_size or bagnet.load(SHIPPED).preprocess.crop
     out = args.json or ROOT / "docs" / "results" / f"{args.experiment}.json"
     result = transfer(args) if args.experiment == "transfer" else sparsity(args)
     write_json(out, result)

@@ -16,11 +16,10 @@ be read are reported by name in ``Explanation.failures``; the others are still e
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -31,11 +30,13 @@ from torch import Tensor
 from torchvision.transforms import functional as TF
 
 from .data import IMAGE_EXTENSIONS, ImageReadError, image_size, load_image
+from .data.images import collect_inputs
 from .errors import ConfigError
 from .heatmaps import heatmap
 from .models.bagnet import BagNet
 from .models.meta import model_meta
 from .models.registry import load_bagnet
+from .patches import CellNeighbours, PatchIndex
 
 from .plumbing import (SCHEMA_VERSION, safe_stem, eval_mode, model_device, option, Result, write_csv, write_json,
                        write_text)
@@ -63,8 +64,16 @@ class ExplainConfig:
     precision: str = option("strict", "heatmap arithmetic: strict (exact up to fp32 rounding), tf32 (CUDA: ~3.5x "
                                       "faster, ~1e-4 of the range), bf16 (~1e-2 of the range)",
                             choices=("strict", "tf32", "bf16"))
+    index: Optional[str] = option(None, "a patch index folder (`bagnet index`, the same model): the report shows "
+                                        "the nearest dataset patches of every cell", metavar="DIR")
+    neighbours: int = option(4, "nearest dataset patches per cell with --index (at most one per dataset image)",
+                             min=1, metavar="K")
+    anonymise: bool = option(False, "for sharing: images numbered instead of named (no file names or paths in any "
+                                    "result file), dataset patches named by label only")
 
     def __post_init__(self) -> None:
+        if self.neighbours < 1:
+            raise ConfigError(f"neighbours (--neighbours) must be >= 1, got {self.neighbours}")
         if self.top < 1 or self.patches < 0:
             raise ConfigError(f"top must be >= 1 and patches >= 0; got top={self.top}, patches={self.patches}")
         if not 16 <= self.max_side <= MAX_SIDE:
@@ -106,18 +115,27 @@ class ImageExplanation:
     oppose: list[list[Patch]]  # per class: least supportive patches, lowest first
     notes: list[str] = field(default_factory=list)
     sparsity: dict[str, float] = field(default_factory=dict)  # of the top class's evidence (bagnet.sparsity)
+    evidence: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))  # (K, h, w) per cell
+    scales: list[float] = field(default_factory=list)  # per class: the colour scale's clipping value
+    neighbours: Optional[CellNeighbours] = None  # nearest patches of every cell in a patch index (--index)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source, "original_size": list(self.original_size),
             "size": [int(self.image.shape[1]), int(self.image.shape[0])],
+            "grid": list(self.evidence.shape[1:]),
             "predictions": [{"class": c, "name": n, "probability": p, "logit": lg,
-                             "evidence_min": float(h.min()), "evidence_max": float(h.max())}
-                            for c, n, p, lg, h in zip(self.classes, self.names, self.probabilities, self.logits,
-                                                      self.heatmaps)],
+                             "evidence_min": float(h.min()), "evidence_max": float(h.max()),
+                             "colour_scale": sc, "evidence": ev.tolist()}
+                            for c, n, p, lg, h, sc, ev in zip(self.classes, self.names, self.probabilities,
+                                                              self.logits, self.heatmaps, self.scales,
+                                                              self.evidence.astype(np.float64))],
             "support": [[asdict(p) for p in ps] for ps in self.support],
             "oppose": [[asdict(p) for p in ps] for ps in self.oppose],
             "notes": self.notes, "sparsity": self.sparsity,
+            **({"neighbours": {"patches": self.neighbours.patches, "ids": self.neighbours.ids.tolist(),
+                               "scores": np.round(self.neighbours.scores.astype(np.float64), 5).tolist()}}
+               if self.neighbours is not None else {}),
         }
 
 
@@ -131,17 +149,39 @@ class Explanation(Result):
     images: list[ImageExplanation]
     failures: dict[str, str]
     config: dict[str, Any] = field(default_factory=dict)
+    origin: int = 0  # row (= column) of the top-left pixel of cell (0, 0)'s patch: cell (i, j) starts at s·i + origin
     skipped: dict[str, str] = field(default_factory=dict)  # files in the given folders that are not images
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "model": self.model, "patch_size": self.patch_size,
-                "stride": self.stride, "config": self.config, "images": [e.to_dict() for e in self.images],
+                "stride": self.stride, "origin": self.origin, "config": self.config, "images": [e.to_dict() for e in self.images],
                 "failures": self.failures, "skipped": self.skipped}
 
     def save(self, out: str | os.PathLike) -> Path:
-        """Per image a folder of PNGs (evidence overlay per class, supportive/opposing patches), plus
-        explanations.json, predictions.csv and report.html (self-contained: every image embedded)."""
+        """Per image a folder of PNGs (evidence overlay per class, supportive/opposing patches, the input), plus
+        explanations.json, predictions.csv and report.html (one interactive file: point at a pixel to see its patch
+        and the patch's evidence; no network)."""
         return super().save(out)
+
+    def anonymised(self) -> "Explanation":
+        """The same explanation for sharing: images called ``image 1``, ``image 2``, … (no file name or path left,
+        also not in failure reasons or notes), the files skipped only counted, dataset patches named by label."""
+        names = {e.source: f"image {n}" for n, e in enumerate(self.images, start=1)}
+        names.update({src: f"failed {n}" for n, src in enumerate(self.failures, start=1)})
+
+        def scrub(text: str) -> str:
+            for src, name in sorted(names.items(), key=lambda kv: -len(kv[0])):
+                text = text.replace(src, name)
+            return text
+
+        images = [replace(e, source=names[e.source], notes=[scrub(t) for t in e.notes],
+                          neighbours=None if e.neighbours is None else replace(e.neighbours, patches=[
+                              {**p, "source": f"{p.get('label') or 'patch'} #{p['id']}", "image": None}
+                              for p in e.neighbours.patches])) for e in self.images]
+        config = {**self.config, **({"index": "(given)"} if self.config.get("index") else {})}
+        skipped = {f"{len(self.skipped)} files": "not image files by their ending"} if self.skipped else {}
+        return replace(self, images=images, failures={names[k]: scrub(v) for k, v in self.failures.items()},
+                       skipped=skipped, config=config, model=_model_label(self.model))
 
     def write(self, out: Path) -> None:
         from .report import explanation_report
@@ -151,19 +191,15 @@ class Explanation(Result):
         # never mixes this run's files with an earlier run's
         staging = out / f".images.{os.getpid()}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        figures: list[dict[str, Any]] = []
+        percentile = self.config.get("percentile", 99.0)
         for i, e in enumerate(self.images):
-            name = f"{i:03d}_{_stem(e.source)}"
-            folder = staging / name
+            folder = staging / f"{i:03d}_{_stem(e.source)}"
             folder.mkdir(parents=True, exist_ok=True)
-            files: dict[str, Any] = {"folder": folder, "overlays": [], "patches": None}
             for k, (name, prob) in enumerate(zip(e.names, e.probabilities)):
                 png = figure_png(overlay_figure(e.image, e.heatmaps[k], title=f"{name} ({100 * prob:.1f} %)",
-                                                percentile=self.config.get("percentile", 99.0),
+                                                percentile=percentile,
                                                 background=self.config.get("background", "faded")))
-                file = f"evidence_{k + 1}_{_stem(name)}.png"
-                (folder / file).write_bytes(png)
-                files["overlays"].append((out / "images" / folder.name / file, png))
+                (folder / f"evidence_{k + 1}_{_stem(name)}.png").write_bytes(png)
             rows = []
             for k, name in enumerate(e.names):
                 for label, patches in ((f"{name}: for", e.support[k]), (f"{name}: against", e.oppose[k])):
@@ -173,13 +209,7 @@ class Explanation(Result):
             if rows:
                 png = figure_png(patch_gallery_figure(rows, title=f"patches ({self.patch_size}×{self.patch_size} px)"))
                 (folder / "patches.png").write_bytes(png)
-                files["patches"] = (out / "images" / folder.name / "patches.png", png)
-            buf = io.BytesIO()
-            Image.fromarray(e.image).save(buf, format="PNG")
-            (folder / "input.png").write_bytes(buf.getvalue())
-            files["input"] = (out / "images" / folder.name / "input.png", buf.getvalue())
-            files["folder"] = out / "images" / folder.name
-            figures.append(files)
+            Image.fromarray(e.image).save(folder / "input.png", format="PNG")
         staging.mkdir(parents=True, exist_ok=True)
         old = out / f".images.{os.getpid()}.old"
         if (out / "images").exists():
@@ -196,7 +226,12 @@ class Explanation(Result):
         for source, reason in self.skipped.items():
             rows_csv.append([source, "", "", f"SKIPPED: {reason}", "", ""])
         write_csv(out / "predictions.csv", rows_csv, header=["source", "rank", "class", "name", "probability", "logit"])
-        write_text(out / "report.html", explanation_report(self, figures))
+        write_text(out / "report.html", explanation_report(self, percentile))
+
+
+def _model_label(name: str) -> str:
+    """A model's name without the folders of a path (a run folder or weights file names only its last part)."""
+    return Path(name).name if ("/" in name or "\\" in name) else name
 
 
 class ImageTooSmall(ValueError):
@@ -223,6 +258,7 @@ def explain(
     sources, failures, skipped = collect_inputs(inputs)
     if not sources and not failures:
         raise ValueError("no images given" + (f" (skipped, not image files: {', '.join(skipped)})" if skipped else ""))
+    index = _open_index(config.index, model)
     explained = []
     for n, source in enumerate(tqdm(sources, desc="explain", unit="img", disable=not progress)):
         label = source if isinstance(source, str) else source[0] if isinstance(source, tuple) else f"image {n}"
@@ -232,11 +268,23 @@ def explain(
                 image = load_image(source)
             else:
                 image = source[1] if isinstance(source, tuple) else source
-            explained.append(explain_image(model, image, label, config, device))
+            explained.append(explain_image(model, image, label, config, device, index=index))
         except Exception as err:  # one image's failure (MemoryError included) must not lose the others
             failures[label] = _reason(err, label)
-    return Explanation(model=model.name, patch_size=model.patch_size, stride=model.stride, images=explained,
-                       failures=failures, config=asdict(config), skipped=skipped)
+    result = Explanation(model=model.name, patch_size=model.patch_size, stride=model.stride, images=explained,
+                         failures=failures, config=asdict(config), skipped=skipped, origin=model.patch_box(0, 0)[0])
+    return result.anonymised() if config.anonymise else result
+
+
+def _open_index(folder: Optional[str], model: BagNet) -> Optional[PatchIndex]:
+    """The patch index of ``--index``, checked to be ``model``'s own (a PatchIndexError naming the folder if not)."""
+    if folder is None:
+        return None
+    from .patches.store import check_model
+
+    index = PatchIndex.load(folder)
+    check_model(index.manifest, model, Path(folder))
+    return index
 
 
 def _reason(err: Exception, label: str) -> str:
@@ -251,8 +299,11 @@ def _reason(err: Exception, label: str) -> str:
 
 
 def explain_image(model: BagNet, image: Image.Image, source: str = "image", config: ExplainConfig = ExplainConfig(),
-                  device: Any = None) -> ImageExplanation:
-    """Explain one PIL image (any mode; converted to RGB)."""
+                  device: Any = None, index: Optional[PatchIndex] = None) -> ImageExplanation:
+    """Explain one PIL image (any mode; converted to RGB); with a patch ``index`` (the model's own), also the
+    nearest indexed patches of each of its cells."""
+    from .viz import robust_scale
+
     from .data import to_rgb
 
     image = to_rgb(image)
@@ -268,6 +319,8 @@ def explain_image(model: BagNet, image: Image.Image, source: str = "image", conf
             hm = heatmap(model, x, top[None], stride=config.stride,
                          upsample="bilinear" if config.stride > 1 else None, precision=config.precision)[0]
             evidence = model.evidence(x)[0, top]
+            near = (index.cell_neighbours(model.forward_features(x)[0], config.neighbours)
+                    if index is not None else None)
     from .sparsity import map_sparsity
 
     measured = map_sparsity(evidence[:1] - model.fc.bias[top[:1], None, None])  # the top class, bias excluded
@@ -282,6 +335,8 @@ def explain_image(model: BagNet, image: Image.Image, source: str = "image", conf
         probabilities=probs[top].cpu().tolist(), logits=logits[top].cpu().tolist(),
         heatmaps=hm.float().cpu().numpy(), support=support, oppose=oppose, notes=notes,
         sparsity={"top5_share": float(measured.top_share[0]), "gini": float(measured.gini[0])},
+        evidence=evidence.float().cpu().numpy(), neighbours=near,
+        scales=[robust_scale(h, config.percentile) for h in hm.float().cpu().numpy()],
     )
 
 
@@ -361,39 +416,6 @@ def _crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def collect_inputs(inputs: Union[ImageInput, Sequence[ImageInput]]
-                   ) -> tuple[list[Union[str, Image.Image]], dict[str, str], dict[str, str]]:
-    """Files, folders (their image files, recursively, sorted) and PIL images; the inputs that do not exist
-    (failures); and the files inside the folders that are not images by their ending (skipped, named)."""
-    if isinstance(inputs, (str, os.PathLike, Image.Image)) or (
-            isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], Image.Image)):
-        inputs = [inputs]
-    sources: list[Union[str, Image.Image]] = []
-    failures: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    for item in inputs:
-        if isinstance(item, Image.Image) or (isinstance(item, tuple) and len(item) == 2
-                                             and isinstance(item[1], Image.Image)):
-            sources.append(item)  # a PIL image, or (label, PIL image)
-            continue
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            found = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-            for p in files:
-                if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped[str(p)] = f"not an image file by its ending ({p.suffix or 'none'})"
-            if not found:
-                failures[str(path)] = f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
-            sources.extend(str(p) for p in found)
-        elif path.is_file():
-            sources.append(str(path))
-        else:
-            failures[str(path)] = f"no such file or folder: {path}"
-    return sources, failures, skipped
-
-
 def _stem(text: str) -> str:
     return safe_stem(text, IMAGE_EXTENSIONS)
 

@@ -7,7 +7,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -193,3 +193,40 @@ def sample_image(name: str = "chelsea") -> Image.Image:
     except ImportError as err:
         raise ImportError("sample images come from scikit-image: pip install 'bagnet[examples]'") from err
     return Image.fromarray(getattr(skdata, name)()).convert("RGB")
+
+
+#: What :func:`collect_inputs` (and ``bagnet.explain``) take: a file or folder, a PIL image, or (label, PIL image).
+ImageInput = Union[str, os.PathLike, Image.Image, tuple[str, Image.Image]]
+
+
+def collect_inputs(inputs: Union["ImageInput", Sequence["ImageInput"]]
+                   ) -> tuple[list[Union[str, Image.Image]], dict[str, str], dict[str, str]]:
+    """Files, folders (their image files, recursively, sorted) and PIL images; the inputs that do not exist
+    (failures); and the files inside the folders that are not images by their ending (skipped, named)."""
+    if isinstance(inputs, (str, os.PathLike, Image.Image)) or (
+            isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], Image.Image)):
+        inputs = [inputs]
+    sources: list[Union[str, Image.Image]] = []
+    failures: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for item in inputs:
+        if isinstance(item, Image.Image) or (isinstance(item, tuple) and len(item) == 2
+                                             and isinstance(item[1], Image.Image)):
+            sources.append(item)  # a PIL image, or (label, PIL image)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+            for p in files:
+                if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped[str(p)] = f"not an image file by its ending ({p.suffix or 'none'})"
+            if not found:
+                failures[str(path)] = f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
+            sources.extend(str(p) for p in found)
+        elif path.is_file():
+            sources.append(str(path))
+        else:
+            failures[str(path)] = f"no such file or folder: {path}"
+    return sources, failures, skipped

@@ -123,16 +123,57 @@ class PatchIndex:
                 return chosen
             depth *= 4
 
-    def crop(self, match: dict[str, Any]) -> np.ndarray:
-        """The pixels (q, q, 3) uint8 of an indexed patch, read again from its image file."""
+    def cell_neighbours(self, features: Union[Tensor, np.ndarray], k: int = 4, per_image: Optional[int] = 1
+                        ) -> "CellNeighbours":
+        """The ``k`` nearest indexed patches of every cell of one image's feature map (D, h, w) (the model's
+        ``forward_features``; the caller checks it is the index's model), at most ``per_image`` from one image."""
+        feats = np.asarray(features.detach().float().cpu() if isinstance(features, Tensor) else features, np.float32)
+        if feats.ndim != 3 or feats.shape[0] != self.manifest.dim:
+            raise ValueError(f"expected features (dim={self.manifest.dim}, h, w), got shape {feats.shape}")
+        d, h, w = feats.shape
+        scores, ids = self.search(feats.reshape(d, -1).T, min(k * 8 if per_image else k, len(self)))
+        out_ids = np.full((h * w, k), -1, np.int32)
+        out_scores = np.zeros((h * w, k), np.float32)
+        position: dict[int, int] = {}  # index id -> position in the patches list
+        for n in range(h * w):
+            seen: dict[int, int] = {}
+            r = 0
+            for score, pid in zip(scores[n], ids[n]):
+                image = int(self.image[pid]) if pid >= 0 else -1
+                if pid < 0 or (per_image is not None and seen.get(image, 0) >= per_image):
+                    continue
+                seen[image] = seen.get(image, 0) + 1
+                out_ids[n, r], out_scores[n, r] = position.setdefault(int(pid), len(position)), score
+                r += 1
+                if r == k:
+                    break
+        patches = [self.patch(pid) for pid in position]
+        return CellNeighbours(ids=out_ids.reshape(h, w, k), scores=out_scores.reshape(h, w, k), patches=patches,
+                              crops=self.crops(patches))
+
+    def crops(self, matches: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+        """:meth:`crop` of many patches, each image file read once."""
+        by_source: dict[str, np.ndarray] = {}
+        out = []
+        for m in matches:
+            if m["source"] not in by_source:
+                by_source[m["source"]] = self._pixels_of(m["source"])
+            top, left, q, _ = m["box"]
+            out.append(by_source[m["source"]][top:top + q, left:left + q])
+        return out
+
+    def _pixels_of(self, source: str) -> np.ndarray:
         from ..data import load_image
 
         try:
-            x = self._preprocess(load_image(match["source"]))
-        except (OSError, ValueError):
-            return np.zeros((self.manifest.patch_size,) * 2 + (3,), np.uint8)
-        top, left, q, _ = match["box"]
-        return self._pixels(x)[top:top + q, left:left + q]
+            return self._pixels(self._preprocess(load_image(source)))
+        except (OSError, ValueError):  # moved or unreadable since the build: a black patch, not a failure
+            size = self.manifest.preprocess.get("crop") or self.manifest.patch_size
+            return np.zeros((size, size, 3), np.uint8)
+
+    def crop(self, match: dict[str, Any]) -> np.ndarray:
+        """The pixels (q, q, 3) uint8 of an indexed patch, read again from its image file (black if unreadable)."""
+        return self.crops([match])[0]
 
     def _preprocess(self, image: Any) -> Tensor:
         return make_preprocess(**self.manifest.preprocess)(image)
@@ -168,6 +209,18 @@ class PatchIndex:
         i = min(max(round((top + height / 2 - q / 2) / s), 0), h - 1)
         j = min(max(round((left + width / 2 - q / 2) / s), 0), w - 1)
         return int(i), int(j)
+
+
+@dataclass(frozen=True)
+class CellNeighbours:
+    """The nearest indexed patches of every evidence cell of one image: ``ids`` (h, w, k) positions in ``patches``
+    (-1 where fewer than k were found), ``scores`` (h, w, k) their cosine similarities, ``patches`` each distinct
+    patch once (as :meth:`PatchIndex.patch` describes it) and ``crops`` their pixels (q, q, 3)."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    patches: list[dict[str, Any]]
+    crops: list[np.ndarray] = field(repr=False)
 
 
 @dataclass(frozen=True)
