@@ -1,6 +1,7 @@
 """bagnet explain / patches: any image a user has, overlays that show the map, the report in a real browser."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -82,8 +83,10 @@ def test_explain_cli_on_odd_files_reports_failures_by_name_and_runs_the_rest(odd
     for e in explained.values():
         assert len(e["predictions"]) == 2 and 0 < e["predictions"][0]["probability"] <= 1
     html = (out / "report.html").read_text()
-    assert html.count("<img") >= len(expected) * 3 and "one_pixel.png" in html and "Not explained" in html
-    assert "src=\"data:image/png;base64," in html and "http" not in html.replace("http-equiv", "")
+    payload = json.loads(re.search(r'id="bagnet-data">(.*?)</script>', html, re.S).group(1))
+    assert len(payload["images"]) == len(expected) and all(len(i["classes"]) == 2 for i in payload["images"])
+    assert all(c["map"].startswith("data:image/png;base64,") for i in payload["images"] for c in i["classes"])
+    assert "one_pixel.png" in html and "Not explained" in html and "http" not in html.replace("http-equiv", "")
     assert len(list((out / "images").glob("*/evidence_*.png"))) == 2 * len(explained)
 
 
@@ -226,12 +229,20 @@ def test_report_opens_in_headless_chromium_with_every_image_and_no_errors(odd_fo
         page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
         page.goto((out / "report.html").as_uri())
         page.wait_for_load_state("load")
+        sections = page.locator("section.image").all()
+        for section in sections:  # each map is drawn when its image comes into view
+            section.scroll_into_view_if_needed()
+            section.locator(".stage[data-v]").wait_for()
+        page.wait_for_function("document.querySelectorAll('section.image[data-drawn]').length === "
+                               f"{len(sections)}")
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
         images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
         headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
         page.screenshot(path=str(artifacts_dir / "explain_report.png"), full_page=True)
         browser.close()
     assert errors == []
-    assert len(images) >= 3 * 3 and all(done and width > 0 for done, width, _ in images), images
+    assert len(sections) == 3 and len(images) == 3 and all(done and width > 0 for done, width, _ in images), images
     assert "Not explained" in headings and any("rotated.jpg" in h for h in headings)
     assert (artifacts_dir / "explain_report.png").stat().st_size > 10_000
 

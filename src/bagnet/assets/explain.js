@@ -58,7 +58,7 @@
     var self = this, info = this.info, root = el("div", {"class": "explorer"});
     var stage = el("div", {"class": "stage", tabindex: "0", "data-pinned": "0",
                            "aria-label": "image: point at a pixel to see its patch; click to pin; arrow keys move"});
-    stage.style.width = info.w * this.zoom + "px"; stage.style.height = info.h * this.zoom + "px";
+    stage.style.width = info.w * this.zoom + "px"; stage.style.aspectRatio = info.w + " / " + info.h;
     this.canvas = el("canvas", {width: info.w, height: info.h});
     this.canvas.style.width = "100%"; this.canvas.style.height = "100%";
     this.outline = el("div", {"class": "outline"});
@@ -125,13 +125,14 @@
     this.pinned = on; this.stage.setAttribute("data-pinned", on ? "1" : "0");
   };
   Viewer.prototype.show = function (i, j) {
-    var info = this.info, z = this.zoom, self = this;
+    var info = this.info, self = this;
     this.cell = [i, j];
     this.section.setAttribute("data-cell", i + "," + j);
     var top = o + s * i, left = o + s * j;
     var box = this.outline.style;
-    box.display = "block"; box.top = top * z + "px"; box.left = left * z + "px";
-    box.width = q * z + "px"; box.height = q * z + "px";
+    // in percent of the image: the stage may be shown smaller than its natural zoom (a narrow window)
+    box.display = "block"; box.top = 100 * top / info.h + "%"; box.left = 100 * left / info.w + "%";
+    box.width = 100 * q / info.w + "%"; box.height = 100 * q / info.h + "%";
     this.where.textContent = "Cell (" + i + ", " + j + "): the " + q + "×" + q + " px patch at rows " + top + "–" +
       (top + q - 1) + ", columns " + left + "–" + (left + q - 1) + (this.pinned ? " (pinned)" : "") + ".";
     var cells = this.gh * this.gw, max = 0;
@@ -214,7 +215,9 @@
           c.getContext("2d").imageSmoothingEnabled = false;
           c.getContext("2d").drawImage(self.image, o + s * cell[1], o + s * cell[0], q, q, 0, 0, 2 * q, 2 * q);
         }
-        c.addEventListener("click", function () { self.show(cell[0], cell[1]); self.pin(true); });
+        c.addEventListener("click", function () {
+          self.show(cell[0], cell[1]); self.pin(true); self.stage.focus({preventScroll: true});
+        });
         row.appendChild(c);
       });
       self.chips.appendChild(row);
