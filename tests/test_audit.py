@@ -3,6 +3,7 @@ planted-shortcut proof: a model that learned a stamped mark has a top strategy o
 clean data has none."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -170,11 +171,49 @@ def test_the_audit_saves_its_report_and_the_cli_runs_it(planted, tmp_path, capsy
     rows = (tmp_path / "a" / "strategies.csv").read_text().splitlines()
     assert rows[0].startswith("id,class,sign,share") and len(rows) == 1 + len(saved["strategies"])
     page = (tmp_path / "a" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "<script" not in page
+    assert page.count("data:image/png;base64,") == 2 and "default-src 'none'" in page  # 2 figures; no request
+    payload = json.loads(re.search(r'id="bagnet-data">(.*?)</script>', page, re.S).group(1))
+    for s in saved["strategies"]:  # every example of every strategy, with its image, in the page
+        shown = payload["strategies"][str(s["id"])]
+        assert [(e["image"], e["box"]) for e in shown] == [(str(e["image"]), e["box"]) for e in s["examples"]]
+        assert all(payload["images"][e["image"]].startswith("data:image/jpeg;base64,") for e in shown)
+    _click_a_strategy(tmp_path / "a" / "report.html", saved)
     assert (tmp_path / "a" / "decisions.csv").read_text().startswith("image,source,label,predicted,strategy,share")
     # a model that is not a BagNet: said why, exit 2
     assert main(["audit", "--model", "resnet18:imagenette", "--data", str(data), "--out", str(tmp_path / "b")]) == 2
     assert "BagNet" in capsys.readouterr().err
+
+
+def _click_a_strategy(report: Path, saved: dict) -> None:
+    """In Chromium (where there is one): a click on a strategy's number shows its examples, each outlined at its
+    box on its image; a second click closes them; nothing is requested."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return
+    if not chromium:
+        return
+    strategy = saved["strategies"][0]
+    requests = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(report.as_uri())
+        page.click(f"tr.strategy[data-strategy='{strategy['id']}'] button")
+        figures = page.locator("figure.example")
+        figures.first.locator(".outline").wait_for()
+        assert figures.count() == len(strategy["examples"])
+        outline = figures.first.evaluate("f => { const o = f.querySelector('.outline'), i = f.querySelector('img'); "
+                                         "return [parseFloat(o.style.top), parseFloat(o.style.left), "
+                                         "i.naturalHeight, i.naturalWidth]; }")
+        top, left = strategy["examples"][0]["box"][:2]
+        assert outline[:2] == pytest.approx([100 * top / outline[2], 100 * left / outline[3]], abs=1e-3)
+        page.click(f"tr.strategy[data-strategy='{strategy['id']}'] button")
+        assert page.locator("figure.example").count() == 0
+        browser.close()
+    assert requests == [report.as_uri()]
 
 
 def test_the_audit_finds_images_shared_with_an_indexed_split(planted, tmp_path):

@@ -242,7 +242,8 @@ def test_pointing_and_clicking_in_chromium(explained, artifacts_dir):
             cell = tuple(int(v) for v in section.get_attribute("data-cell").split(","))
             values = [float(r.get_attribute("data-evidence")) for r in section.locator("tr.ev").all()]
             outline = section.locator(".outline").evaluate(
-                "e => ({top: parseFloat(e.style.top), left: parseFloat(e.style.left), width: parseFloat(e.style.width)})")
+                "e => ({top: parseFloat(e.style.top), left: parseFloat(e.style.left), "
+                "width: parseFloat(e.style.width)})")
             return cell, values, outline
 
         for (py, px) in ((8, 8), (h - 9, w - 9), (h // 2, 20)):
@@ -253,7 +254,8 @@ def test_pointing_and_clicking_in_chromium(explained, artifacts_dir):
             assert (i, j) == (min(max(round((py - 8) / 8), 0), gh - 1), min(max(round((px - 8) / 8), 0), gw - 1))
             assert values == [pred["evidence"][i][j] for pred in img["predictions"]]  # explanations.json's numbers
             assert outline == {"top": pytest.approx(100 * 8 * i / h, abs=1e-3),  # percent of the image
-                               "left": pytest.approx(100 * 8 * j / w, abs=1e-3), "width": pytest.approx(100 * 17 / w, abs=1e-3)}
+                               "left": pytest.approx(100 * 8 * j / w, abs=1e-3),
+                               "width": pytest.approx(100 * 17 / w, abs=1e-3)}
             shares = [float(r.get_attribute("data-share")) for r in section.locator("tr.ev").all()]
             assert shares == pytest.approx([pred["evidence"][i][j] / (gh * gw) / pred["logit"]
                                             for pred in img["predictions"]], rel=1e-5)

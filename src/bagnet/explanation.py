@@ -154,7 +154,8 @@ class Explanation(Result):
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "model": self.model, "patch_size": self.patch_size,
-                "stride": self.stride, "origin": self.origin, "config": self.config, "images": [e.to_dict() for e in self.images],
+                "stride": self.stride, "origin": self.origin, "config": self.config,
+                "images": [e.to_dict() for e in self.images],
                 "failures": self.failures, "skipped": self.skipped}
 
     def save(self, out: str | os.PathLike) -> Path:

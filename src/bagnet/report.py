@@ -179,7 +179,8 @@ def explanation_report(explanation: "Explanation", percentile: float = 99.0) -> 
     parts.append("<h2 id=\"about\">About this page</h2><p class=\"muted\">One file, no network: the data are "
                  "arrays inside it. The numbers shown on pointing are every cell's evidence as float32, exactly the "
                  "values of <code>explanations.json</code>; the share of the logit is the cell's evidence divided by "
-                 "the number of cells and by the logit (the logit is the cells' mean). The per-pixel maps are stored as "
+                 "the number of cells and by the logit (the logit is the cells' mean). The per-pixel maps are stored "
+                 "as "
                  "8-bit indices of the 256-colour scale (error at most half a colour step, so the colours are those "
                  "of the full-precision map); the images as JPEG (quality 95, no chroma subsampling; exact PNGs in "
                  "<code>images/</code>).</p>")
@@ -198,8 +199,8 @@ def explanation_payload(explanation: "Explanation", percentile: float = 99.0) ->
             "w": int(img.image.shape[1]), "h": int(img.image.shape[0]), "grid": list(img.evidence.shape[1:]),
             "image": jpeg_uri(img.image), "cells": b64_array(img.evidence),
             "classes": [{"index": c, "name": nm, "probability": p, "logit": lg, "scale": sc, "map": map_uri(hm, sc)}
-                        for c, nm, p, lg, sc, hm in zip(img.classes, img.names, img.probabilities, img.logits, img.scales,
-                                                         img.heatmaps)],
+                        for c, nm, p, lg, sc, hm in zip(img.classes, img.names, img.probabilities, img.logits,
+                                                         img.scales, img.heatmaps)],
             "support": [[cell(p.box) for p in ps] for ps in img.support],
             "oppose": [[cell(p.box) for p in ps] for ps in img.oppose],
             "neighbours": _neighbours_payload(img.neighbours) if img.neighbours is not None else None})

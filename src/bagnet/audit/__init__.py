@@ -115,6 +115,7 @@ def _result(model: BagNet, dataset: Any, data: str, keep: dict, clusters: dict, 
     meta = model_meta(model)
     accuracy = t.correct / max(t.images, 1)
     found = []
+    pictures: dict[int, Optional[np.ndarray]] = {}  # the examples' images, each read once
     for s, (sign, c, k) in enumerate(columns):
         others = {categories[o]: float(t.occurs[s, o] / t.class_images[o])
                   for o in range(len(categories)) if o != c and t.class_images[o]}
@@ -125,7 +126,10 @@ def _result(model: BagNet, dataset: Any, data: str, keep: dict, clusters: dict, 
             e["source"] = sample_path(dataset, e["image"])
             e["box"] = list(model.patch_box(*e["cell"]))
         total = keep[(sign, c)].total
-        crops = [_crop(dataset, e, meta.preprocess) for e in chosen]
+        for e in chosen:
+            if e["image"] not in pictures:
+                pictures[e["image"]] = _pixels(dataset, e["image"], meta.preprocess)
+        crops = [_crop(pictures[e["image"]], e["box"]) for e in chosen]
         found.append(Strategy(
             id=s, sign=sign, category=categories[c], share=float(t.mass[s] / total) if total else 0.0,
             images=int(t.occurs[s, c]), class_images=int(t.class_images[c]), other_classes=others,
@@ -143,17 +147,23 @@ def _result(model: BagNet, dataset: Any, data: str, keep: dict, clusters: dict, 
     return ShortcutAudit(model=model.name, data=data, categories=categories, images=t.images, accuracy=accuracy,
                          patch_size=model.patch_size, grid=list(t.grid), rule=rule, strategies=found,
                          decisions=decisions, leakage=leakage, skipped=dict(skips.paths),
-                         preprocess=meta.preprocess.to_dict())
+                         preprocess=meta.preprocess.to_dict(),
+                         example_images={i: px for i, px in pictures.items() if px is not None})
 
 
-def _crop(dataset: Any, example: dict, preprocess: Any) -> Optional[np.ndarray]:
-    """The pixels (uint8) of an example patch, read again from the dataset (None when it cannot be read now)."""
-    item = dataset[example["image"]]
+def _pixels(dataset: Any, image: int, preprocess: Any) -> Optional[np.ndarray]:
+    """The pixels (H, W, 3) uint8 of a dataset image as the model saw it, read again (None when it cannot be now)."""
+    item = dataset[image]
     if not isinstance(item, tuple) or not isinstance(item[0], torch.Tensor):
         return None
-    top, left, bottom, right = example["box"]
-    pixels = (preprocess.denormalize(item[0].float()).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
-    return pixels[max(top, 0):bottom, max(left, 0):right].numpy()
+    return (preprocess.denormalize(item[0].float()).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _crop(pixels: Optional[np.ndarray], box: list[int]) -> Optional[np.ndarray]:
+    if pixels is None:
+        return None
+    top, left, bottom, right = box
+    return pixels[max(top, 0):bottom, max(left, 0):right]
 
 
 class _Leakage:

@@ -1,12 +1,13 @@
 """The audit's self-contained HTML report: the rule, then per class its strategies (figure and table), the images
-a strategy decides, and the near-duplicates found across splits. Every image embedded; no scripts."""
+a strategy decides, and the near-duplicates found across splits. Every image embedded, no request; a click on a
+strategy shows its example patches outlined on their images (``assets/audit.js``, as the explanation page does)."""
 
 from __future__ import annotations
 
 import html
 from typing import TYPE_CHECKING
 
-from ..report import data_uri, page
+from ..report import data_uri, interactive_page, jpeg_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from .result import ShortcutAudit
@@ -28,7 +29,9 @@ def audit_report(audit: "ShortcutAudit", figures: dict[str, bytes]) -> str:
         if not mine:
             continue
         rows = "".join(
-            f"<tr><td>#{s.id}</td><td>{s.sign}</td><td class=\"num\">{s.share:.1%}</td>"
+            f"<tr class=\"strategy\" data-strategy=\"{s.id}\" data-class=\"{c}\"><td><button type=\"button\" "
+            f"title=\"show its example patches on their images\">#{s.id}</button></td><td>{s.sign}</td>"
+            f"<td class=\"num\">{s.share:.1%}</td>"
             f"<td class=\"num\">{s.images}/{s.class_images}</td>"
             f"<td>{html.escape(_others(s.other_classes))}{' ⚑' if s.cross_class else ''}</td>"
             f"<td class=\"num\">{s.accuracy_without:.1%} ({s.accuracy_without - a.accuracy:+.1%})</td>"
@@ -43,7 +46,7 @@ def audit_report(audit: "ShortcutAudit", figures: dict[str, bytes]) -> str:
                      "<th>share of evidence</th><th>images</th><th>other classes (rate)</th>"
                      f"<th>accuracy without it</th><th>its class's accuracy without it</th><th>example images</th>"
                      f"<th>where it fires on other classes</th></tr>{rows}"
-                     "</table>")
+                     f"</table><div class=\"examples\" id=\"examples-c{c}\"></div>")
     if a.leakage:
         rows = "".join(f"<tr><td><code>{html.escape(r['source'])}</code></td><td><code>"
                        f"{html.escape(r['indexed_source'])}</code></td><td class=\"num\">{r['matching_cells']}/"
@@ -53,7 +56,25 @@ def audit_report(audit: "ShortcutAudit", figures: dict[str, bytes]) -> str:
     if a.skipped:
         items = "".join(f"<li><code>{html.escape(p)}</code>: {html.escape(r)}</li>" for p, r in a.skipped.items())
         parts.append(f"<h2 class=\"fail\">Skipped (unreadable)</h2><ul>{items}</ul>")
-    return page(f"bagnet audit: {a.model}", "\n".join(parts))
+    parts.insert(4, "<p class=\"muted\">Click a strategy's number to see its example patches outlined on their "
+                    "images.</p>")
+    return interactive_page(f"bagnet audit: {a.model}", "\n".join(parts), audit_payload(a), script="audit.js")
+
+
+def audit_payload(audit: "ShortcutAudit") -> dict:
+    """The page's data: each example image once (JPEG), and per strategy its examples (image, box, evidence,
+    label, source)."""
+    a = audit
+    labels = {}
+    for s in a.strategies:
+        for e in s.examples:
+            labels.setdefault(e["image"], s.category)
+    return {"patch_size": a.patch_size,
+            "images": {str(i): jpeg_uri(px) for i, px in a.example_images.items()},
+            "strategies": {str(s.id): [{"image": str(e["image"]), "box": e["box"], "evidence": e["evidence"],
+                                        "source": _short(e.get("source", "")), "class": s.category}
+                                       for e in s.examples if e["image"] in a.example_images]
+                           for s in a.strategies}}
 
 
 def _elsewhere(images: list, n: int = 3) -> str:

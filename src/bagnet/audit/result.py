@@ -98,6 +98,7 @@ class ShortcutAudit(Result):
     leakage: list[dict[str, Any]]
     skipped: dict[str, str]
     preprocess: dict[str, Any]
+    example_images: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # pixels of the examples' images
 
     def top(self, category: str, sign: str = "positive") -> Strategy:
         """The strategy of ``category`` with the largest share of its evidence of that sign."""
