@@ -472,3 +472,21 @@ def index_imagenet(folder: Path) -> str:
             f"shards share one set of lists; after a barrier rank 0 merges the shards (faiss `merge_from` with id "
             f"offsets) and streams the per-patch arrays into memory-mapped files. The merge holds the compressed "
             f"index in memory (its size in the table above, without the per-patch arrays).\n")
+
+
+def report_table(path: Path) -> str:
+    """The interactive report's bytes per image (beside the static report's for the same images) and opening time."""
+    data = load(path)
+    own, large, opened = data["own_resolution"], data["large"], data["open"]
+    rows = [[f"{r['images']} Imagenette val images, short side {r['short_side_px']:.0f} px", f"{r['model']}",
+             f"{r['bytes_per_image'] / 1e3:,.0f} kB", f"{r['static_report_bytes_per_image'] / 1e3:,.0f} kB",
+             f"{r['static_report_bytes_per_image'] / r['bytes_per_image']:.1f}×"] for r in (own, large)]
+    header = ["report of", "model", "interactive report per image", "static report per image (before)", "smaller by"]
+    return (table(header, rows) + "\n\n"
+            + f"Opening the {own['images']}-image report in headless Chromium ({opened['opens']} opens, medians): load "
+            f"event after {opened['load_ms_median']:.0f} ms, the first image's map drawn after "
+            f"{opened['first_map_ms_median']:.0f} ms (target < {data['budget_open_ms'] / 1000:.0f} s; each map is "
+            f"drawn when its image comes into view), a class switch redraws a map in "
+            f"{opened['class_switch_ms_median']:.1f} ms. Budget: ≤ {data['budget_bytes_per_image'] / 1e6:.0f} MB per "
+            f"image for the top-3 classes at the model's own resolution.\n\n" + run_line(data))
+

@@ -67,6 +67,7 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("benchmarks/results/index.json", "table"): fb.index_table,
     ("benchmarks/results/index.json", "notes"): fb.index_notes,
     ("benchmarks/results", "index-imagenet"): fb.index_imagenet,
+    ("benchmarks/results/report.json", "table"): fb.report_table,
 }
 
 # README sections whose measured figures must all be rendered (each must exist); docs/*.md pages are guarded whole.

@@ -284,3 +284,19 @@ def test_pointing_and_clicking_in_chromium(explained, artifacts_dir):
     assert requests == [(explained / "report.html").as_uri()], requests  # nothing but the page itself
     for name in ("report_page_wide.png", "report_page_narrow.png"):
         assert (artifacts_dir / name).stat().st_size > 10_000
+
+
+def test_hostile_file_names_cannot_break_out_of_the_page(tmp_path):
+    """A file called ``x<!--<script><img src=y onerror=alert(1)>.png`` stays text: escaped in the HTML, escaped in
+    the page's JSON (which still parses whole: ``<!--<script`` inside a script element would otherwise swallow the
+    rest of the page), and no element comes of it."""
+    from skimage import data
+
+    name = "x<!--<script><img src=y onerror=alert(1)>.png"
+    Image.fromarray(data.astronaut()).resize((64, 64)).save(tmp_path / name)
+    result = explain([str(tmp_path / name)], MODEL, ExplainConfig(top=1, stride=8, patches=1), progress=False)
+    out = result.save(tmp_path / "out")
+    page = (out / "report.html").read_text()
+    assert "<img src=y" not in page and "<!--<script" not in page and page.count("</script>") == 2
+    assert payload_of(page)["images"][0]["classes"][0]["name"] == result.images[0].names[0]
+    assert "&lt;img src=y onerror=alert(1)&gt;.png" in page

@@ -140,7 +140,7 @@
     var head = el("tr");
     head.appendChild(el("th", {}, "class"));
     head.appendChild(el("th", {colspan: "2"}, "evidence of this patch"));
-    head.appendChild(el("th", {}, "share of the logit"));
+    head.appendChild(el("th", {}, "share of its logit"));
     var rows = [head];
     info.classes.forEach(function (c, k) {
       var v = self.value(k, i, j), share = v / cells / c.logit;
@@ -151,7 +151,7 @@
       var width = max > 0 ? 50 * Math.abs(v) / max : 0;
       fill.style.width = width + "%"; fill.style.left = (v >= 0 ? 50 : 50 - width) + "%";
       track.appendChild(el("div", {"class": "zero"})); track.appendChild(fill);
-      var td = el("td"); td.appendChild(track); tr.appendChild(td);
+      var td = el("td", {"class": "bar-cell"}); td.appendChild(track); tr.appendChild(td);
       tr.appendChild(el("td", {"class": "num value"}, fmt(v, 3)));
       tr.appendChild(el("td", {"class": "num share", title: "evidence / " + cells + " cells / logit " +
                                c.logit.toFixed(3)}, (100 * share).toFixed(2) + " % of " + c.logit.toFixed(3)));
