@@ -271,6 +271,20 @@ def test_a_runs_intensity_window_reaches_every_split_its_card_and_its_evaluation
     expected = bagnet.data.load_image(path, window=(1000, 3000))
     np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
     assert not np.array_equal(np.asarray(image), np.asarray(bagnet.data.load_image(path)))
+    # the window travels with the model: `bagnet explain --model RUN xray.png` reads a 16-bit file through it
+    model = bagnet.load(run)
+    assert bagnet.models.meta.model_meta(model).intensity_window == (1000.0, 3000.0)
+    from bagnet.explanation import ExplainConfig, explain
+
+    config_x = ExplainConfig(top=1, stride=8, patches=0, size=0)
+    by_file = explain([str(path)], model, config_x, progress=False).images[0]
+    by_hand = explain([expected], model, config_x, progress=False).images[0]
+    np.testing.assert_array_equal(by_file.image, by_hand.image)
+    assert by_file.logits == by_hand.logits
+    # resuming the run with another window is refused, naming the setting
+    with pytest.raises(ConfigError, match="intensity_window"):
+        train(config(tmp_path / "xrays", run, image_size=24, freeze_stages=-1, intensity_window=(0, 4095)),
+              resume=True, progress=False, log=lambda m: None)
     for bad in ((3000, 1000), (0,), (0, float("inf"))):
         with pytest.raises(ConfigError, match="intensity_window .*LOW HIGH"):
             config(tmp_path / "xrays", tmp_path / "other", intensity_window=bad)

@@ -266,7 +266,7 @@ def explain(
         try:
             if isinstance(source, str):
                 fit_size(*image_size(source), model, config, label)  # refuse from the header, before decoding
-                image = load_image(source)
+                image = load_image(source, window=model_meta(model).intensity_window)
             else:
                 image = source[1] if isinstance(source, tuple) else source
             explained.append(explain_image(model, image, label, config, device, index=index))

@@ -146,6 +146,11 @@ def _validated_rest(meta: dict[str, Any], source: str) -> dict[str, Any]:
                                f"{sorted(INTERPOLATIONS)}")
     if "name" in meta and not isinstance(meta["name"], str):
         raise WeightsError(f"{source}: metadata name must be a string, got {meta['name']!r}")
+    window = meta.get("intensity_window")
+    if window is not None and (not isinstance(window, list) or len(window) != 2
+                               or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                          for v in window) or not window[0] < window[1]):
+        raise WeightsError(f"{source}: metadata intensity_window={window!r} must be two finite numbers LOW < HIGH")
     return meta
 
 
@@ -174,6 +179,8 @@ def file_meta(metadata: dict[str, Any], path: Path, default: ModelMeta, outputs:
         changes["resolution"] = prep.get("crop") or prep.get("resize")
     if isinstance(metadata.get("name"), str):
         changes["name"] = metadata["name"]
+    if metadata.get("intensity_window") is not None:
+        changes["intensity_window"] = tuple(float(v) for v in metadata["intensity_window"])
     try:
         sidecar = read_sidecar(path)
     except ValueError as err:

@@ -25,7 +25,9 @@ class ModelMeta:
     :class:`Preprocess` the weights expect; ``patch_size``: the side of the image patch one output position sees
     (None for models that see the whole image); ``resolution``: the input side the weights were trained at;
     ``source``: where the weights came from; ``metrics``: measured accuracies, ``{"DATASET": {"top1": …}}``;
-    ``title``: one human line (a shipped model's card title).
+    ``title``: one human line (a shipped model's card title); ``intensity_window``: the grey values (LOW, HIGH)
+    that 16-bit and float images were mapped to 0…255 with in training (``--intensity-window``; None: each image's
+    own range), applied again when such an image is explained.
     """
 
     name: str
@@ -37,6 +39,7 @@ class ModelMeta:
     source: str = "random initialisation"
     metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     title: str = ""
+    intensity_window: Optional[tuple[float, float]] = None
 
     def __post_init__(self) -> None:
         if self.categories is not None:
@@ -54,7 +57,8 @@ class ModelMeta:
         return {"name": self.name, "arch": self.arch, "preprocess": self.preprocess.to_dict(),
                 "categories": None if self.categories is None else list(self.categories),
                 "patch_size": self.patch_size, "resolution": self.resolution, "source": self.source,
-                "metrics": {k: dict(v) for k, v in self.metrics.items()}, "title": self.title}
+                "metrics": {k: dict(v) for k, v in self.metrics.items()}, "title": self.title,
+                "intensity_window": None if self.intensity_window is None else list(self.intensity_window)}
 
     def describe(self) -> str:
         """One line for listings: architecture, patch size, resolution, classes and the first metric."""

@@ -379,6 +379,7 @@ def model_metadata(config: TrainConfig, categories: Sequence[str]) -> dict[str, 
         "arch_kwargs": arch_kwargs,
         "categories": list(categories),
         "preprocess": {"resize": config.resize or config.image_size, "crop": config.image_size},
+        **({"intensity_window": [float(v) for v in config.intensity_window]} if config.intensity_window else {}),
     }
 
 
