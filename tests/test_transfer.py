@@ -293,6 +293,35 @@ def test_a_runs_intensity_window_reaches_every_split_its_card_and_its_evaluation
     assert not (tmp_path / "other").exists()
 
 
+def test_the_normalisation_of_the_initial_weights_is_the_runs(tmp_path):
+    """Weights that expect another normalisation (a timm model's 0.5/0.5) pass it to the run's transforms, its
+    config and its saved model; ImageNet's stays implicit; a bad --mean is a usage error naming it."""
+    from bagnet.models import save_weights
+    from bagnet.train.splits import eval_transform
+
+    source = bagnet.load(SHIPPED)
+    metadata = {"arch": "bagnet", "categories": list(source.categories),
+                "preprocess": {"resize": 40, "crop": 40, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+    init = save_weights(source, tmp_path / "half.safetensors", metadata=metadata)
+    data = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)).save(data / name / f"{i}.png")
+    run = tmp_path / "run"
+    result = train(config(data, run, init=str(init), test_fraction=0.0), progress=False, log=lambda m: None)
+    assert result.config.mean == (0.5, 0.5, 0.5) and result.config.std == (0.5, 0.5, 0.5)
+    white = eval_transform(result.config)(Image.new("RGB", (40, 40), "white"))
+    assert torch.allclose(white, torch.ones_like(white))  # (1 − 0.5) / 0.5
+    loaded = bagnet.load(run)
+    assert tuple(loaded.preprocess.mean) == (0.5, 0.5, 0.5) and tuple(loaded.preprocess.std) == (0.5, 0.5, 0.5)
+    plain = train(config(data, tmp_path / "plain", test_fraction=0.0), progress=False, log=lambda m: None)
+    assert plain.config.mean is None  # the shipped BagNet expects ImageNet's: nothing to carry
+    with pytest.raises(ConfigError, match=r"std \(--std\) must be three finite numbers"):
+        config(data, tmp_path / "bad", std=(0.5, 0.0, 0.5))
+
+
 # ------------------------------------------------------------------------------------------------ label tables
 def label_table(root: Path, patients: int = 12, per_patient: int = 3, extra: str = "") -> Path:
     """A CSV of path,label,group: each patient's images share a class (images in one flat folder)."""

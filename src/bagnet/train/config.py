@@ -42,6 +42,8 @@ class TrainConfig:
     test_fraction: float = 0.0  # ... and for the test split (reported, never tuned on)
     classes: Optional[tuple[str, ...]] = None  # class order (graded labels: none, mild, severe); default: sorted
     intensity_window: Optional[tuple[float, ...]] = None  # 16-bit/float images: LOW,HIGH → 0,255 (default: own range)
+    mean: Optional[tuple[float, ...]] = None  # normalisation per RGB channel (default: --init's, else ImageNet's)
+    std: Optional[tuple[float, ...]] = None
     class_weights: bool = False  # imbalanced data: each class's loss weighted by N / (C · its image count)
     balanced_sampler: bool = False  # imbalanced data: batches drawn with every class equally likely
     limit_train: Optional[int] = None  # use only the first N training images (after the hold-out)
@@ -81,7 +83,9 @@ class TrainConfig:
         d = asdict(self)
         d["layers"] = list(self.layers)
         d["classes"] = None if self.classes is None else list(self.classes)
-        d["intensity_window"] = None if self.intensity_window is None else list(self.intensity_window)
+        for name in ("intensity_window", "mean", "std"):
+            value = getattr(self, name)
+            d[name] = None if value is None else list(value)
         return d
 
     def save(self, path: Path) -> None:
@@ -178,6 +182,13 @@ def _check_types(config: TrainConfig) -> None:
                 raise ConfigError(f"{_flag(f.name)} must be a list of distinct, non-empty names (a,b,c), got "
                                   f"{value!r}", f.name)
             object.__setattr__(config, f.name, tuple(items))
+        elif f.name in ("mean", "std"):
+            if (not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+                    or (f.name == "std" and min(value) <= 0)):
+                raise ConfigError(f"{_flag(f.name)} must be three finite numbers (R G B)"
+                                  + (" above 0" if f.name == "std" else "") + f", got {value!r}", f.name)
+            object.__setattr__(config, f.name, tuple(float(v) for v in value))
         elif typing.get_origin(base) is tuple and typing.get_args(base)[0] is float:
             if (not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
@@ -239,6 +250,9 @@ FIELD_HELP: dict[str, str] = {
     "test_fraction": "… and for a test split, evaluated at the end and never used for choices",
     "intensity_window": "16-bit and float images (and DICOM, over its own window): the grey values LOW HIGH mapped "
                         "to 0 and 255, values outside clipped (default: each image's own range)",
+    "mean": "normalisation mean per RGB channel, R G B (default: that of --init's model, else ImageNet's)",
+    "std": "normalisation standard deviation per RGB channel, R G B (default: that of --init's model, else "
+           "ImageNet's)",
     "class_weights": "imbalanced data: weight each class's loss by N / (C · its training images)",
     "balanced_sampler": "imbalanced data: draw each epoch's images with every class equally likely (with "
                         "replacement; seeded per epoch, so --resume stays exact)",
@@ -378,7 +392,9 @@ def model_metadata(config: TrainConfig, categories: Sequence[str]) -> dict[str, 
         "arch": config.arch,
         "arch_kwargs": arch_kwargs,
         "categories": list(categories),
-        "preprocess": {"resize": config.resize or config.image_size, "crop": config.image_size},
+        "preprocess": {"resize": config.resize or config.image_size, "crop": config.image_size,
+                       **({"mean": list(config.mean)} if config.mean else {}),
+                       **({"std": list(config.std)} if config.std else {})},
         **({"intensity_window": [float(v) for v in config.intensity_window]} if config.intensity_window else {}),
     }
 

@@ -33,7 +33,7 @@ def train_transform(config: TrainConfig) -> Callable:
         steps.append(transforms.TrivialAugmentWide())
     elif config.augment == "randaugment":
         steps.append(transforms.RandAugment())
-    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [transforms.ToTensor(), normalize(config)]
     if config.random_erasing > 0:
         steps.append(transforms.RandomErasing(p=config.random_erasing, value=0))
     return transforms.Compose(steps)
@@ -67,8 +67,13 @@ def eval_transform(config: TrainConfig) -> Callable:
         transforms.Resize(config.resize or config.image_size, antialias=True),
         transforms.CenterCrop(config.image_size),
         transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        normalize(config),
     ])
+
+
+def normalize(config: TrainConfig) -> Callable:
+    """The run's normalisation: its ``mean``/``std`` (those of ``--init``'s model unless set), else ImageNet's."""
+    return transforms.Normalize(config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD)
 
 
 @dataclass

@@ -8,11 +8,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import numpy as np
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.bagnet import BagNet
 from ..models.external import is_external
+from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..sparsity import unbiased_evidence
 from .config import TrainConfig
 
@@ -52,8 +54,8 @@ def load_initial(spec: str) -> nn.Module:
 
 def resolve_init(config: TrainConfig, model: Optional[nn.Module] = None) -> TrainConfig:
     """``config`` with the architecture fields of its initial model (BagNets: patch size, width, blocks per stage)
-    and, unless set, its resolution; a field set to something else than both its default and the model's is a
-    usage error (a ConfigError naming it)."""
+    and, unless set, its resolution and its normalisation (mean/std, when not ImageNet's); a field set to something
+    else than both its default and the model's is a usage error (a ConfigError naming it)."""
     if not config.init:
         return config
     model = model if model is not None else load_initial(config.init)
@@ -80,6 +82,11 @@ def resolve_init(config: TrainConfig, model: Optional[nn.Module] = None) -> Trai
     resolution = getattr(meta, "resolution", None)
     if resolution and config.image_size == defaults["image_size"] and config.arch != "vit":
         changes["image_size"] = int(resolution)
+    prep = getattr(meta, "preprocess", None)  # the normalisation the initial weights expect (a timm model's 0.5s)
+    for name, imagenet in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        theirs = getattr(prep, name, None)
+        if getattr(config, name) is None and theirs is not None and not np.allclose(theirs, imagenet):
+            changes[name] = tuple(float(v) for v in theirs)  # ImageNet's stays implicit: older runs resume as before
     return config.replace(**changes) if changes else config
 
 
