@@ -81,7 +81,8 @@ def run(config: TrainConfig) -> dict:
 
 
 #: The fine-tuning options tried beside the plain recipe (chosen, with the learning rate, on validation).
-VARIANTS = {"plain": {}, "freeze-bn": {"freeze_bn": True}, "lr-mult-0.1": {"pretrained_lr_mult": 0.1}}
+VARIANTS = {"plain": {}, "freeze-bn": {"freeze_bn": True}, "lr-mult-0.1": {"pretrained_lr_mult": 0.1},
+            "freeze-2": {"freeze_stages": 2}, "probe": {"freeze_stages": -1}}
 
 
 def transfer(args: argparse.Namespace) -> dict:

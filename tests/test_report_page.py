@@ -225,6 +225,18 @@ def test_pointing_and_clicking_in_chromium(explained, artifacts_dir):
         page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto((explained / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        sections = page.locator("section.image").all()
+        for each in sections:  # each map is drawn when its image comes into view; the index's thumbnails decode
+            each.scroll_into_view_if_needed()
+            each.locator(".stage[data-v]").wait_for()
+        page.wait_for_function(f"document.querySelectorAll('section.image[data-drawn]').length === {len(sections)}")
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+        assert len(sections) == 2 and page.evaluate("document.images.length") == 2
+        assert "Not explained" in headings and "patient_4711_scan.png" in headings
+        page.screenshot(path=str(artifacts_dir / "explain_report.png"), full_page=True)
         section = page.locator("#img0")
         stage = section.locator(".stage")
         stage.scroll_into_view_if_needed()
