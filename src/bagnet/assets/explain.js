@@ -153,8 +153,9 @@
       track.appendChild(el("div", {"class": "zero"})); track.appendChild(fill);
       var td = el("td", {"class": "bar-cell"}); td.appendChild(track); tr.appendChild(td);
       tr.appendChild(el("td", {"class": "num value"}, fmt(v, 3)));
+      var shown = isFinite(share) ? (100 * share).toFixed(2) + " % of " + c.logit.toFixed(3) : "— (logit 0)";
       tr.appendChild(el("td", {"class": "num share", title: "evidence / " + cells + " cells / logit " +
-                               c.logit.toFixed(3)}, (100 * share).toFixed(2) + " % of " + c.logit.toFixed(3)));
+                               c.logit.toFixed(3)}, shown));
       rows.push(tr);
     });
     this.bars.replaceChildren.apply(this.bars, rows);
