@@ -322,6 +322,12 @@ def test_the_normalisation_of_the_initial_weights_is_the_runs(tmp_path):
     assert plain.mean is None and plain.std is None  # the shipped BagNet expects ImageNet's: nothing to carry
     with pytest.raises(ConfigError, match=r"std \(--std\) must be three finite numbers"):
         config(data, tmp_path / "bad", std=(0.5, 0.0, 0.5))
+    from bagnet.models import WeightsError
+
+    for window in ([3000, 1000], [0, float("nan")], "wide"):  # a file's metadata is checked as the flag is
+        bad = save_weights(source, tmp_path / "bad.safetensors", metadata={**metadata, "intensity_window": window})
+        with pytest.raises(WeightsError, match="intensity_window"):
+            bagnet.load(str(bad))
 
 
 # ------------------------------------------------------------------------------------------------ label tables
