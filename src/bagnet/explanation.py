@@ -175,10 +175,10 @@ class Explanation(Result):
                 text = text.replace(src, name)
             return text
 
-        images = [replace(e, source=names[e.source], notes=[scrub(t) for t in e.notes],
+        images = [replace(e, source=f"image {n}", notes=[scrub(t) for t in e.notes],
                           neighbours=None if e.neighbours is None else replace(e.neighbours, patches=[
                               {**p, "source": f"{p.get('label') or 'patch'} #{p['id']}", "image": None}
-                              for p in e.neighbours.patches])) for e in self.images]
+                              for p in e.neighbours.patches])) for n, e in enumerate(self.images, start=1)]
         config = {**self.config, **({"index": "(given)"} if self.config.get("index") else {})}
         skipped = {f"{len(self.skipped)} files": "not image files by their ending"} if self.skipped else {}
         return replace(self, images=images, failures={names[k]: scrub(v) for k, v in self.failures.items()},
