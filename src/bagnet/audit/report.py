@@ -63,12 +63,8 @@ def audit_report(audit: "ShortcutAudit", figures: dict[str, bytes]) -> str:
 
 def audit_payload(audit: "ShortcutAudit") -> dict:
     """The page's data: each example image once (JPEG), and per strategy its examples (image, box, evidence,
-    label, source)."""
-    a = audit
-    labels = {}
-    for s in a.strategies:
-        for e in s.examples:
-            labels.setdefault(e["image"], s.category)
+    class, source)."""
+    a = audit  # every example of a strategy comes from an image of the strategy's class
     return {"patch_size": a.patch_size,
             "images": {str(i): jpeg_uri(px) for i, px in a.example_images.items()},
             "strategies": {str(s.id): [{"image": str(e["image"]), "box": e["box"], "evidence": e["evidence"],
