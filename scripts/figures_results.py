@@ -364,3 +364,33 @@ def transfer_sweep(path: Path) -> str:
             mark = " (chosen)" if data["chosen"][kind] == label else ""
             rows.append(f"| {kind} | {label}{mark} | {100 * val:.1f} % | {100 * test:.1f} % |")
     return "\n".join(["| start | setting | mean val top-1 | mean test top-1 |", "| --- | --- | --- | --- |"] + rows)
+
+
+def transfer_summary(path: Path) -> str:
+    """docs/finetuning.md: the chosen settings' mean test top-1 of both starts and the gain, one sentence."""
+    data = json.loads(path.read_text())
+    mean, chosen = data["mean_test_top1"], data["chosen"]
+    seeds = [f"{100 * (a['test_top1'] - b['test_top1']):+.1f}" for a, b in zip(data["runs"]["fine-tuned"],
+                                                                              data["runs"]["from scratch"])]
+    return (f"With {data.get('train_per_class', 100)} training images per class: fine-tuned ({chosen['fine-tuned']}) "
+            f"{100 * mean['fine-tuned']:.1f} %, from scratch ({chosen['from scratch']}) "
+            f"{100 * mean['from scratch']:.1f} % mean test top-1 — a gain of {data['gain_points']:.1f} points "
+            f"(seed by seed: {', '.join(seeds)} points).")
+
+
+def sparsity_table(path: Path) -> str:
+    """docs/finetuning.md: the sparsity sweep of one results file, λ by λ, and the choice made on validation."""
+    data = json.loads(path.read_text())
+    rows, base = data["rows"], data["rows"][0]
+    lines = ["| λ | val top-1 | test top-1 | test top-5 % share (× λ = 0) | test Gini |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['lambda']:g} | {100 * r['val_top1']:.1f} % | {100 * r['test_top1']:.1f} % | "
+                     f"{r['test_top5_share']:.3f} (×{r['test_top5_share'] / base['test_top5_share']:.2f}) | "
+                     f"{r['test_gini']:.3f} |")
+    c = data["chosen"]
+    return ("\n".join(lines) + f"\n\nChosen on validation: λ = {data['chosen_lambda']:g} (the largest whose "
+            f"validation top-1 is at most 2 points below λ = 0's); on the test split its top-5 % share is "
+            f"{c['share_ratio']:.2f} times that of λ = 0, at a cost of {c['test_top1_cost_points']:.1f} points of "
+            f"top-1.")
+
