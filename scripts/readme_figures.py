@@ -68,6 +68,7 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("docs/results/transfer.json", "summary"): fr.transfer_summary,
     ("docs/results/transfer-25.json", "summary"): fr.transfer_summary,
     ("docs/results/sparsity-128px.json", "table"): fr.sparsity_table,
+    ("docs/results/sparsity-20epochs.json", "table"): fr.sparsity_table,
     ("benchmarks/results/index.json", "table"): fb.index_table,
     ("benchmarks/results/index.json", "notes"): fb.index_notes,
     ("benchmarks/results", "index-imagenet"): fb.index_imagenet,
