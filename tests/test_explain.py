@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -196,14 +195,6 @@ def test_patches_gallery_finds_each_images_best_cell(tmp_path, capsys):
                  str(tmp_path / "g1"), "--no-progress"])
     assert code == 0 and (tmp_path / "g1" / "gallery.png").is_file()
     assert "deprecated (removed in 0.3); write --data" in capsys.readouterr().err
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)")
 
 
 def test_main_job_explains_the_sample_photos_offline(tmp_path, capsys):
