@@ -199,7 +199,8 @@ class Explanation(Result):
             for k, (name, prob) in enumerate(zip(e.names, e.probabilities)):
                 png = figure_png(overlay_figure(e.image, e.heatmaps[k], title=f"{name} ({100 * prob:.1f} %)",
                                                 percentile=percentile,
-                                                background=self.config.get("background", "faded")))
+                                                background=self.config.get("background", "faded"),
+                                                scale=e.scales[k] if k < len(e.scales) else None))
                 (folder / f"evidence_{k + 1}_{_stem(name)}.png").write_bytes(png)
             rows = []
             for k, name in enumerate(e.names):

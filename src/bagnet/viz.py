@@ -204,12 +204,13 @@ def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, scale: Optional[float] =
 
 
 def overlay_figure(image: np.ndarray, heatmap: np.ndarray, title: str = "", percentile: float = 99.0,
-                   background: str = "faded"):
-    """The image beside its evidence overlay (:func:`overlay_rgb`) with a colour bar in evidence units."""
+                   background: str = "faded", scale: Optional[float] = None):
+    """The image beside its evidence overlay (:func:`overlay_rgb`) with a colour bar in evidence units, clipped at
+    ``scale`` (default: the ``percentile`` of |evidence|, :func:`robust_scale`)."""
     import matplotlib
 
     plt = _plt()
-    scale = robust_scale(heatmap, percentile)
+    scale = robust_scale(heatmap, percentile) if scale is None else float(scale)
     h, w = np.asarray(heatmap).shape
     aspect = w / max(h, 1)
     fig, axes = plt.subplots(1, 2, figsize=(2 * 3.0 * min(max(aspect, 0.6), 1.8) + 0.9, 3.3),
