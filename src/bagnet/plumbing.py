@@ -179,6 +179,14 @@ def config_record(config: Any, run: Optional[RunOptions] = None) -> dict[str, An
     return {**record, **(run.to_dict() if run is not None else {})}
 
 
+def is_window(value: Any) -> bool:
+    """Whether ``value`` is an intensity window: two finite numbers ``[low, high]`` with low < high (the one rule for
+    ``--intensity-window`` and for a weights file's ``intensity_window``)."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            and value[0] < value[1])
+
+
 def check_image_batch(images: Any, channels: int = 3) -> torch.Tensor:
     """``images`` as a batch (N, channels, H, W) of finite floats (a single (channels, H, W) image gets N = 1), or a
     ``TypeError``/``ValueError`` that names what is wrong (type, shape, emptiness, dtype, NaN/inf)."""

@@ -14,6 +14,7 @@ from .bagnet import BagNet
 from .meta import ModelMeta, attach_meta, read_sidecar
 from .preprocess import INTERPOLATIONS, imagenet_categories, make_preprocess
 from .external import is_external, load_external
+from ..plumbing import is_window
 from .weights import WeightsError, check_fits, infer_config, load_into, read_checkpoint
 
 
@@ -147,9 +148,7 @@ def _validated_rest(meta: dict[str, Any], source: str) -> dict[str, Any]:
     if "name" in meta and not isinstance(meta["name"], str):
         raise WeightsError(f"{source}: metadata name must be a string, got {meta['name']!r}")
     window = meta.get("intensity_window")
-    if window is not None and (not isinstance(window, list) or len(window) != 2
-                               or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                          for v in window) or not window[0] < window[1]):
+    if window is not None and not (isinstance(window, list) and is_window(window)):
         raise WeightsError(f"{source}: metadata intensity_window={window!r} must be two finite numbers LOW < HIGH")
     return meta
 

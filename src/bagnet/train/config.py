@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..models import BagNet, BagNetConfig
 from ..models.cnn import CNN_BUILDERS, build_cnn
 from ..models.external import is_external
-from ..plumbing import write_text
+from ..plumbing import is_window, write_text
 
 CHECKPOINT = "checkpoint.pt"
 #: Per-image augmentation policies of ``TrainConfig.augment`` (torchvision's, after the random crop and flip).
@@ -190,9 +190,7 @@ def _check_types(config: TrainConfig) -> None:
                                   + (" above 0" if f.name == "std" else "") + f", got {value!r}", f.name)
             object.__setattr__(config, f.name, tuple(float(v) for v in value))
         elif typing.get_origin(base) is tuple and typing.get_args(base)[0] is float:
-            if (not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-                    or not value[0] < value[1]):
+            if not is_window(value):
                 raise ConfigError(f"{_flag(f.name)} must be two finite numbers LOW HIGH with LOW < HIGH, got "
                                   f"{value!r}", f.name)
             object.__setattr__(config, f.name, tuple(float(v) for v in value))
