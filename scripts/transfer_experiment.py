@@ -33,6 +33,7 @@ from runinfo import run_info  # noqa: E402
 
 import bagnet  # noqa: E402
 from bagnet.data import fashion_mnist  # noqa: E402
+from bagnet.data.catalog import IMAGENETTE_DIR, default_data_root, imagenette_classes  # noqa: E402
 from bagnet.plumbing import write_json  # noqa: E402
 from bagnet.train import TrainConfig, evaluate, train  # noqa: E402
 
@@ -61,6 +62,31 @@ def export(folder: Path, per_class: dict[str, int], seed: int = 0) -> Path:
             for i in chosen:
                 image = ds[int(i)][0]
                 (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).save(out / f"{i}.png")
+    (folder / "done").write_text("ok\n")
+    return folder
+
+
+def export_imagenette(folder: Path, per_class: dict[str, int], seed: int = 0) -> Path:
+    """Imagenette's photos as class folders named like the shipped model's classes (copies): ``train`` drawn from its
+    training split, ``val`` and ``test`` (disjoint, seeded) from its validation split, ``per_class[split]`` images of
+    each class."""
+    import shutil
+
+    if (folder / "done").is_file():
+        return folder
+    source = default_data_root() / IMAGENETTE_DIR
+    names = {c.wnid: c.name for c in imagenette_classes(source)}
+    rng = np.random.default_rng(seed)
+    used: set[Path] = set()
+    for split, n in per_class.items():
+        for classdir in sorted((source / ("train" if split == "train" else "val")).iterdir()):
+            pool = [f for f in sorted(classdir.iterdir()) if f not in used]
+            chosen = [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+            used.update(chosen)
+            out = folder / split / names[classdir.name]
+            out.mkdir(parents=True, exist_ok=True)
+            for f in chosen:
+                shutil.copyfile(f, out / f.name)
     (folder / "done").write_text("ok\n")
     return folder
 
@@ -120,9 +146,14 @@ def transfer(args: argparse.Namespace) -> dict:
 
 
 def sparsity(args: argparse.Namespace) -> dict:
-    data = export(args.runs / "fashion-mnist-300", {"train": 300, "val": 100, "test": 200}, seed=1)
-    recipe = dict(data=str(data), image_size=args.image_size, epochs=args.epochs, batch_size=32, lr=2e-3, warmup_epochs=0.2,
-                  workers=0, init=SHIPPED, seed=0)
+    per_class = {"train": 300, "val": 100, "test": 200}
+    data = (export(args.runs / "fashion-mnist-300", per_class, seed=1) if args.dataset == "fashion-mnist"
+            else export_imagenette(args.runs / "imagenette-300", per_class, seed=1))
+    source = ("Fashion-MNIST, 300 train / 100 val per class (its training set), 200 test per class (its test set)"
+              if args.dataset == "fashion-mnist" else "Imagenette, 300 train per class (its training split), "
+              "100 val / 200 test per class (disjoint, from its validation split)")
+    recipe = dict(data=str(data), image_size=args.image_size, epochs=args.epochs, batch_size=32, lr=args.lr,
+                  warmup_epochs=0.2, workers=0, init=args.init, seed=0)
     rows = []
     for lam in args.lambdas:
         r = run(TrainConfig(**recipe, evidence_l1=lam, out=str(args.runs / f"lambda-{lam:g}")))
@@ -131,8 +162,7 @@ def sparsity(args: argparse.Namespace) -> dict:
     base = rows[0]
     # λ chosen on val: the largest λ whose validation top-1 is within 2 points of λ = 0
     chosen = max((r for r in rows if r["val_top1"] >= base["val_top1"] - 0.02), key=lambda r: r["lambda"])
-    return {"experiment": "sparsity", "data": "Fashion-MNIST, 300 train / 100 val per class (its training set), "
-            f"200 test per class (its test set), at {args.image_size} px", "init": SHIPPED, "recipe": {k: v for k, v in recipe.items()
+    return {"experiment": "sparsity", "data": f"{source}, at {args.image_size} px", "init": args.init, "recipe": {k: v for k, v in recipe.items()
                                                                                        if k != "data"},
             "rows": rows, "chosen_lambda": chosen["lambda"],
             "chosen": {"share_ratio": chosen["test_top5_share"] / base["test_top5_share"],
@@ -184,6 +214,13 @@ def main() -> None:
     parser.add_argument("--variant-lrs", type=float, nargs="+", default=[1e-3, 2e-3])
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4])
     parser.add_argument("--epochs", type=int, default=6, help="sparsity: epochs of every run (default 6)")
+    parser.add_argument("--init", default=SHIPPED,
+                        help=f"sparsity: the model every run starts from (default {SHIPPED}; a run folder of this "
+                             "experiment's λ = 0 sparsifies a model already fitted to the task)")
+    parser.add_argument("--dataset", choices=["fashion-mnist", "imagenette"], default="fashion-mnist",
+                        help="sparsity: the data (Imagenette: the shipped model's own task, its photos' objects "
+                             "smaller than the frame)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="sparsity: learning rate of every run (default 0.002)")
     args = parser.parse_args()
     if args.experiment == "figures":
         for path in figures(ROOT / "docs" / "results"):

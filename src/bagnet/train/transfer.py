@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -31,11 +32,13 @@ class InitReport:
     classifier: str  # the classifier's module name
     old_classes: int
     new_classes: int
+    reordered: bool = False  # the same classes in another order: the classifier's rows were permuted to match
 
     def describe(self) -> str:
         head = (f"a new {self.classifier} for your {self.new_classes} classes ({self.new:,} parameters; the initial "
                 f"model's predicted {self.old_classes} others)" if self.new else
-                f"its {self.classifier} (the same {self.new_classes} classes)")
+                f"its {self.classifier} (the same {self.new_classes} classes"
+                + (", its rows put in your class order)" if self.reordered else ")"))
         return f"--init {self.source}: kept {self.kept:,} pretrained parameters; {head}"
 
 
@@ -93,12 +96,21 @@ def resolve_init(config: TrainConfig, model: Optional[nn.Module] = None) -> Trai
 def initial_model(config: TrainConfig, categories: Sequence[str], model: Optional[nn.Module] = None
                   ) -> tuple[nn.Module, InitReport]:
     """The initial model of ``config.init`` with a fresh classifier for ``categories`` unless it already predicts
-    exactly these classes in this order (a run that continues training on the same classes keeps its head)."""
+    exactly these classes (a run that continues training on the same classes keeps its head, its rows permuted
+    when ``categories`` lists them in another order)."""
     model = model if model is not None else load_initial(config.init)  # type: ignore[arg-type]
     name, head = classifier(model)
     old = int(head.out_features)
-    own = getattr(model, "categories", None)
-    same = old == len(categories) and own is not None and [str(c) for c in own] == [str(c) for c in categories]
+    own = [str(c) for c in getattr(model, "categories", None) or []]
+    wanted = [str(c) for c in categories]
+    same = old == len(wanted) == len(own) == len(set(own)) and sorted(own) == sorted(wanted)
+    reordered = same and own != wanted
+    if reordered:
+        order = torch.tensor([own.index(c) for c in wanted])
+        with torch.no_grad():
+            head.weight.copy_(head.weight[order])
+            if head.bias is not None:
+                head.bias.copy_(head.bias[order])
     total = sum(p.numel() for p in model.parameters())
     new = 0
     if not same:
@@ -108,7 +120,8 @@ def initial_model(config: TrainConfig, categories: Sequence[str], model: Optiona
     for attr in ("meta", "name", "categories", "preprocess"):  # the run's own are written when it is saved
         if attr in vars(model):
             delattr(model, attr)
-    return model, InitReport(config.init, total - new, new, name, old, len(categories))  # type: ignore[arg-type]
+    return model, InitReport(config.init, total - new, new, name, old, len(categories),  # type: ignore[arg-type]
+                             reordered)
 
 
 def classifier(model: nn.Module) -> tuple[str, nn.Linear]:
