@@ -487,3 +487,17 @@ def test_explain_reports_each_images_evidence_sparsity(tmp_path):
     want = map_sparsity(maps[None])
     assert one.sparsity["gini"] == pytest.approx(float(want.gini[0]), rel=1e-5)
     assert one.to_dict()["sparsity"]["top5_share"] == pytest.approx(float(want.top_share[0]), rel=1e-5)
+
+
+def test_a_validation_at_chance_beside_a_fitted_training_split_points_at_freeze_bn():
+    from types import SimpleNamespace
+
+    from bagnet.train.transfer import batchnorm_hint
+
+    drifted = SimpleNamespace(val_top1=0.10, train_top1=0.80)  # what a black-canvas run without --freeze-bn logged
+    hint = batchnorm_hint(drifted, 10, TrainConfig())
+    assert hint is not None and "--freeze-bn" in hint and "0.100" in hint and "0.800" in hint
+    assert batchnorm_hint(drifted, 10, TrainConfig(freeze_bn=True)) is None  # already frozen: nothing to suggest
+    assert batchnorm_hint(SimpleNamespace(val_top1=0.55, train_top1=0.80), 10, TrainConfig()) is None  # overfitting
+    assert batchnorm_hint(SimpleNamespace(val_top1=0.12, train_top1=0.20), 10, TrainConfig()) is None  # early epoch
+    assert batchnorm_hint(SimpleNamespace(val_top1=0.52, train_top1=0.97), 2, TrainConfig()) is not None  # binary

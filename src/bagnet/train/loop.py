@@ -30,7 +30,7 @@ from .distributed import any_rank, dist_info, use_global_batchnorm
 from .card import model_card
 from .evaluation import evaluate_accuracy, final_evaluation
 from .result import EpochMetrics, TrainResult
-from .transfer import (WithEvidenceL1, classifier, freeze, frozen_prefixes, hold_frozen, initial_model,
+from .transfer import (WithEvidenceL1, batchnorm_hint, classifier, freeze, frozen_prefixes, hold_frozen, initial_model,
                        load_initial, parameter_groups, resolve_init)
 from .splits import EpochBatches, check_layout, class_balance, SeededSamples, make_splits, mix_batch
 
@@ -316,6 +316,8 @@ def _end_epoch(run: _Run, epoch: int, sums: tuple[float, int, int, float], secon
                 f"top-5 {h.val_top5:.3f}" + (f" holdout {h.holdout_top1:.3f}" if h.holdout_top1 is not None else "")
                 + (f" mean |evidence| {h.evidence_l1:.4f}" if h.evidence_l1 is not None else "")
                 + f" ({h.images_per_s:.0f} img/s)")
+        if hint := batchnorm_hint(h, len(run.splits.categories), config):
+            run.say(hint)
     if run.distributed:
         dist.barrier()
 

@@ -231,6 +231,19 @@ class WithEvidenceL1(nn.Module):
         return logits, l1
 
 
+def batchnorm_hint(epoch: Any, num_classes: int, config: TrainConfig) -> Optional[str]:
+    """A line for the log when an epoch's validation top-1 stays near chance while its training top-1 does not: the
+    sign of BatchNorm running statistics that do not fit the batches' (small batches, frames mostly one colour),
+    which ``--freeze-bn`` avoids; None otherwise."""
+    chance = 1.0 / max(num_classes, 2)
+    near_chance, fitted = chance + 0.1 * (1 - chance), chance + 0.6 * (1 - chance)
+    if config.freeze_bn or epoch.val_top1 > near_chance or epoch.train_top1 < fitted:
+        return None
+    return (f"note: validation top-1 {epoch.val_top1:.3f} is near chance ({chance:.3f}) while training top-1 is "
+            f"{epoch.train_top1:.3f}; when batches are small or images mostly uniform background, BatchNorm's running "
+            f"statistics may not fit (the model predicts well only in training mode): try --freeze-bn")
+
+
 def _cnn_arches() -> tuple[str, ...]:
     from ..models.cnn import CNN_BUILDERS
 
