@@ -171,6 +171,7 @@ def sparsity(args: argparse.Namespace) -> dict:
         extra = {"min_scale": 1.0, "freeze_bn": True}
     else:
         data, source = export(args.runs / "fashion-mnist-300", per_class, seed=1), fashion
+    extra.update({"freeze_bn": True} if args.freeze_bn else {})
     recipe = dict(data=str(data), image_size=args.image_size, epochs=args.epochs, batch_size=32, lr=args.lr,
                   warmup_epochs=0.2, workers=0, init=args.init, seed=0, **extra)
     rows = []
@@ -240,6 +241,8 @@ def main() -> None:
                         default="fashion-mnist",
                         help="sparsity: the data (canvas: each item at a random place on a black 84 px canvas; "
                              "Imagenette: the shipped model's own task)")
+    parser.add_argument("--freeze-bn", action="store_true",
+                        help="sparsity: BatchNorm statistics frozen at the initial model's in every run")
     parser.add_argument("--lr", type=float, default=2e-3, help="sparsity: learning rate of every run (default 0.002)")
     args = parser.parse_args()
     if args.experiment == "figures":

@@ -494,10 +494,14 @@ def test_a_validation_at_chance_beside_a_fitted_training_split_points_at_freeze_
 
     from bagnet.train.transfer import batchnorm_hint
 
+    nn = torch.nn
+    bn, plain = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)), nn.Sequential(nn.Conv2d(1, 1, 1))
     drifted = SimpleNamespace(val_top1=0.10, train_top1=0.80)  # what a black-canvas run without --freeze-bn logged
-    hint = batchnorm_hint(drifted, 10, TrainConfig())
+    hint = batchnorm_hint(drifted, 10, TrainConfig(), bn)
     assert hint is not None and "--freeze-bn" in hint and "0.100" in hint and "0.800" in hint
-    assert batchnorm_hint(drifted, 10, TrainConfig(freeze_bn=True)) is None  # already frozen: nothing to suggest
-    assert batchnorm_hint(SimpleNamespace(val_top1=0.55, train_top1=0.80), 10, TrainConfig()) is None  # overfitting
-    assert batchnorm_hint(SimpleNamespace(val_top1=0.12, train_top1=0.20), 10, TrainConfig()) is None  # early epoch
-    assert batchnorm_hint(SimpleNamespace(val_top1=0.52, train_top1=0.97), 2, TrainConfig()) is not None  # binary
+    assert batchnorm_hint(drifted, 10, TrainConfig(freeze_bn=True), bn) is None  # already frozen: nothing to suggest
+    assert batchnorm_hint(drifted, 10, TrainConfig(), plain) is None  # no BatchNorm (a ViT): another cause
+    assert batchnorm_hint(SimpleNamespace(val_top1=0.55, train_top1=0.80), 10, TrainConfig(), bn) is None  # overfit
+    assert batchnorm_hint(SimpleNamespace(val_top1=0.12, train_top1=0.20), 10, TrainConfig(), bn) is None  # early
+    assert batchnorm_hint(SimpleNamespace(val_top1=float("nan"), train_top1=0.9), 10, TrainConfig(), bn) is None
+    assert batchnorm_hint(SimpleNamespace(val_top1=0.52, train_top1=0.97), 2, TrainConfig(), bn) is not None  # binary

@@ -316,7 +316,7 @@ def _end_epoch(run: _Run, epoch: int, sums: tuple[float, int, int, float], secon
                 f"top-5 {h.val_top5:.3f}" + (f" holdout {h.holdout_top1:.3f}" if h.holdout_top1 is not None else "")
                 + (f" mean |evidence| {h.evidence_l1:.4f}" if h.evidence_l1 is not None else "")
                 + f" ({h.images_per_s:.0f} img/s)")
-        if hint := batchnorm_hint(h, len(run.splits.categories), config):
+        if hint := batchnorm_hint(h, len(run.splits.categories), config, model):
             run.say(hint)
     if run.distributed:
         dist.barrier()

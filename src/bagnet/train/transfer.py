@@ -5,6 +5,7 @@ count differs, its architecture and resolution taken from its metadata, and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -231,13 +232,15 @@ class WithEvidenceL1(nn.Module):
         return logits, l1
 
 
-def batchnorm_hint(epoch: Any, num_classes: int, config: TrainConfig) -> Optional[str]:
-    """A line for the log when an epoch's validation top-1 stays near chance while its training top-1 does not: the
-    sign of BatchNorm running statistics that do not fit the batches' (small batches, frames mostly one colour),
-    which ``--freeze-bn`` avoids; None otherwise."""
+def batchnorm_hint(epoch: Any, num_classes: int, config: TrainConfig, model: nn.Module) -> Optional[str]:
+    """A line for the log when an epoch's validation top-1 stays near chance while its training top-1 does not, in a
+    model with BatchNorm: the sign of running statistics that do not fit the batches' (small batches, frames mostly
+    one colour), which ``--freeze-bn`` avoids; None otherwise."""
     chance = 1.0 / max(num_classes, 2)
     near_chance, fitted = chance + 0.1 * (1 - chance), chance + 0.6 * (1 - chance)
-    if config.freeze_bn or epoch.val_top1 > near_chance or epoch.train_top1 < fitted:
+    if (config.freeze_bn or not (math.isfinite(epoch.val_top1) and math.isfinite(epoch.train_top1))
+            or epoch.val_top1 > near_chance or epoch.train_top1 < fitted
+            or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())):
         return None
     return (f"note: validation top-1 {epoch.val_top1:.3f} is near chance ({chance:.3f}) while training top-1 is "
             f"{epoch.train_top1:.3f}; when batches are small or images mostly uniform background, BatchNorm's running "
