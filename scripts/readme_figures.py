@@ -72,6 +72,7 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("docs/results/sparsity-imagenette.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-canvas.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-continued.json", "table"): fr.sparsity_table,
+    ("docs/results/sparsity-freeze-bn.json", "table"): fr.sparsity_table,
     ("benchmarks/results/index.json", "table"): fb.index_table,
     ("benchmarks/results/index.json", "notes"): fb.index_notes,
     ("benchmarks/results", "index-imagenet"): fb.index_imagenet,
