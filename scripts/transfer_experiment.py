@@ -12,6 +12,7 @@ Every run is a normal ``bagnet train`` run folder under --runs (resumed when int
 Usage:  python scripts/transfer_experiment.py transfer [--runs runs/transfer] [--json docs/results/transfer.json]
         python scripts/transfer_experiment.py transfer   # lr (and fine-tuning option) chosen on val per start
         python scripts/transfer_experiment.py sparsity [--lambdas 0 0.1 0.2 0.4] [--epochs 6] [--json …]
+            [--dataset fashion-mnist|fashion-mnist-canvas|imagenette] [--init SPEC] [--lr LR] [--freeze-bn]
         python scripts/transfer_experiment.py figures      # docs/results/transfer.png and sparsity.png
 """
 
@@ -106,12 +107,16 @@ def run(config: TrainConfig) -> dict:
     if not (summary.is_file() and json.loads(summary.read_text()).get("completed")):
         train(config, resume=(out / "checkpoint.pt").is_file(), progress=False, log=lambda m: print(m, flush=True))
     history = json.loads(summary.read_text())["history"]
-    model = bagnet.load(out)
-    data, categories, _ = bagnet.data.evaluation_dataset(str(Path(config.data) / "test"), model.preprocess)
-    result = evaluate(model, data, categories, str(out), "test", batch_size=128, workers=0, progress=False)
-    return {"val_top1": [h["val_top1"] for h in history], "test_top1": result.top1,
-            "test_metrics": {k: result.metrics[k] for k in ("balanced_accuracy", "macro_f1")},
-            "test_sparsity": result.sparsity, "seconds": sum(h["seconds"] for h in history)}
+    tested = out / "test" / "evaluation.json"  # evaluated once, when the run is finished; reused by later sweeps
+    if not tested.is_file():
+        model = bagnet.load(out)
+        data, categories, _ = bagnet.data.evaluation_dataset(str(Path(config.data) / "test"), model.preprocess)
+        evaluate(model, data, categories, str(out), "test", batch_size=128, workers=0, progress=False).save(
+            out / "test")
+    result = json.loads(tested.read_text())
+    return {"val_top1": [h["val_top1"] for h in history], "test_top1": result["top1"],
+            "test_metrics": {k: result["metrics"][k] for k in ("balanced_accuracy", "macro_f1")},
+            "test_sparsity": result["sparsity"], "seconds": sum(h["seconds"] for h in history)}
 
 
 #: The fine-tuning options tried beside the plain recipe (chosen, with the learning rate, on validation).
@@ -158,7 +163,7 @@ def transfer(args: argparse.Namespace) -> dict:
 def sparsity(args: argparse.Namespace) -> dict:
     per_class = {"train": 300, "val": 100, "test": 200}
     extra: dict = {}
-    fashion = ("Fashion-MNIST, 300 train / 100 val per class (its training set), 200 test per class (its test set)")
+    fashion = "Fashion-MNIST, 300 train / 100 val per class (its training set), 200 test per class (its test set)"
     if args.dataset == "imagenette":
         data = export_imagenette(args.runs / "imagenette-300", per_class, seed=1)
         source = ("Imagenette, 300 train per class (its training split), 100 val / 200 test per class (disjoint, "
@@ -171,7 +176,8 @@ def sparsity(args: argparse.Namespace) -> dict:
         extra = {"min_scale": 1.0, "freeze_bn": True}
     else:
         data, source = export(args.runs / "fashion-mnist-300", per_class, seed=1), fashion
-    extra.update({"freeze_bn": True} if args.freeze_bn else {})
+    if args.freeze_bn:
+        extra["freeze_bn"] = True
     recipe = dict(data=str(data), image_size=args.image_size, epochs=args.epochs, batch_size=32, lr=args.lr,
                   warmup_epochs=0.2, workers=0, init=args.init, seed=0, **extra)
     rows = []

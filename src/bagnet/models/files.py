@@ -10,11 +10,11 @@ from typing import Any, Optional
 
 import torch
 
+from ..plumbing import is_window
 from .bagnet import BagNet
 from .meta import ModelMeta, attach_meta, read_sidecar
 from .preprocess import INTERPOLATIONS, imagenet_categories, make_preprocess
 from .external import is_external, load_external
-from ..plumbing import is_window
 from .weights import WeightsError, check_fits, infer_config, load_into, read_checkpoint
 
 

@@ -107,7 +107,8 @@ def initial_model(config: TrainConfig, categories: Sequence[str], model: Optiona
     same = old == len(wanted) == len(own) == len(set(own)) and sorted(own) == sorted(wanted)
     reordered = same and own != wanted
     if reordered:
-        order = torch.tensor([own.index(c) for c in wanted])
+        row = {c: i for i, c in enumerate(own)}
+        order = torch.tensor([row[c] for c in wanted])
         with torch.no_grad():
             head.weight.copy_(head.weight[order])
             if head.bias is not None:
