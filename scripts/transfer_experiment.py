@@ -12,7 +12,8 @@ Every run is a normal ``bagnet train`` run folder under --runs (resumed when int
 Usage:  python scripts/transfer_experiment.py transfer [--runs runs/transfer] [--json docs/results/transfer.json]
         python scripts/transfer_experiment.py transfer   # lr (and fine-tuning option) chosen on val per start
         python scripts/transfer_experiment.py sparsity [--lambdas 0 0.1 0.2 0.4] [--epochs 6] [--json …]
-            [--dataset fashion-mnist|fashion-mnist-canvas|imagenette] [--init SPEC] [--lr LR] [--freeze-bn]
+            [--dataset fashion-mnist|fashion-mnist-canvas|fashion-mnist-photo|imagenette]
+            [--canvas PX] [--init SPEC] [--lr LR] [--freeze-bn]
         python scripts/transfer_experiment.py figures      # docs/results/transfer.png and sparsity.png
 """
 
@@ -43,14 +44,43 @@ CANVAS = 84  # px: translated Fashion-MNIST, the 28 px item a third of the frame
 ARCH = dict(arch="bagnet", patch_size=17, width=24, layers=(1, 2, 2, 1))
 
 
-def export(folder: Path, per_class: dict[str, int], seed: int = 0, canvas: int = 0) -> Path:
+#: skimage.data's photographs (shipped in its wheel) that --dataset fashion-mnist-photo crops its backgrounds from
+PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+          "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket")
+
+
+def _photos() -> list[Image.Image]:
+    import skimage.data
+
+    return [Image.fromarray(getattr(skimage.data, name)()).convert("L") for name in PHOTOS]
+
+
+def _on_photo(item: Image.Image, photo: Image.Image, canvas: int, rng: np.random.Generator) -> Image.Image:
+    """``item`` (grey, black surround) pasted at a random place on a random ``canvas`` px crop of ``photo`` (a
+    square of 1–2 canvases' side, resized): only the item's own pixels (its closed mask of grey levels > 16)
+    replace the photo's."""
+    from PIL import ImageFilter
+
+    side = int(rng.integers(canvas, min(2 * canvas, *photo.size) + 1))
+    x, y = (int(rng.integers(0, photo.size[i] - side + 1)) for i in (0, 1))
+    frame = photo.crop((x, y, x + side, y + side)).resize((canvas, canvas), Image.BILINEAR)
+    item = item.convert("L")
+    mask = item.point(lambda v: 255 if v > 16 else 0).filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))
+    frame.paste(item, tuple(int(v) for v in rng.integers(0, canvas - item.width + 1, 2)), mask)
+    return frame
+
+
+def export(folder: Path, per_class: dict[str, int], seed: int = 0, canvas: int = 0, photos: bool = False) -> Path:
     """Fashion-MNIST as PNG class folders: ``train``/``val`` drawn (disjoint, seeded) from its training set,
     ``test`` from its test set, ``per_class[split]`` images of each class. ``canvas`` > 28: each 28 px item pasted
     at a random (seeded) place on a black ``canvas`` × ``canvas`` image (translated Fashion-MNIST: the object a
-    part of the frame, as a lesion is of a scan)."""
+    part of the frame, as a lesion is of a scan); with ``photos``, on a random crop of a random one of
+    skimage.data's photographs (:data:`PHOTOS`) instead of black: a background that varies and says nothing of
+    the class."""
     if (folder / "done").is_file():
         return folder
     rng = np.random.default_rng(seed)
+    backgrounds = _photos() if photos else []
     sources = {"train": fashion_mnist("train"), "val": fashion_mnist("train"), "test": fashion_mnist("test")}
     used: set[int] = set()
     for split, n in per_class.items():
@@ -66,7 +96,9 @@ def export(folder: Path, per_class: dict[str, int], seed: int = 0, canvas: int =
             for i in chosen:
                 image = ds[int(i)][0]
                 image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-                if canvas > image.width:
+                if backgrounds:
+                    image = _on_photo(image, backgrounds[int(rng.integers(len(backgrounds)))], canvas, rng)
+                elif canvas > image.width:
                     frame = Image.new(image.mode, (canvas, canvas))
                     frame.paste(image, tuple(int(v) for v in rng.integers(0, canvas - image.width + 1, 2)))
                     image = frame
@@ -163,17 +195,24 @@ def transfer(args: argparse.Namespace) -> dict:
 def sparsity(args: argparse.Namespace) -> dict:
     per_class = {"train": 300, "val": 100, "test": 200}
     extra: dict = {}
+    size = "" if args.canvas == CANVAS else f"-{args.canvas}"  # the folder of the default canvas keeps its name
     fashion = "Fashion-MNIST, 300 train / 100 val per class (its training set), 200 test per class (its test set)"
     if args.dataset == "imagenette":
         data = export_imagenette(args.runs / "imagenette-300", per_class, seed=1)
         source = ("Imagenette, 300 train per class (its training split), 100 val / 200 test per class (disjoint, "
                   "from its validation split)")
     elif args.dataset == "fashion-mnist-canvas":
-        data = export(args.runs / "fashion-mnist-300-canvas", per_class, seed=1, canvas=CANVAS)
-        source = f"{fashion}, each item at a random place on a black {CANVAS} px canvas"
+        data = export(args.runs / f"fashion-mnist-300-canvas{size}", per_class, seed=1, canvas=args.canvas)
+        source = f"{fashion}, each item at a random place on a black {args.canvas} px canvas"
         # no random crop (at ≥ 35 % of the area one could cut the item out); BatchNorm statistics frozen: with
         # mostly black frames the batch statistics vary so much that the running ones fail (eval at chance)
         extra = {"min_scale": 1.0, "freeze_bn": True}
+    elif args.dataset == "fashion-mnist-photo":
+        data = export(args.runs / f"fashion-mnist-300-photo{size}", per_class, seed=1, canvas=args.canvas,
+                      photos=True)
+        source = (f"{fashion}, each item at a random place on a random {args.canvas} px crop of one of "
+                  f"{len(PHOTOS)} photographs (skimage.data)")
+        extra = {"min_scale": 1.0}
     else:
         data, source = export(args.runs / "fashion-mnist-300", per_class, seed=1), fashion
     if args.freeze_bn:
@@ -243,10 +282,15 @@ def main() -> None:
     parser.add_argument("--init", default=SHIPPED,
                         help=f"sparsity: the model every run starts from (default {SHIPPED}; a run folder of this "
                              "experiment's λ = 0 sparsifies a model already fitted to the task)")
-    parser.add_argument("--dataset", choices=["fashion-mnist", "fashion-mnist-canvas", "imagenette"],
+    parser.add_argument("--dataset", choices=["fashion-mnist", "fashion-mnist-canvas", "fashion-mnist-photo",
+                                              "imagenette"],
                         default="fashion-mnist",
                         help="sparsity: the data (canvas: each item at a random place on a black 84 px canvas; "
+                             "photo: on a random crop of a photograph; "
                              "Imagenette: the shipped model's own task)")
+    parser.add_argument("--canvas", type=int, default=CANVAS,
+                        help=f"sparsity: side in px of the frame of the canvas and photo data (default {CANVAS}; the "
+                             "item is 28 px)")
     parser.add_argument("--freeze-bn", action="store_true",
                         help="sparsity: BatchNorm statistics frozen at the initial model's in every run")
     parser.add_argument("--lr", type=float, default=2e-3, help="sparsity: learning rate of every run (default 0.002)")
@@ -257,6 +301,8 @@ def main() -> None:
         return
     args.runs = args.runs or Path("runs") / args.experiment
     args.image_size = args.image_size or bagnet.load(SHIPPED).preprocess.crop
+    if args.canvas < 28:
+        parser.error(f"--canvas must be at least 28 px (the item's side), got {args.canvas}")
     if not 1 <= args.train_per_class <= 100:
         parser.error(f"--train-per-class must lie in [1, 100] (the issue's setting allows at most 100), got "
                      f"{args.train_per_class}")
