@@ -505,3 +505,67 @@ def test_a_validation_at_chance_beside_a_fitted_training_split_points_at_freeze_
     assert batchnorm_hint(SimpleNamespace(val_top1=0.12, train_top1=0.20), 10, TrainConfig(), bn) is None  # early
     assert batchnorm_hint(SimpleNamespace(val_top1=float("nan"), train_top1=0.9), 10, TrainConfig(), bn) is None
     assert batchnorm_hint(SimpleNamespace(val_top1=0.52, train_top1=0.97), 2, TrainConfig(), bn) is not None  # binary
+
+
+# ------------------------------------------------------------------------------------------------ precise BN
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], 0
+
+
+def test_precise_bn_is_the_plain_average_over_the_epochs_batches():
+    from bagnet.train.splits import EpochBatches
+    from bagnet.train.transfer import precise_bn
+
+    torch.manual_seed(0)
+    images = torch.randn(24, 3, 5, 5) * torch.tensor([1.0, 3.0, 0.5])[:, None, None] + torch.tensor([2.0, -1, 0])[
+        :, None, None]
+    bn, frozen = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    model = torch.nn.Sequential(bn, torch.nn.ReLU(), frozen).train()
+    frozen.eval()  # a frozen layer (--freeze-stages, --freeze-bn) keeps its statistics
+    for m in (bn, frozen):
+        m.running_mean.fill_(100.0)  # stale statistics, replaced rather than averaged in
+        m.running_var.fill_(7.0)
+    config = TrainConfig(precise_bn=3, batch_size=8, seed=5, workers=0)
+    assert precise_bn(model, _Images(images), config, 2, torch.device("cpu")) == 1
+    order = [[i for i, _ in b] for b in EpochBatches(24, 8, 5, 2)]
+    assert sorted(i for b in order for i in b) == list(range(24))
+    # the reference, from the images alone: all 24 read, so the mean is theirs; the variance the mean of the three
+    # batches' unbiased variances (BatchNorm's running variance per batch)
+    torch.testing.assert_close(bn.running_mean, images.mean((0, 2, 3)))
+    batch_vars = torch.stack([images[b].transpose(0, 1).reshape(3, -1).var(1) for b in order])
+    torch.testing.assert_close(bn.running_var, batch_vars.mean(0))
+    assert bn.momentum == 0.1  # restored after the pass
+    assert torch.equal(frozen.running_mean, torch.full((3,), 100.0))
+    # off, or no whole batch to read: nothing changes
+    before = bn.running_mean.clone()
+    assert precise_bn(model, _Images(images), TrainConfig(precise_bn=0), 2, torch.device("cpu")) == 0
+    assert precise_bn(model, _Images(images[:5]), config, 2, torch.device("cpu")) == 0
+    assert torch.equal(bn.running_mean, before)
+
+
+def test_precise_bn_runs_resume_exactly_and_conflicts_with_frozen_statistics(tmp_path):
+    data = one_folder(tmp_path / "photos")
+    fast = dict(precise_bn=2, val_fraction=0.3, test_fraction=0.0)  # no test split: one final evaluation
+    whole = train(config(data, tmp_path / "whole", **fast), progress=False, log=lambda m: None)
+    cut = config(data, tmp_path / "cut", **fast)
+    train(cut, progress=False, log=lambda m: None, stop_after_steps=1)
+    resumed = train(cut, resume=True, progress=False, log=lambda m: None)
+    a, b = state(bagnet.load(tmp_path / "whole")), state(bagnet.load(tmp_path / "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h.val_top1 for h in whole.history] == [h.val_top1 for h in resumed.history]
+    # every BatchNorm's statistics are the average over the epoch's first two batches, not a running average over
+    # the initial model's training and this run's steps
+    counts = {k: int(v) for k, v in a.items() if k.endswith("num_batches_tracked")}
+    assert counts and set(counts.values()) == {2}, counts
+    assert "re-estimated over 2 training batches" in (tmp_path / "whole" / "model.md").read_text()
+    with pytest.raises(ConfigError, match="precise_bn.*freeze_bn"):
+        TrainConfig(precise_bn=4, freeze_bn=True)
+    with pytest.raises(ConfigError, match="precise_bn"):
+        TrainConfig(precise_bn=-1)

@@ -41,7 +41,6 @@ def model_card(result: TrainResult, splits: Any) -> str:
         frozen = {0: "nothing frozen", -1: "everything but the classifier frozen (a linear probe)"}.get(
             config.freeze_stages, f"the stem and the first {config.freeze_stages} stages frozen")
         lines.append(f"- Started from `{config.init}`: {result.init or ''}; {frozen}"
-                     + ("; BatchNorm statistics fixed" if config.freeze_bn else "")
                      + (f"; pretrained layers at {config.pretrained_lr_mult:g}× the learning rate"
                         if config.pretrained_lr_mult != 1 else "") + ".")
     sizes = result.evaluation.get("sizes", {})
@@ -55,7 +54,10 @@ def model_card(result: TrainResult, splits: Any) -> str:
     lines.append(f"- Recipe: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g} "
                  f"(warm-up {config.warmup_epochs:g} epochs, cosine), weight decay {config.weight_decay:g}, label "
                  f"smoothing {config.label_smoothing:g}"
-                 + (f", evidence L1 λ = {config.evidence_l1:g}" if config.evidence_l1 else "") + f", seed {config.seed}.")
+                 + (f", evidence L1 λ = {config.evidence_l1:g}" if config.evidence_l1 else "")
+                 + (", BatchNorm statistics fixed" if config.freeze_bn else "")
+                 + (f", BatchNorm statistics re-estimated over {config.precise_bn} training batches after every epoch"
+                    if config.precise_bn else "") + f", seed {config.seed}.")
     for name in ("val", "test"):
         block = result.evaluation.get(name)
         if not block:

@@ -34,6 +34,7 @@ class TrainConfig:
     init: Optional[str] = None  # a model to start from: any spec bagnet.load takes
     freeze_stages: int = 0  # with init: 0 none, k the stem and the first k stages, -1 all but the classifier
     freeze_bn: bool = False  # BatchNorm statistics fixed during training (small batches)
+    precise_bn: int = 0  # BatchNorm statistics re-estimated over this many training batches after every epoch
     pretrained_lr_mult: float = 1.0  # with init: learning rate of the pretrained layers / that of the new head
     data: str = "imagenette"  # imagenette | fashion-mnist | a folder with train/ and val/ sub-folders
     train_subset: Optional[str] = None  # a list file of training images (Imagenette's train_subset300.txt)
@@ -238,6 +239,9 @@ FIELD_HELP: dict[str, str] = {
     "freeze_stages": "with --init: freeze the stem and the first K residual stages (0: none; -1: everything but the "
                      "classifier, a linear probe on the patch features)",
     "freeze_bn": "keep every BatchNorm's statistics fixed during training (small batches)",
+    "precise_bn": "after every epoch, before validation, re-estimate every training BatchNorm's statistics as the "
+                  "plain average over this many training batches (\"precise BN\": running averages that lag behind the "
+                  "weights or vary with small batches make the eval-mode model unstable); 0: off",
     "pretrained_lr_mult": "with --init: the pretrained layers' learning rate as a multiple of the new head's",
     "data": "imagenette, fashion-mnist, a folder with train/ and val/ class sub-folders, one folder of class folders "
             "(with --val-fraction), or a CSV of path,label[,group][,split] (paths relative to it)",
@@ -299,7 +303,7 @@ _RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "momentum": (0, 0.999, True), "warmup_epochs": (0, None, True), "label_smoothing": (0, 0.99, True),
     "workers": (0, 64, True), "seed": (0, 2**31 - 1, True), "freeze_stages": (-1, 16, True),
     "pretrained_lr_mult": (0, None, True), "val_fraction": (0, 0.9, True), "test_fraction": (0, 0.9, True),
-    "evidence_l1": (0, None, True),
+    "evidence_l1": (0, None, True), "precise_bn": (0, 1_000_000, True),
 }
 ARCHES = ("bagnet",) + tuple(CNN_BUILDERS)
 
@@ -359,6 +363,9 @@ def _check_transfer(config: TrainConfig) -> None:
     if config.val_fraction + config.test_fraction >= 0.9:
         raise ConfigError(f"val_fraction + test_fraction must leave training data: {config.val_fraction} + "
                           f"{config.test_fraction} >= 0.9", "val_fraction")
+    if config.precise_bn and config.freeze_bn:
+        raise ConfigError(f"{_flag('precise_bn')} re-estimates the BatchNorm statistics that {_flag('freeze_bn')} "
+                          "keeps fixed; use one of them", "precise_bn")
     if config.evidence_l1 > 0 and config.arch != "bagnet":
         raise ConfigError(f"{_flag('evidence_l1')} penalises a BagNet's evidence maps; arch {config.arch} has none",
                           "evidence_l1")

@@ -31,7 +31,7 @@ from .card import model_card
 from .evaluation import evaluate_accuracy, final_evaluation
 from .result import EpochMetrics, TrainResult
 from .transfer import (WithEvidenceL1, batchnorm_hint, classifier, freeze, frozen_prefixes, hold_frozen, initial_model,
-                       load_initial, parameter_groups, resolve_init)
+                       load_initial, parameter_groups, precise_bn, resolve_init)
 from .splits import EpochBatches, check_layout, class_balance, SeededSamples, make_splits, mix_batch
 
 class _Interrupted(Exception):
@@ -284,6 +284,7 @@ def _epoch(run: _Run, epoch: int, progress: bool, stop_after_steps: Optional[int
             _checkpoint(run, epoch, step + 1, (loss_sum, correct, seen, time.time() - epoch_start, l1_sum))
             raise _Interrupted()
     bar.close()
+    precise_bn(run.model, run.splits.train, config, epoch, run.device, run.rank, run.world)
     _end_epoch(run, epoch, (loss_sum, correct, seen, l1_sum), time.time() - epoch_start)
 
 

@@ -196,6 +196,41 @@ def hold_frozen(model: nn.Module, frozen: list[nn.Module], freeze_bn: bool) -> N
                 m.eval()
 
 
+def precise_bn(model: nn.Module, dataset: torch.utils.data.Dataset, config: TrainConfig, epoch: int,
+               device: torch.device, rank: int = 0, world: int = 1) -> int:
+    """"Precise BN": the running statistics of every BatchNorm in training mode (frozen ones are left alone)
+    re-estimated as the plain average over ``config.precise_bn`` batches of the training images, the first batches
+    of epoch ``epoch``'s seeded order with its augmentation (so a resumed run re-estimates the same statistics).
+    Returns the number of layers re-estimated; with no batch to read, the statistics stay as they were."""
+    from ..data import collate
+    from .splits import EpochBatches, SeededSamples
+
+    layers = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    if not config.precise_bn or not layers:
+        return 0
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    loader = torch.utils.data.DataLoader(
+        SeededSamples(dataset), collate_fn=collate, num_workers=config.workers,
+        batch_sampler=EpochBatches(len(dataset), config.batch_size, config.seed, epoch, rank, world))  # type: ignore
+    seen = 0
+    with torch.no_grad():
+        for batch in loader:
+            if seen == config.precise_bn:
+                break
+            if len(batch.images):
+                model(batch.images.to(device))
+                seen += 1
+    for m, (momentum, state) in zip(layers, saved):
+        m.momentum = momentum
+        if not seen:
+            m.load_state_dict(state)
+    return len(layers) if seen else 0
+
+
 def parameter_groups(model: nn.Module, config: TrainConfig, new: set[str]) -> list[dict[str, Any]]:
     """Optimiser groups: weight decay on weights only; the pretrained parameters at ``pretrained_lr_mult`` times the
     learning rate (``lr_scale``), the new ones (``new``) at the full rate; frozen parameters left out."""
