@@ -13,7 +13,7 @@ Usage:  python scripts/transfer_experiment.py transfer [--runs runs/transfer] [-
         python scripts/transfer_experiment.py transfer   # lr (and fine-tuning option) chosen on val per start
         python scripts/transfer_experiment.py sparsity [--lambdas 0 0.1 0.2 0.4] [--epochs 6] [--json …]
             [--dataset fashion-mnist|fashion-mnist-canvas|fashion-mnist-photo|imagenette]
-            [--canvas PX] [--init SPEC] [--lr LR] [--freeze-bn]
+            [--canvas PX] [--init SPEC] [--lr LR] [--freeze-bn | --precise-bn N]
         python scripts/transfer_experiment.py figures      # docs/results/transfer.png and sparsity.png
 """
 
@@ -217,6 +217,8 @@ def sparsity(args: argparse.Namespace) -> dict:
         data, source = export(args.runs / "fashion-mnist-300", per_class, seed=1), fashion
     if args.freeze_bn:
         extra["freeze_bn"] = True
+    if args.precise_bn:  # instead of frozen statistics (the canvas data's default)
+        extra = {k: v for k, v in extra.items() if k != "freeze_bn"} | {"precise_bn": args.precise_bn}
     recipe = dict(data=str(data), image_size=args.image_size, epochs=args.epochs, batch_size=32, lr=args.lr,
                   warmup_epochs=0.2, workers=0, init=args.init, seed=0, **extra)
     rows = []
@@ -293,6 +295,9 @@ def main() -> None:
                              "item is 28 px)")
     parser.add_argument("--freeze-bn", action="store_true",
                         help="sparsity: BatchNorm statistics frozen at the initial model's in every run")
+    parser.add_argument("--precise-bn", type=int, default=0, metavar="N",
+                        help="sparsity: BatchNorm statistics re-estimated over N training batches after every epoch "
+                             "(instead of frozen ones)")
     parser.add_argument("--lr", type=float, default=2e-3, help="sparsity: learning rate of every run (default 0.002)")
     args = parser.parse_args()
     if args.experiment == "figures":
@@ -301,6 +306,8 @@ def main() -> None:
         return
     args.runs = args.runs or Path("runs") / args.experiment
     args.image_size = args.image_size or bagnet.load(SHIPPED).preprocess.crop
+    if args.freeze_bn and args.precise_bn:
+        parser.error("--freeze-bn keeps the BatchNorm statistics that --precise-bn re-estimates; use one of them")
     if args.canvas < 28:
         parser.error(f"--canvas must be at least 28 px (the item's side), got {args.canvas}")
     if not 1 <= args.train_per_class <= 100:

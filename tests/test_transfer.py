@@ -498,7 +498,8 @@ def test_a_validation_at_chance_beside_a_fitted_training_split_points_at_freeze_
     bn, plain = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)), nn.Sequential(nn.Conv2d(1, 1, 1))
     drifted = SimpleNamespace(val_top1=0.10, train_top1=0.80)  # what a black-canvas run without --freeze-bn logged
     hint = batchnorm_hint(drifted, 10, TrainConfig(), bn)
-    assert hint is not None and "--freeze-bn" in hint and "0.100" in hint and "0.800" in hint
+    assert hint is not None and "--precise-bn" in hint and "--freeze-bn" in hint and "0.100" in hint and "0.800" in hint
+    assert "--precise-bn" not in batchnorm_hint(drifted, 10, TrainConfig(precise_bn=8), bn)  # tried: the other cure
     assert batchnorm_hint(drifted, 10, TrainConfig(freeze_bn=True), bn) is None  # already frozen: nothing to suggest
     assert batchnorm_hint(drifted, 10, TrainConfig(), plain) is None  # no BatchNorm (a ViT): another cause
     assert batchnorm_hint(SimpleNamespace(val_top1=0.55, train_top1=0.80), 10, TrainConfig(), bn) is None  # overfit

@@ -271,16 +271,18 @@ class WithEvidenceL1(nn.Module):
 def batchnorm_hint(epoch: Any, num_classes: int, config: TrainConfig, model: nn.Module) -> Optional[str]:
     """A line for the log when an epoch's validation top-1 stays near chance while its training top-1 does not, in a
     model with BatchNorm: the sign of running statistics that do not fit the batches' (small batches, frames mostly
-    one colour), which ``--freeze-bn`` avoids; None otherwise."""
+    one colour), which ``--precise-bn`` or ``--freeze-bn`` avoid; None otherwise."""
     chance = 1.0 / max(num_classes, 2)
     near_chance, fitted = chance + 0.1 * (1 - chance), chance + 0.6 * (1 - chance)
     if (config.freeze_bn or not (math.isfinite(epoch.val_top1) and math.isfinite(epoch.train_top1))
             or epoch.val_top1 > near_chance or epoch.train_top1 < fitted
             or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())):
         return None
+    cure = ("--freeze-bn (the initial model's statistics)" if config.precise_bn else
+            "--precise-bn 20 (statistics re-estimated after every epoch) or --freeze-bn (the initial model's)")
     return (f"note: validation top-1 {epoch.val_top1:.3f} is near chance ({chance:.3f}) while training top-1 is "
             f"{epoch.train_top1:.3f}; when batches are small or images mostly uniform background, BatchNorm's running "
-            f"statistics may not fit (the model predicts well only in training mode): try --freeze-bn")
+            f"statistics may not fit (the model predicts well only in training mode): try {cure}")
 
 
 def _cnn_arches() -> tuple[str, ...]:
