@@ -73,6 +73,7 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("docs/results/sparsity-20epochs.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-imagenette.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-canvas.json", "table"): fr.sparsity_table,
+    ("docs/results/sparsity-canvas-precise-bn.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-photo.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-photo-56.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-continued.json", "table"): fr.sparsity_table,
