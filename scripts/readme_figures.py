@@ -76,6 +76,8 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("docs/results/sparsity-canvas-precise-bn.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-photo.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-photo-56.json", "table"): fr.sparsity_table,
+    ("docs/results/sparsity-photo-56-16epochs.json", "table"): fr.sparsity_table,
+    ("docs/results/sparsity-photo-56-precise-bn.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-continued.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-freeze-bn.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-60epochs.json", "table"): fr.sparsity_table,
