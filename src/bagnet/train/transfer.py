@@ -219,11 +219,11 @@ def precise_bn(model: nn.Module, dataset: torch.utils.data.Dataset, config: Trai
     seen = 0
     with torch.no_grad():
         for batch in loader:
-            if seen == config.precise_bn:
-                break
             if len(batch.images):
                 model(batch.images.to(device))
                 seen += 1
+            if seen == config.precise_bn:
+                break  # before the loader reads a batch more
     for m, (momentum, state) in zip(layers, saved):
         m.momentum = momentum
         if not seen:
