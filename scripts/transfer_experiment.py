@@ -308,8 +308,9 @@ def main() -> None:
     args.image_size = args.image_size or bagnet.load(SHIPPED).preprocess.crop
     if args.freeze_bn and args.precise_bn:
         parser.error("--freeze-bn keeps the BatchNorm statistics that --precise-bn re-estimates; use one of them")
-    if args.canvas < 28:
-        parser.error(f"--canvas must be at least 28 px (the item's side), got {args.canvas}")
+    if not 28 <= args.canvas <= 300:
+        parser.error(f"--canvas must lie in [28, 300] px (the item's side; the smallest photograph's), got "
+                     f"{args.canvas}")
     if not 1 <= args.train_per_class <= 100:
         parser.error(f"--train-per-class must lie in [1, 100] (the issue's setting allows at most 100), got "
                      f"{args.train_per_class}")
