@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data import Batch, SkipLog, collate
+from ..data import Batch, SkipLog
 from ..errors import RunFolderError, TrainingDiverged
 from ..models import save_weights
 from ..plumbing import output_lock, resolve_device, write_csv, write_json, write_text
@@ -32,7 +32,7 @@ from .evaluation import evaluate_accuracy, final_evaluation
 from .result import EpochMetrics, TrainResult
 from .transfer import (WithEvidenceL1, batchnorm_hint, classifier, freeze, frozen_prefixes, hold_frozen, initial_model,
                        load_initial, parameter_groups, precise_bn, resolve_init)
-from .splits import EpochBatches, check_layout, class_balance, SeededSamples, make_splits, mix_batch
+from .splits import check_layout, class_balance, epoch_loader, make_splits, mix_batch
 
 class _Interrupted(Exception):
     pass
@@ -249,12 +249,7 @@ def _epoch(run: _Run, epoch: int, progress: bool, stop_after_steps: Optional[int
     and checkpoint. Raises :class:`_Interrupted` after checkpointing when asked to stop."""
     config = run.config
     skip = run.start_step if epoch == run.start_epoch else 0
-    sampler = EpochBatches(len(run.splits.train), config.batch_size, config.seed, epoch, run.rank, run.world, skip,
-                           run.sample_weights)
-    loader = torch.utils.data.DataLoader(
-        SeededSamples(run.splits.train), batch_sampler=sampler, collate_fn=collate,
-        num_workers=config.workers, generator=torch.Generator().manual_seed(config.seed + epoch),
-    )
+    loader = epoch_loader(run.splits.train, config, epoch, run.rank, run.world, skip, run.sample_weights)
     run.net.train()
     hold_frozen(run.model, run.frozen, config.freeze_bn)
     epoch_start, seen, loss_sum, correct, l1_sum = time.time(), 0, 0.0, 0, 0.0
@@ -262,7 +257,7 @@ def _epoch(run: _Run, epoch: int, progress: bool, stop_after_steps: Optional[int
         loss_sum, correct, seen, elapsed, *rest = run.resume_stats
         l1_sum = rest[0] if rest else 0.0
         epoch_start -= elapsed
-    bar = _bar(len(sampler), f"epoch {epoch + 1}/{config.epochs}", progress and run.rank == 0)
+    bar = _bar(len(loader), f"epoch {epoch + 1}/{config.epochs}", progress and run.rank == 0)
     for step, batch in enumerate(loader, start=skip):
         run.skips.add(batch.skipped)
         global_step = epoch * run.steps_per_epoch + step

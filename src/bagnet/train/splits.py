@@ -249,5 +249,18 @@ class EpochBatches(torch.utils.data.Sampler):
             yield [(i, sample_seed(self.seed, self.epoch, i)) for i in batch[self.rank :: self.world]]
 
 
+def epoch_loader(dataset: torch.utils.data.Dataset, config: TrainConfig, epoch: int, rank: int = 0, world: int = 1,
+                 skip: int = 0, weights: Optional[Tensor] = None) -> torch.utils.data.DataLoader:
+    """Epoch ``epoch``'s training batches from batch ``skip`` on (:class:`EpochBatches` of :class:`SeededSamples`):
+    the same images and augmentation whatever the worker, rank or resume point."""
+    from ..data import collate
+
+    sampler = EpochBatches(len(dataset), config.batch_size, config.seed, epoch, rank, world, skip,  # type: ignore
+                           weights)
+    return torch.utils.data.DataLoader(SeededSamples(dataset), batch_sampler=sampler, collate_fn=collate,
+                                       num_workers=config.workers,
+                                       generator=torch.Generator().manual_seed(config.seed + epoch))
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + index) % (2**31)

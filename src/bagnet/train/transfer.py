@@ -202,23 +202,20 @@ def precise_bn(model: nn.Module, dataset: torch.utils.data.Dataset, config: Trai
     re-estimated as the plain average over ``config.precise_bn`` batches of the training images, the first batches
     of epoch ``epoch``'s seeded order with its augmentation (so a resumed run re-estimates the same statistics).
     Returns the number of layers re-estimated; with no batch to read, the statistics stay as they were."""
-    from ..data import collate
-    from .splits import EpochBatches, SeededSamples
+    from .splits import epoch_loader
 
     layers = [m for m in model.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
-    if not config.precise_bn or not layers:
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+              ] if config.precise_bn else []
+    if not layers:
         return 0
     saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in layers]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches
-    loader = torch.utils.data.DataLoader(
-        SeededSamples(dataset), collate_fn=collate, num_workers=config.workers,
-        batch_sampler=EpochBatches(len(dataset), config.batch_size, config.seed, epoch, rank, world))  # type: ignore
     seen = 0
     with torch.no_grad():
-        for batch in loader:
+        for batch in epoch_loader(dataset, config, epoch, rank, world):
             if len(batch.images):
                 model(batch.images.to(device))
                 seen += 1
