@@ -47,6 +47,7 @@ ARCH = dict(arch="bagnet", patch_size=17, width=24, layers=(1, 2, 2, 1))
 #: skimage.data's photographs (shipped in its wheel) that --dataset fashion-mnist-photo crops its backgrounds from
 PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket")
+PHOTO_MIN_SIDE = 300  # px: the shortest side among them (chelsea's), the largest --canvas they can frame
 
 
 def _photos() -> list[Image.Image]:
@@ -218,7 +219,8 @@ def sparsity(args: argparse.Namespace) -> dict:
     if args.freeze_bn:
         extra["freeze_bn"] = True
     if args.precise_bn:  # instead of frozen statistics (the canvas data's default)
-        extra = {k: v for k, v in extra.items() if k != "freeze_bn"} | {"precise_bn": args.precise_bn}
+        extra.pop("freeze_bn", None)
+        extra["precise_bn"] = args.precise_bn
     recipe = dict(data=str(data), image_size=args.image_size, epochs=args.epochs, batch_size=32, lr=args.lr,
                   warmup_epochs=0.2, workers=0, init=args.init, seed=0, **extra)
     rows = []
@@ -308,9 +310,9 @@ def main() -> None:
     args.image_size = args.image_size or bagnet.load(SHIPPED).preprocess.crop
     if args.freeze_bn and args.precise_bn:
         parser.error("--freeze-bn keeps the BatchNorm statistics that --precise-bn re-estimates; use one of them")
-    if not 28 <= args.canvas <= 300:
-        parser.error(f"--canvas must lie in [28, 300] px (the item's side; the smallest photograph's), got "
-                     f"{args.canvas}")
+    if not 28 <= args.canvas <= PHOTO_MIN_SIDE:
+        parser.error(f"--canvas must lie in [28, {PHOTO_MIN_SIDE}] px (the item's side; the smallest photograph's), "
+                     f"got {args.canvas}")
     if not 1 <= args.train_per_class <= 100:
         parser.error(f"--train-per-class must lie in [1, 100] (the issue's setting allows at most 100), got "
                      f"{args.train_per_class}")

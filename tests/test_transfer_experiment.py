@@ -36,3 +36,4 @@ def test_photo_backgrounds_ship_with_scikit_image():
     photos = te._photos()
     assert len(photos) == len(te.PHOTOS) >= 10
     assert all(p.mode == "L" and min(p.size) >= 2 * te.CANVAS for p in photos)
+    assert min(min(p.size) for p in photos) == te.PHOTO_MIN_SIDE  # the bound of --canvas
