@@ -43,8 +43,10 @@ def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------ --init
 def test_a_linear_probe_from_a_registered_name_changes_only_the_new_classifier(tmp_path):
     data = one_folder(tmp_path / "photos")
-    result = train(config(data, tmp_path / "run", freeze_stages=-1), progress=False, log=lambda m: None)
+    said: list[str] = []  # precise BN asked for: with every BatchNorm frozen it must say so and change nothing
+    result = train(config(data, tmp_path / "run", freeze_stages=-1, precise_bn=2), progress=False, log=said.append)
     assert result.completed and "kept" in result.init and "new fc for your 3 classes" in result.init
+    assert any("--precise-bn 2 changes nothing" in line and "outside the frozen stages" in line for line in said)
     saved = yaml_config(tmp_path / "run")
     assert (saved["arch"], saved["patch_size"], saved["width"], saved["layers"]) == ("bagnet", 17, 24, [1, 2, 2, 1])
     tuned, source = bagnet.load(tmp_path / "run"), bagnet.load(SHIPPED)
@@ -508,7 +510,32 @@ def test_a_validation_at_chance_beside_a_fitted_training_split_points_at_freeze_
     assert batchnorm_hint(SimpleNamespace(val_top1=0.52, train_top1=0.97), 2, TrainConfig(), bn) is not None  # binary
 
 
+def test_the_batchnorm_hint_is_said_once_a_run(tmp_path, monkeypatch):
+    import bagnet.train.loop as loop
+
+    monkeypatch.setattr(loop, "batchnorm_hint", lambda *a: "note: a hint")  # as if every epoch sat at chance
+    said: list[str] = []
+    train(config(one_folder(tmp_path / "photos"), tmp_path / "run", epochs=3, test_fraction=0.0), progress=False,
+          log=said.append)
+    assert sum(line.startswith("epoch ") for line in said) == 3 and said.count("note: a hint") == 1
+
+
 # ------------------------------------------------------------------------------------------------ precise BN
+def test_precise_bn_says_when_there_is_no_batchnorm_to_re_estimate():
+    from bagnet.train.transfer import precise_bn_note
+
+    nn = torch.nn
+    bn = nn.BatchNorm2d(1)
+    with_bn, plain = nn.Sequential(nn.Conv2d(1, 1, 1), bn), nn.Sequential(nn.Conv2d(1, 1, 1), nn.LayerNorm(1))
+    assert precise_bn_note(with_bn, [], TrainConfig(precise_bn=4)) is None
+    assert precise_bn_note(with_bn, [], TrainConfig()) is None  # not asked for
+    note = precise_bn_note(plain, [], TrainConfig(precise_bn=4))
+    assert note is not None and "--precise-bn 4" in note and "Sequential" in note and "at all" in note
+    assert "frozen" in precise_bn_note(with_bn, [with_bn], TrainConfig(precise_bn=4))  # all of it frozen
+    assert precise_bn_note(nn.Sequential(nn.BatchNorm2d(1, track_running_stats=False)), [],
+                           TrainConfig(precise_bn=4)) is not None  # batch statistics always: nothing kept to estimate
+
+
 class _Images(torch.utils.data.Dataset):
     def __init__(self, images: torch.Tensor) -> None:
         self.images = images

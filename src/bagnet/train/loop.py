@@ -31,7 +31,7 @@ from .card import model_card
 from .evaluation import evaluate_accuracy, final_evaluation
 from .result import EpochMetrics, TrainResult
 from .transfer import (WithEvidenceL1, batchnorm_hint, classifier, freeze, frozen_prefixes, hold_frozen, initial_model,
-                       load_initial, parameter_groups, precise_bn, resolve_init)
+                       load_initial, parameter_groups, precise_bn, precise_bn_note, resolve_init)
 from .splits import check_layout, class_balance, epoch_loader, make_splits, mix_batch
 
 class _Interrupted(Exception):
@@ -121,6 +121,7 @@ class _Run:
     started: float = field(default_factory=time.time)
     steps_done: int = 0
     interrupted: bool = False
+    hinted: bool = False  # the BatchNorm hint is said once a run
 
     @property
     def distributed(self) -> bool:
@@ -197,6 +198,8 @@ def _setup(config: TrainConfig, resume: bool, log: Optional[Callable[[str], None
     else:
         model = build_model(config, len(splits.categories))
     frozen = freeze(model, frozen_prefixes(model, config.freeze_stages))
+    if note := precise_bn_note(model, frozen, config):
+        say(note)
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -312,8 +315,9 @@ def _end_epoch(run: _Run, epoch: int, sums: tuple[float, int, int, float], secon
                 f"top-5 {h.val_top5:.3f}" + (f" holdout {h.holdout_top1:.3f}" if h.holdout_top1 is not None else "")
                 + (f" mean |evidence| {h.evidence_l1:.4f}" if h.evidence_l1 is not None else "")
                 + f" ({h.images_per_s:.0f} img/s)")
-        if hint := batchnorm_hint(h, len(run.splits.categories), config, model):
+        if not run.hinted and (hint := batchnorm_hint(h, len(run.splits.categories), config, model)):
             run.say(hint)
+            run.hinted = True
     if run.distributed:
         dist.barrier()
 

@@ -228,6 +228,18 @@ def precise_bn(model: nn.Module, dataset: torch.utils.data.Dataset, config: Trai
     return len(layers) if seen else 0
 
 
+def precise_bn_note(model: nn.Module, frozen: list[nn.Module], config: TrainConfig) -> Optional[str]:
+    """A line for the log when ``--precise-bn`` has nothing to re-estimate: no BatchNorm layer with running statistics
+    outside the frozen modules (a ViT, a linear probe); None otherwise."""
+    held = {id(m) for f in frozen for m in f.modules()}
+    if not config.precise_bn or any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                                    and id(m) not in held for m in model.modules()):
+        return None
+    where = "outside the frozen stages" if held else "at all"
+    return (f"note: --precise-bn {config.precise_bn} changes nothing here: {type(model).__name__} has no BatchNorm "
+            f"layer with running statistics {where}")
+
+
 def parameter_groups(model: nn.Module, config: TrainConfig, new: set[str]) -> list[dict[str, Any]]:
     """Optimiser groups: weight decay on weights only; the pretrained parameters at ``pretrained_lr_mult`` times the
     learning rate (``lr_scale``), the new ones (``new``) at the full rate; frozen parameters left out."""
