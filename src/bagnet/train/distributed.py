@@ -10,11 +10,34 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+class _AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over the ranks of ``group``; differentiable (every rank's output depends on every rank's
+    input, so the gradient is the sum of the ranks' gradients). torch's own (``torch.distributed.nn``) is deprecated."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        out = tensor.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        out = grad.clone()
+        dist.all_reduce(out, group=ctx.group)
+        return out, None
+
+
+def all_reduce_sum(tensor: Tensor, group: Any = None) -> Tensor:
+    """The differentiable sum of ``tensor`` over the processes of ``group`` (default: all)."""
+    return _AllReduceSum.apply(tensor, group)
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose training statistics are taken over the global batch of all processes (any device).
 
     torch.nn.SyncBatchNorm runs only on GPUs; this one all-reduces the per-channel sums with the differentiable
-    ``torch.distributed.nn.functional.all_reduce``, so gradients flow across processes as in one big batch and a
+    :func:`all_reduce_sum`, so gradients flow across processes as in one big batch and a
     DDP run computes what a single process with the same global batch computes.
     """
 
@@ -24,16 +47,14 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not dist.is_initialized():
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
         local_sum = x.sum(dim=(0, 2, 3))
-        stats = all_reduce(torch.cat([local_sum, count]), group=self.group)
+        stats = all_reduce_sum(torch.cat([local_sum, count]), self.group)
         n = stats[-1]
         mean = stats[:c] / n
         centred = x - mean[None, :, None, None]
-        var = all_reduce((centred * centred).sum(dim=(0, 2, 3)), group=self.group) / n
+        var = all_reduce_sum((centred * centred).sum(dim=(0, 2, 3)), self.group) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1

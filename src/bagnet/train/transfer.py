@@ -201,7 +201,10 @@ def precise_bn(model: nn.Module, dataset: torch.utils.data.Dataset, config: Trai
     """"Precise BN": the running statistics of every BatchNorm in training mode (frozen ones are left alone)
     re-estimated as the plain average over ``config.precise_bn`` batches of the training images, the first batches
     of epoch ``epoch``'s seeded order with its augmentation (so a resumed run re-estimates the same statistics).
-    Returns the number of layers re-estimated; with no batch to read, the statistics stay as they were."""
+    Returns the number of layers re-estimated; with no batch to read, the statistics stay as they were. In a
+    distributed run the ranks agree on every batch (one whose images were all unreadable on any rank is skipped by
+    all), so global BatchNorm's collective calls always match."""
+    from .distributed import any_rank
     from .splits import epoch_loader
 
     layers = [m for m in model.modules()
@@ -216,7 +219,7 @@ def precise_bn(model: nn.Module, dataset: torch.utils.data.Dataset, config: Trai
     seen = 0
     with torch.no_grad():
         for batch in epoch_loader(dataset, config, epoch, rank, world):
-            if len(batch.images):
+            if not any_rank(len(batch.images) == 0, world > 1, device):
                 model(batch.images.to(device))
                 seen += 1
             if seen == config.precise_bn:
