@@ -102,15 +102,16 @@ def json_script(payload: dict[str, Any]) -> str:
 
 def interactive_page(title: str, body: str, payload: dict[str, Any], script: str = "explain.js") -> str:
     """A complete HTML document: the shared style and the interactive pages' own, the static ``body`` (readable
-    without scripts), the ``payload`` as JSON and the page's script, all inline. Its Content-Security-Policy
-    allows no request at all: images only from the page's own ``data:`` URIs, no fetch, font or external file."""
+    without scripts), the ``payload`` as JSON and the page's script (after the pages' shared ``assets/page.js``), all
+    inline. Its Content-Security-Policy allows no request at all: images only from the page's own ``data:`` URIs, no
+    fetch, font or external file."""
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{STYLE}{_asset('explain.css')}</style>\n</head>\n<body>\n"
             f"{body}\n<script type=\"application/json\" id=\"bagnet-data\">{json_script(payload)}</script>\n"
-            f"<script>{_asset(script)}</script>\n</body>\n</html>\n")
+            f"<script>{_asset('page.js')}\n{_asset(script)}</script>\n</body>\n</html>\n")
 
 
 def _img(png: bytes, alt: str, cls: str = "") -> str:

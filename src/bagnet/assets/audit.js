@@ -3,12 +3,7 @@
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("bagnet-data").textContent);
-  function el(tag, attrs, text) {
-    var e = document.createElement(tag);
-    for (var k in attrs || {}) e.setAttribute(k, attrs[k]);
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
+  var el = bagnetElement;  // assets/page.js
   function show(row) {
     var id = row.getAttribute("data-strategy");
     var slot = document.getElementById("examples-c" + row.getAttribute("data-class"));

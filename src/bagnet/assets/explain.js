@@ -1,5 +1,5 @@
 /* bagnet's interactive explanation page: point at a pixel to see its patch and that patch's evidence.
-   Reads the JSON in #bagnet-data (written by bagnet/explanation_page.py); no network, no libraries. */
+   Reads the JSON in #bagnet-data (written by bagnet/report.py); no network, no libraries. */
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("bagnet-data").textContent);
@@ -11,12 +11,7 @@
     return out.buffer;
   }
   function fmt(v, d) { return (v >= 0 ? "+" : "") + v.toFixed(d); }
-  function el(tag, attrs, text) {
-    var e = document.createElement(tag);
-    for (var k in attrs || {}) e.setAttribute(k, attrs[k]);
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
+  var el = bagnetElement;  // assets/page.js
   function loadImage(uri) {
     return new Promise(function (resolve, reject) {
       var im = new Image();
