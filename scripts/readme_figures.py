@@ -77,6 +77,7 @@ RENDERERS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("docs/results/sparsity-photo.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-photo-56.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-photo-56-16epochs.json", "table"): fr.sparsity_table,
+    ("docs/results/sparsity-photo-56-32epochs.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-photo-56-precise-bn.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-continued.json", "table"): fr.sparsity_table,
     ("docs/results/sparsity-freeze-bn.json", "table"): fr.sparsity_table,

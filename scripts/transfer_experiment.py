@@ -14,7 +14,7 @@ Usage:  python scripts/transfer_experiment.py transfer [--runs runs/transfer] [-
         python scripts/transfer_experiment.py sparsity [--lambdas 0 0.1 0.2 0.4] [--epochs 6] [--json …]
             [--dataset fashion-mnist|fashion-mnist-canvas|fashion-mnist-photo|imagenette]
             [--canvas PX] [--init SPEC] [--lr LR] [--freeze-bn | --precise-bn N]
-        python scripts/transfer_experiment.py figures      # docs/results/transfer.png and sparsity.png
+        python scripts/transfer_experiment.py figures      # docs/results/transfer.png and the sparsity charts
 """
 
 from __future__ import annotations
@@ -239,9 +239,13 @@ def sparsity(args: argparse.Namespace) -> dict:
             "run": run_info()}
 
 
+#: The sparsity sweeps drawn by ``figures`` (results file name without .json: the chart's title).
+SPARSITY_FIGURES = {"sparsity": "Fashion-MNIST", "sparsity-photo-56-32epochs": "items on photographs, 32 epochs"}
+
+
 def figures(results: Path) -> list[Path]:
-    """transfer.png (validation top-1 per epoch, every seed, both starts) and sparsity.png (test top-1 and top-5 %
-    share against λ), drawn from the results files."""
+    """transfer.png (validation top-1 per epoch, every seed, both starts) and, for each of :data:`SPARSITY_FIGURES`,
+    a chart of validation and test top-1, top-5 % share and Gini against λ, drawn from the results files."""
     from bagnet.plumbing import figure_png, write_bytes
     from bagnet.viz import line_figure
 
@@ -253,14 +257,16 @@ def figures(results: Path) -> list[Path]:
         fig = line_figure(series, "epoch", "validation top-1",
                           title=f"Fashion-MNIST, {data.get('train_per_class', 100)} images per class")
         written.append(write_bytes(results / "transfer.png", figure_png(fig)))
-    if (results / "sparsity.json").is_file():
-        data = json.loads((results / "sparsity.json").read_text())
-        lams = [r["lambda"] for r in data["rows"]]
-        fig = line_figure({"test top-1": (lams, [r["test_top1"] for r in data["rows"]]),
-                           "test top-5 % share of |evidence|": (lams, [r["test_top5_share"] for r in data["rows"]]),
-                           "test Gini of |evidence|": (lams, [r["test_gini"] for r in data["rows"]])},
-                          "λ (evidence L1 weight)", "", title="Sparse evidence against accuracy (Fashion-MNIST)")
-        written.append(write_bytes(results / "sparsity.png", figure_png(fig)))
+    for name, title in SPARSITY_FIGURES.items():
+        if not (results / f"{name}.json").is_file():
+            continue
+        rows = json.loads((results / f"{name}.json").read_text())["rows"]
+        lams = [r["lambda"] for r in rows]
+        fig = line_figure({key: (lams, [r[field] for r in rows]) for key, field in (
+            ("validation top-1", "val_top1"), ("test top-1", "test_top1"),
+            ("test top-5 % share of |evidence|", "test_top5_share"), ("test Gini of |evidence|", "test_gini"))},
+            "λ (evidence L1 weight)", "", title=f"Sparse evidence against accuracy ({title})")
+        written.append(write_bytes(results / f"{name}.png", figure_png(fig)))
     return written
 
 
