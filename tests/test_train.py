@@ -188,12 +188,19 @@ def test_two_process_ddp_matches_single_process(tmp_path):
               "--data", str(data), "--image-size", "24", "--epochs", "2", "--batch-size", "8", "--lr", "0.003",
               "--warmup-epochs", "0.5", "--workers", "0", "--no-progress", "--min-scale", "0.6", "--no-amp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "bagnet", "train", *common, "--out", str(tmp_path / "single")],
-                   check=True, env=env, capture_output=True)
-    ddp = subprocess.run(
+    ddp = subprocess.Popen(  # beside the one-process run (each writes its own folder)
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "bagnet",
-         "train", *common, "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+         "train", *common, "--out", str(tmp_path / "ddp")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        subprocess.run([sys.executable, "-m", "bagnet", "train", *common, "--out", str(tmp_path / "single")],
+                       check=True, env=env, capture_output=True)
+        _, stderr = ddp.communicate(timeout=600)
+    finally:
+        if ddp.poll() is None:
+            ddp.kill()
+            ddp.communicate()
+    assert ddp.returncode == 0, stderr[-3000:]
     assert not (tmp_path / "ddp" / "checkpoint.pt.tmp").exists()
 
     def flat(model):
