@@ -51,9 +51,14 @@ def checkpointed(module: nn.Module, x: Tensor) -> Tensor:
                       context_fn=lambda: (contextlib.nullcontext(), frozen_batchnorm_stats(module)))
 
 
+def batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer (1d, 2d, 3d, synchronised) of ``module``, itself included."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @contextlib.contextmanager
 def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorms(module)
     saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0  # running = (1 − 0)·running + 0·batch: unchanged

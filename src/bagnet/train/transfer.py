@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..models.bagnet import BagNet
 from ..models.external import is_external
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..models.runtime import batchnorms
 from ..sparsity import unbiased_evidence
 from .config import TrainConfig
 
@@ -191,9 +192,8 @@ def hold_frozen(model: nn.Module, frozen: list[nn.Module], freeze_bn: bool) -> N
     for m in frozen:
         m.eval()
     if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+        for m in batchnorms(model):
+            m.eval()
 
 
 def precise_bn(model: nn.Module, dataset: torch.utils.data.Dataset, config: TrainConfig, epoch: int,
@@ -207,9 +207,7 @@ def precise_bn(model: nn.Module, dataset: torch.utils.data.Dataset, config: Trai
     from .distributed import any_rank
     from .splits import epoch_loader
 
-    layers = [m for m in model.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
-              ] if config.precise_bn else []
+    layers = [m for m in batchnorms(model) if m.training and m.track_running_stats] if config.precise_bn else []
     if not layers:
         return 0
     saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in layers]
@@ -235,8 +233,7 @@ def precise_bn_note(model: nn.Module, frozen: list[nn.Module], config: TrainConf
     """A line for the log when ``--precise-bn`` has nothing to re-estimate: no BatchNorm layer with running statistics
     outside the frozen modules (a ViT, a linear probe); None otherwise."""
     held = {id(m) for f in frozen for m in f.modules()}
-    if not config.precise_bn or any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-                                    and id(m) not in held for m in model.modules()):
+    if not config.precise_bn or any(m.track_running_stats and id(m) not in held for m in batchnorms(model)):
         return None
     where = "outside the frozen stages" if held else "at all"
     return (f"note: --precise-bn {config.precise_bn} changes nothing here: {type(model).__name__} has no BatchNorm "
@@ -288,7 +285,7 @@ def batchnorm_hint(epoch: Any, num_classes: int, config: TrainConfig, model: nn.
     near_chance, fitted = chance + 0.1 * (1 - chance), chance + 0.6 * (1 - chance)
     if (config.freeze_bn or not (math.isfinite(epoch.val_top1) and math.isfinite(epoch.train_top1))
             or epoch.val_top1 > near_chance or epoch.train_top1 < fitted
-            or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())):
+            or not batchnorms(model)):
         return None
     cure = ("--freeze-bn (the initial model's statistics)" if config.precise_bn else
             "--precise-bn 20 (statistics re-estimated after every epoch) or --freeze-bn (the initial model's)")
